@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* abi.h - every struct and constant shared with user space.
+ *
+ * src/xdplb/_bpf/abi.py mirrors this file with ctypes; tests/bpf/test_abi.py
+ * checks the mirror against the object's BTF. Addresses and ports are stored in
+ * network byte order; an IPv4 address lives in addr[0] with addr[1..3] == 0.
+ */
+#ifndef XDPLB_ABI_H
+#define XDPLB_ABI_H
+
+#include <linux/types.h>
+
+#define XDPLB_AF_INET 2
+#define XDPLB_AF_INET6 10
+
+#define XDPLB_NO_BACKEND 0xffffffffu /* empty Maglev slot */
+
+/* vip_info.mode */
+enum xdplb_mode {
+	XDPLB_MODE_NAT = 0, /* full NAT: dst = backend, src = snat address + port */
+	XDPLB_MODE_DSR = 1, /* L2 direct server return: only MACs change */
+};
+
+/* vip_info.flags */
+#define VIP_F_RESET_REMOVED (1u << 0) /* drop flows whose backend was removed */
+#define VIP_F_UDP_STATELESS (1u << 1) /* DSR+UDP: select by hash, no conntrack */
+
+/* backend.flags */
+#define BE_F_ACTIVE (1u << 0)    /* present in the config (weight 0 still active) */
+#define BE_F_MAC (1u << 1)       /* mac is valid; otherwise bpf_fib_lookup */
+#define BE_F_REDIRECT (1u << 2)  /* leave via ifindex (devmap) instead of XDP_TX */
+
+/* flow_state.flags */
+#define FLOW_F_CLOSING (1u << 0) /* FIN or RST seen: short timeout */
+
+/* A VIP: (address, port, protocol); port 0 = every port of that protocol. */
+struct vip_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+struct vip_info {
+	__u32 vip_id;       /* index into rings and vip_stats */
+	__u32 ring_size;    /* entries of this VIP's Maglev table */
+	__u32 snat_addr[4]; /* NAT mode: source address towards backends */
+	__u8 mode;          /* enum xdplb_mode */
+	__u8 flags;         /* VIP_F_* */
+	__u16 pad;
+};
+
+struct backend {
+	__u32 addr[4];
+	__u8 mac[6];
+	__u16 port;  /* NAT mode: backend port, 0 = keep the VIP's port */
+	__u8 family;
+	__u8 flags;  /* BE_F_* */
+	__u16 pad;
+	__u32 ifindex; /* BE_F_REDIRECT: egress interface */
+};
+
+/* A flow as seen on the wire. Forward direction: client -> VIP.
+ * Reply direction (nat table): backend -> snat address:nat port. */
+struct flow_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct flow_state {
+	__u32 backend_id;
+	__u16 nat_port; /* network order; 0 in DSR mode */
+	__u8 flags;     /* FLOW_F_* */
+	__u8 pad;
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+};
+
+/* Reply translation: what to put back on a backend's answer. */
+struct nat_state {
+	__u32 client[4];
+	__u32 vip[4];
+	__u16 client_port;
+	__u16 vip_port;
+	__u8 client_mac[6]; /* L2 source of the client's frames: where replies go */
+	__u8 flags;         /* FLOW_F_* */
+	__u8 pad;
+	__u32 vip_id;
+	__u32 backend_id;
+	__u32 client_ifindex; /* interface the client's frames came in on */
+	__u32 pad2;
+	__u64 last_seen;
+};
+
+/* Per-CPU counters. */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct obj_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 pad;
+};
+
+/* Index of the global `stats` map: what happened to a packet. */
+enum xdplb_stat {
+	ST_FWD_NEW = 0,      /* forwarded, new flow */
+	ST_FWD_EST,          /* forwarded, known flow */
+	ST_REPLY,            /* NAT reply reverse-translated */
+	ST_PASS_NOT_IP,      /* not IPv4/IPv6 (ARP, ...) */
+	ST_PASS_NOT_VIP,     /* IP but not addressed to a VIP or a NAT reply */
+	ST_PASS_FRAGMENT,    /* IP fragment to a VIP (policy pass) */
+	ST_DROP_FRAGMENT,    /* IP fragment to a VIP (policy drop) */
+	ST_PASS_MALFORMED,   /* bad ihl/length/truncated header */
+	ST_DROP_NO_BACKEND,  /* VIP has no usable backend */
+	ST_DROP_NAT_FULL,    /* no free NAT port after bounded tries */
+	ST_DROP_REMOVED,     /* flow's backend removed, VIP policy reset */
+	ST_RESELECT,         /* flow's backend removed, re-selected */
+	ST_CSUM_FULL,        /* L4 checksum recomputed (CHECKSUM_PARTIAL frame) */
+	ST_PASS_TOO_LONG,    /* partial checksum over a segment too long to finish */
+	ST_PASS_NO_NEIGH,    /* fib lookup found no neighbour: rewritten, to stack */
+	ST_DROP_FIB,         /* fib lookup failed */
+	ST_ICMP_FWD,         /* ICMP error forwarded to a flow's backend */
+	ST_ICMP_REPLY,       /* ICMP error from a backend, reverse-translated */
+	ST_CT_FULL,          /* conntrack insert failed */
+	ST_TX_ERROR,         /* redirect failed */
+	ST__MAX,
+};
+
+/* Load-time knobs (.rodata, `const volatile`): set by the loader. */
+struct lb_knobs {
+	__u32 hash_seed;
+	__u16 nat_port_min; /* host order */
+	__u16 nat_port_max; /* host order, inclusive */
+	__u64 tcp_timeout_ns;
+	__u64 closing_timeout_ns;
+	__u64 udp_timeout_ns;
+	__u8 frag_drop;  /* 1: drop fragments to a VIP, 0: pass to the stack */
+	__u8 csum_fixup; /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
+	__u8 pad[6];
+};
+
+/* Run-time switches (.bss): written by user space while running. */
+struct lb_runtime {
+	__u32 trace_rate;      /* 0 = off, N = one event in N packets */
+	__u32 wildcard_vips;   /* number of port-0 VIPs: skip that lookup at 0 */
+	__u32 nat_vips;        /* number of NAT VIPs: skip reply lookup at 0 */
+	__u32 pad;
+};
+
+/* Trace event (ring buffer). */
+struct trace_event {
+	__u64 ts_ns;
+	__u32 src[4];
+	__u32 dst[4];
+	__u32 out_dst[4]; /* destination after rewrite */
+	__u16 sport;
+	__u16 dport;
+	__u16 out_dport;
+	__u8 proto;
+	__u8 family;
+	__u32 backend_id; /* XDPLB_NO_BACKEND when none */
+	__u32 vip_id;
+	__u32 verdict;    /* XDP action */
+	__u32 stat;       /* enum xdplb_stat */
+	__u32 pkt_len;
+};
+
+#endif

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* forward.h - next hop: configured MAC out of the ingress interface (XDP_TX),
+ * or the kernel's FIB/neighbour table (bpf_fib_lookup) and a devmap redirect
+ * for two-armed setups; unresolved neighbours fall back to the stack. */
+#ifndef XDPLB_FORWARD_H
+#define XDPLB_FORWARD_H
+
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Frame was addressed to us: our MAC becomes the source. */
+static __always_inline int tx_to_mac(struct xdp_md *ctx, const __u8 *mac)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = (void *)(long)ctx->data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	return XDP_TX;
+}
+
+/* Route the (already rewritten) packet to `dst` with the kernel's tables. */
+static __always_inline int fib_forward(struct xdp_md *ctx, struct packet *pkt, const __u32 *src,
+				       const __u32 *dst, __u16 sport, __u16 dport, __u32 *stat)
+{
+	struct bpf_fib_lookup fib = {};
+	struct ethhdr *eth;
+	long rc;
+
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.l4_protocol = pkt->key.proto;
+	fib.sport = sport;
+	fib.dport = dport;
+	fib.tot_len = pkt->l4_len;
+	if (pkt->key.family == XDPLB_AF_INET) {
+		fib.family = AF_INET;
+		fib.ipv4_src = src[0];
+		fib.ipv4_dst = dst[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
+	}
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		*stat = ST_PASS_NO_NEIGH; /* the stack resolves it and forwards */
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		*stat = ST_DROP_FIB;
+		return XDP_DROP;
+	}
+	eth = (void *)(long)ctx->data;
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
+}
+
+#endif

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* maps.h - every map of the data plane, one line of purpose each.
+ * max_entries here are defaults; the loader sizes maps at load time. */
+#ifndef XDPLB_MAPS_H
+#define XDPLB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+
+/* vip_key -> vip_info: what is balanced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+} vips SEC(".maps");
+
+/* VIP address (vip_key with port 0, proto 0) -> number of VIPs on it:
+ * lets fragments, which carry no ports, be recognised as ours. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_key);
+	__type(value, __u32);
+} vip_addrs SEC(".maps");
+
+/* backend id -> backend: where flows go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* Per-VIP Maglev table (slot -> backend id); swapped whole for atomic updates. */
+struct ring_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65537);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* vip id -> that VIP's Maglev table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__array(values, struct ring_inner);
+} rings SEC(".maps");
+
+/* client flow -> backend and NAT port: a connection never changes backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key);
+	__type(value, struct flow_state);
+} conntrack SEC(".maps");
+
+/* backend -> snat:port flow -> client: reverse translation of replies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key);
+	__type(value, struct nat_state);
+} nat_rev SEC(".maps");
+
+/* egress interfaces of two-armed setups (key = ifindex). */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+/* enum xdplb_stat -> per-CPU packets/bytes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST__MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+} stats SEC(".maps");
+
+/* vip id -> per-CPU traffic of that VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct obj_stats);
+} vip_stats SEC(".maps");
+
+/* backend id -> per-CPU traffic of that backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct obj_stats);
+} be_stats SEC(".maps");
+
+/* sampled trace events (off unless runtime.trace_rate != 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Load-time knobs and run-time switches (abi.h). */
+const volatile struct lb_knobs knobs = {
+	.hash_seed = 0x5eed1b0b,
+	.nat_port_min = 61000,
+	.nat_port_max = 65535,
+	.tcp_timeout_ns = 300ull * 1000000000ull,
+	.closing_timeout_ns = 10ull * 1000000000ull,
+	.udp_timeout_ns = 30ull * 1000000000ull,
+	.frag_drop = 0,
+	.csum_fixup = 1,
+};
+volatile struct lb_runtime runtime;
+
+#endif

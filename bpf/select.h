@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* select.h - VIP classification and Maglev backend selection. */
+#ifndef XDPLB_SELECT_H
+#define XDPLB_SELECT_H
+
+#include "maps.h"
+#include "parse.h"
+
+/* Exact (address, port, protocol) first, then the VIP's port-0 wildcard. */
+static __always_inline struct vip_info *lookup_vip(const struct packet *pkt)
+{
+	struct vip_key vk = {};
+	struct vip_info *vip;
+
+	__builtin_memcpy(vk.addr, pkt->key.dst, sizeof(vk.addr));
+	vk.port = pkt->key.dport;
+	vk.proto = pkt->key.proto;
+	vk.family = pkt->key.family;
+	vip = bpf_map_lookup_elem(&vips, &vk);
+	if (vip || !runtime.wildcard_vips)
+		return vip;
+	vk.port = 0;
+	return bpf_map_lookup_elem(&vips, &vk);
+}
+
+/* Is the packet's destination address one of our VIP addresses? */
+static __always_inline int is_vip_addr(const struct packet *pkt)
+{
+	struct vip_key vk = {};
+
+	__builtin_memcpy(vk.addr, pkt->key.dst, sizeof(vk.addr));
+	vk.family = pkt->key.family;
+	return bpf_map_lookup_elem(&vip_addrs, &vk) != 0;
+}
+
+/* Backend id from the VIP's Maglev table, XDPLB_NO_BACKEND when empty. */
+static __always_inline __u32 select_backend(const struct vip_info *vip, __u32 hash)
+{
+	__u32 vip_id = vip->vip_id;
+	__u32 slot, *id;
+	void *ring;
+
+	if (!vip->ring_size)
+		return XDPLB_NO_BACKEND;
+	ring = bpf_map_lookup_elem(&rings, &vip_id);
+	if (!ring)
+		return XDPLB_NO_BACKEND;
+	slot = hash % vip->ring_size;
+	id = bpf_map_lookup_elem(ring, &slot);
+	return id ? *id : XDPLB_NO_BACKEND;
+}
+
+static __always_inline struct backend *lookup_backend(__u32 id)
+{
+	struct backend *be = bpf_map_lookup_elem(&backends, &id);
+
+	if (!be || !(be->flags & BE_F_ACTIVE))
+		return 0;
+	return be;
+}
+
+#endif

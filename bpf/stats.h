@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* stats.h - per-CPU counters: global by reason, per VIP, per backend. */
+#ifndef XDPLB_STATS_H
+#define XDPLB_STATS_H
+
+#include "maps.h"
+
+static __always_inline void count_stat(__u32 idx, __u32 bytes)
+{
+	struct counter *c = bpf_map_lookup_elem(&stats, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline void count_obj(void *map, __u32 id, __u32 bytes, int new_flow)
+{
+	struct obj_stats *s = bpf_map_lookup_elem(map, &id);
+
+	if (s) {
+		s->packets++;
+		s->bytes += bytes;
+		s->new_flows += new_flow;
+	}
+}
+
+#endif
