@@ -1,0 +1,208 @@
+"""ctypes mirror of bpf/abi.h (checked against the object's BTF by tests/bpf/test_abi.py)."""
+from __future__ import annotations
+
+import ctypes as C
+import enum
+import ipaddress
+
+AF_INET = 2
+AF_INET6 = 10
+NO_BACKEND = 0xFFFFFFFF
+
+MODE_NAT = 0
+MODE_DSR = 1
+
+VIP_F_RESET_REMOVED = 1 << 0
+VIP_F_UDP_STATELESS = 1 << 1
+
+BE_F_ACTIVE = 1 << 0
+BE_F_MAC = 1 << 1
+BE_F_REDIRECT = 1 << 2
+
+FLOW_F_CLOSING = 1 << 0
+
+Addr = C.c_uint8 * 16
+
+
+class VipKey(C.Structure):
+    _fields_ = [("addr", Addr), ("port", C.c_uint16), ("proto", C.c_uint8), ("family", C.c_uint8)]
+
+
+class VipInfo(C.Structure):
+    _fields_ = [
+        ("vip_id", C.c_uint32),
+        ("ring_size", C.c_uint32),
+        ("snat_addr", Addr),
+        ("mode", C.c_uint8),
+        ("flags", C.c_uint8),
+        ("pad", C.c_uint16),
+    ]
+
+
+class Backend(C.Structure):
+    _fields_ = [
+        ("addr", Addr),
+        ("mac", C.c_uint8 * 6),
+        ("port", C.c_uint16),
+        ("family", C.c_uint8),
+        ("flags", C.c_uint8),
+        ("pad", C.c_uint16),
+        ("ifindex", C.c_uint32),
+    ]
+
+
+class FlowKey(C.Structure):
+    _fields_ = [
+        ("src", Addr),
+        ("dst", Addr),
+        ("sport", C.c_uint16),
+        ("dport", C.c_uint16),
+        ("proto", C.c_uint8),
+        ("family", C.c_uint8),
+        ("pad", C.c_uint16),
+    ]
+
+
+class FlowState(C.Structure):
+    _fields_ = [
+        ("backend_id", C.c_uint32),
+        ("nat_port", C.c_uint16),
+        ("flags", C.c_uint8),
+        ("pad", C.c_uint8),
+        ("last_seen", C.c_uint64),
+    ]
+
+
+class NatState(C.Structure):
+    _fields_ = [
+        ("client", Addr),
+        ("vip", Addr),
+        ("client_port", C.c_uint16),
+        ("vip_port", C.c_uint16),
+        ("client_mac", C.c_uint8 * 6),
+        ("flags", C.c_uint8),
+        ("pad", C.c_uint8),
+        ("vip_id", C.c_uint32),
+        ("backend_id", C.c_uint32),
+        ("client_ifindex", C.c_uint32),
+        ("pad2", C.c_uint32),
+        ("last_seen", C.c_uint64),
+    ]
+
+
+class Counter(C.Structure):
+    _fields_ = [("packets", C.c_uint64), ("bytes", C.c_uint64)]
+
+
+class ObjStats(C.Structure):
+    _fields_ = [
+        ("packets", C.c_uint64),
+        ("bytes", C.c_uint64),
+        ("new_flows", C.c_uint64),
+        ("pad", C.c_uint64),
+    ]
+
+
+class Stat(enum.IntEnum):
+    """Index of the global `stats` map (enum xdplb_stat)."""
+
+    FWD_NEW = 0
+    FWD_EST = 1
+    REPLY = 2
+    PASS_NOT_IP = 3
+    PASS_NOT_VIP = 4
+    PASS_FRAGMENT = 5
+    DROP_FRAGMENT = 6
+    PASS_MALFORMED = 7
+    DROP_NO_BACKEND = 8
+    DROP_NAT_FULL = 9
+    DROP_REMOVED = 10
+    RESELECT = 11
+    CSUM_FULL = 12
+    PASS_TOO_LONG = 13
+    PASS_NO_NEIGH = 14
+    DROP_FIB = 15
+    ICMP_FWD = 16
+    ICMP_REPLY = 17
+    CT_FULL = 18
+    TX_ERROR = 19
+
+
+ST_MAX = 20
+
+
+class LbKnobs(C.Structure):
+    _fields_ = [
+        ("hash_seed", C.c_uint32),
+        ("nat_port_min", C.c_uint16),
+        ("nat_port_max", C.c_uint16),
+        ("tcp_timeout_ns", C.c_uint64),
+        ("closing_timeout_ns", C.c_uint64),
+        ("udp_timeout_ns", C.c_uint64),
+        ("frag_drop", C.c_uint8),
+        ("csum_fixup", C.c_uint8),
+        ("pad", C.c_uint8 * 6),
+    ]
+
+
+class LbRuntime(C.Structure):
+    _fields_ = [
+        ("trace_rate", C.c_uint32),
+        ("wildcard_vips", C.c_uint32),
+        ("nat_vips", C.c_uint32),
+        ("pad", C.c_uint32),
+    ]
+
+
+class TraceEvent(C.Structure):
+    _fields_ = [
+        ("ts_ns", C.c_uint64),
+        ("src", Addr),
+        ("dst", Addr),
+        ("out_dst", Addr),
+        ("sport", C.c_uint16),
+        ("dport", C.c_uint16),
+        ("out_dport", C.c_uint16),
+        ("proto", C.c_uint8),
+        ("family", C.c_uint8),
+        ("backend_id", C.c_uint32),
+        ("vip_id", C.c_uint32),
+        ("verdict", C.c_uint32),
+        ("stat", C.c_uint32),
+        ("pkt_len", C.c_uint32),
+    ]
+
+
+# Python name -> C struct name, for the BTF check.
+MIRRORS = {
+    "vip_key": VipKey,
+    "vip_info": VipInfo,
+    "backend": Backend,
+    "flow_key": FlowKey,
+    "flow_state": FlowState,
+    "nat_state": NatState,
+    "counter": Counter,
+    "obj_stats": ObjStats,
+    "lb_knobs": LbKnobs,
+    "lb_runtime": LbRuntime,
+    "trace_event": TraceEvent,
+}
+
+
+def pack_addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> tuple[Addr, int]:
+    """An address as stored in the maps (network order, IPv4 in the first 4 bytes)."""
+    ip = ipaddress.ip_address(ip)
+    raw = ip.packed.ljust(16, b"\0")
+    return Addr.from_buffer_copy(raw), (AF_INET if ip.version == 4 else AF_INET6)
+
+
+def unpack_addr(addr: Addr, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    raw = bytes(addr)
+    return ipaddress.ip_address(raw[:4] if family == AF_INET else raw)
+
+
+def htons(x: int) -> int:
+    return ((x & 0xFF) << 8) | ((x >> 8) & 0xFF)
+
+
+ntohs = htons

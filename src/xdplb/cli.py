@@ -1,0 +1,251 @@
+"""xdplb command line: a thin layer over the public API.
+
+Every failure prints one line, `xdplb: <what>: <why>`, and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import sys
+import time
+
+from . import __version__
+from .errors import UsageError, XdplbError
+
+DEFAULT_PORTS = (8000,)
+
+
+def _die(msg: str, code: int = 1) -> int:
+    print(f"xdplb: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise XdplbError(f"{what} needs root (CAP_BPF and CAP_NET_ADMIN); run it with sudo")
+
+
+def parse_backend_args(words: list[str]):
+    """BACKEND_IP BACKEND_MAC pairs -> BackendSpec list (the tutorial's form)."""
+    from .config import parse_ip, parse_mac
+    from .lb import BackendSpec
+
+    if not words:
+        raise UsageError("at least one BACKEND_IP BACKEND_MAC pair is needed")
+    if len(words) % 2:
+        raise UsageError(f"backends come in BACKEND_IP BACKEND_MAC pairs; got {len(words)} "
+                         f"words (last: {words[-1]!r})")
+    out = []
+    for i in range(0, len(words), 2):
+        try:
+            ip = parse_ip(words[i])
+        except ValueError as e:
+            raise UsageError(f"backend {i // 2 + 1}: {e}") from None
+        try:
+            mac = parse_mac(words[i + 1])
+        except ValueError as e:
+            raise UsageError(f"backend {i // 2 + 1}: {e}") from None
+        out.append(BackendSpec(address=ip, mac=mac))
+    return out
+
+
+def _parse_ports(values: list[str] | None) -> list[int]:
+    if not values:
+        return list(DEFAULT_PORTS)
+    ports = []
+    for v in values:
+        for part in v.split(","):
+            try:
+                p = int(part)
+            except ValueError:
+                raise UsageError(f"--port: {part!r} is not a port number") from None
+            if not 0 <= p <= 65535:
+                raise UsageError(f"--port: {p} is out of range 0-65535")
+            ports.append(p)
+    return sorted(set(ports))
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
+def cmd_run(args) -> int:
+    from .lb import VipSpec
+    from .service import Service, ServiceOptions
+
+    backends = parse_backend_args(args.backends)
+    ports = _parse_ports(args.port)
+    if args.mode == "dsr" and any(b.port for b in backends):
+        raise UsageError("backend ports are a NAT-mode feature")
+    _require_root("xdplb run")
+    svc = Service.for_interface(args.iface, ServiceOptions(xdp_mode=args.xdp_mode,
+                                                           conntrack=args.conntrack,
+                                                           nat_ports=args.nat_ports))
+    vip_addr = args.vip or svc.interface_ipv4()
+    specs = [VipSpec(address=ipaddress.ip_address(vip_addr), port=p, protocol=args.proto,
+                     mode=args.mode, backends=tuple(backends)) for p in ports]
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        svc.start(specs, trace_rate=args.trace)
+        print("XDP load balancer configured with backends:")
+        for i, b in enumerate(backends, 1):
+            print(f"Backend {i} - IP: {b.address}, MAC: {':'.join(f'{x:02x}' for x in b.mac)}")
+        print(f"Balancing {args.proto.upper()} {vip_addr} port(s) "
+              f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on {args.iface}; "
+              "other traffic goes to the host")
+        print("Press Ctrl+C to exit...", flush=True)
+        last = time.monotonic()
+        while True:
+            time.sleep(0.2)
+            if args.stats_interval and time.monotonic() - last >= args.stats_interval:
+                last = time.monotonic()
+                print(svc.summary_line(), flush=True)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        summary = svc.summary_line() if svc.started else ""
+        svc.stop()
+    if summary:
+        print(f"Detached from {args.iface}. {summary}", flush=True)
+    return 0
+
+
+# --- stats / trace ----------------------------------------------------------------------
+
+
+def cmd_stats(args) -> int:
+    from .service import attached_report
+
+    _require_root("xdplb stats")
+    report = attached_report(args.iface)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"xdplb on {args.iface} (program id {report['prog_id']})")
+    print("  packets by outcome:")
+    for name, (pk, by) in report["stats"].items():
+        if pk:
+            print(f"    {name:<18} {pk:>12} pkts {by:>14} bytes")
+    for v in report["vips"]:
+        print(f"  VIP {v['vip']} ({v['mode']}): {v['packets']} pkts, {v['new_flows']} flows")
+    for b in report["backends"]:
+        state = "active" if b["active"] else "removed"
+        print(f"    backend {b['id']:>4} {b['address']:<20} {state:<8} {b['packets']:>10} pkts "
+              f"{b['new_flows']:>8} flows")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .service import trace_events
+
+    _require_root("xdplb trace")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        for line in trace_events(args.iface, rate=args.rate, count=args.count,
+                                 duration=args.duration):
+            print(line, flush=True)
+    except _Stop:
+        pass
+    return 0
+
+
+# --- demo -------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    _require_root("xdplb demo")
+    return run_demo(requests=args.requests, backends=args.backends)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xdplb", description="XDP layer-4 load balancer")
+    p.add_argument("--version", action="version", version=f"xdplb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="balance IFACE's address over backends (the tutorial's form)",
+                       description="Balance traffic to IFACE's IPv4 address (TCP port 8000 by "
+                       "default) over the given backends with full NAT. Everything else "
+                       "reaches the host untouched.")
+    r.add_argument("iface")
+    r.add_argument("backends", nargs="*", metavar="BACKEND_IP BACKEND_MAC")
+    r.add_argument("--port", "-p", action="append",
+                   help="VIP port(s), repeatable or comma-separated; 0 = every port "
+                   "(default: 8000)")
+    r.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
+    r.add_argument("--mode", choices=("nat", "dsr"), default="nat")
+    r.add_argument("--vip", help="VIP address (default: IFACE's first IPv4 address)")
+    r.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    r.add_argument("--conntrack", type=int, default=1 << 18, help="conntrack entries")
+    r.add_argument("--nat-ports", default="61000-65535",
+                   help="source ports used towards backends (default 61000-65535, above "
+                   "the kernel's ephemeral range)")
+    r.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="sample one packet in N to the trace ring (see `xdplb trace`)")
+    r.add_argument("--stats-interval", type=float, default=0, metavar="S",
+                   help="print counters every S seconds")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("stats", help="counters of the LB running on IFACE")
+    s.add_argument("iface")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    t = sub.add_parser("trace", help="live sampled decisions of the LB running on IFACE")
+    t.add_argument("iface")
+    t.add_argument("--rate", type=int, default=1, help="one event per N packets (default 1)")
+    t.add_argument("--count", type=int, default=0, help="stop after N events")
+    t.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    t.set_defaults(func=cmd_trace)
+
+    d = sub.add_parser("demo", help="lab up, LB on, curl traffic, summary, lab down")
+    d.add_argument("--requests", type=int, default=20)
+    d.add_argument("--backends", type=int, default=2)
+    d.set_defaults(func=cmd_demo)
+
+    try:
+        from .lab import register_cli
+    except ImportError:  # pragma: no cover - lab is part of the package
+        register_cli = None
+    if register_cli:
+        register_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UsageError as e:
+        return _die(str(e), 2)
+    except XdplbError as e:
+        return _die(str(e), 1)
+    except OSError as e:
+        return _die(str(e), 1)
+    except KeyboardInterrupt:
+        return _die("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
