@@ -134,13 +134,13 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 XDP_ACTIONS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
 
-def _errno() -> int:
+def _last_errno() -> int:
     return C.get_errno() or _errno.EIO
 
 
 def _check(rc: int, what: str, exc: type[BpfError] = BpfError) -> int:
     if rc < 0:
-        err = -rc if rc != -1 else _errno()
+        err = -rc if rc != -1 else _last_errno()
         raise exc(err, what, _kernel_lines(_take_messages()))
     return rc
 
@@ -238,7 +238,7 @@ class Map:
         k = self._kbuf(key)
         v = C.create_string_buffer(self._vsize())
         if _lookup(self.fd, k, v) < 0:
-            err = _errno()
+            err = _last_errno()
             if err == _errno.ENOENT:
                 return None
             raise BpfError(err, f"lookup in map {self.name}")
@@ -252,11 +252,11 @@ class Map:
         if len(raw) != self._vsize():
             raise ValueError(f"map {self.name}: value of {len(raw)} bytes, want {self._vsize()}")
         if _update(self.fd, self._kbuf(key), C.create_string_buffer(raw, len(raw)), flags) < 0:
-            raise BpfError(_errno(), f"update of map {self.name}")
+            raise BpfError(_last_errno(), f"update of map {self.name}")
 
     def delete(self, key) -> bool:
         if _delete(self.fd, self._kbuf(key)) < 0:
-            err = _errno()
+            err = _last_errno()
             if err == _errno.ENOENT:
                 return False
             raise BpfError(err, f"delete from map {self.name}")
@@ -268,7 +268,7 @@ class Map:
         while True:
             rc = _next_key(self.fd, cur, nxt)
             if rc < 0:
-                err = _errno()
+                err = _last_errno()
                 if err == _errno.ENOENT:
                     return
                 raise BpfError(err, f"iterating map {self.name}")
@@ -406,7 +406,7 @@ class BpfObject:
         _take_messages()
         self._obj = _open_file(str(self.path).encode(), None)
         if not self._obj:
-            raise BpfError(_errno(), f"cannot open BPF object {self.path}",
+            raise BpfError(_last_errno(), f"cannot open BPF object {self.path}",
                            _take_messages()[-3:])
         self._log = C.create_string_buffer(4 * 1024 * 1024)
         self._maps: dict[str, Map] = {}
@@ -573,7 +573,7 @@ class RingBuffer:
         self._cb = _RB_FN(_cb)
         self._rb = _rb_new(map_fd, self._cb, None, None)
         if not self._rb:
-            raise BpfError(_errno(), "ring buffer setup")
+            raise BpfError(_last_errno(), "ring buffer setup")
 
     def poll(self, timeout_ms: int = 100) -> int:
         rc = _rb_poll(self._rb, timeout_ms)
