@@ -9,7 +9,8 @@ _REPO_BUILD = Path(__file__).resolve().parents[3] / "build" / "bpf"
 
 def object_path(name: str = "xdplb") -> Path:
     """Path of a compiled BPF object: 'xdplb' (the data plane) or 'stub' (XDP_PASS)."""
-    for base in (_PKG_DATA, _REPO_BUILD):
+    # a source checkout's fresh build first, then the copy shipped in the package
+    for base in (_REPO_BUILD, _PKG_DATA):
         p = base / f"{name}.bpf.o"
         if p.exists():
             return p
