@@ -77,7 +77,7 @@ struct flow_state {
 	__u16 nat_port; /* network order; 0 in DSR mode */
 	__u8 flags;     /* FLOW_F_* */
 	__u8 pad;
-	__u64 last_seen; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+	__u64 last_seen; /* jiffies, refreshed at most every runtime.refresh */
 };
 
 /* Reply translation: what to put back on a backend's answer. */
@@ -139,20 +139,27 @@ struct lb_knobs {
 	__u32 hash_seed;
 	__u16 nat_port_min; /* host order */
 	__u16 nat_port_max; /* host order, inclusive */
-	__u64 tcp_timeout_ns;
-	__u64 closing_timeout_ns;
-	__u64 udp_timeout_ns;
-	__u8 frag_drop;  /* 1: drop fragments to a VIP, 0: pass to the stack */
-	__u8 csum_fixup; /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
+	__u8 frag_drop;     /* 1: drop fragments to a VIP, 0: pass to the stack */
+	__u8 csum_fixup;    /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
 	__u8 pad[6];
 };
 
-/* Run-time switches (.bss): written by user space while running. */
+#define PORT_BITS_WORDS 1024 /* 65536 bits: one per destination port */
+
+/* Run-time state (.bss): written by user space after load and while running.
+ * Times are in jiffies (bpf_jiffies64 is much cheaper than a ktime helper);
+ * the loader learns HZ from the xdplb_clock program. */
 struct lb_runtime {
-	__u32 trace_rate;      /* 0 = off, N = one event in N packets */
-	__u32 wildcard_vips;   /* number of port-0 VIPs: skip that lookup at 0 */
-	__u32 nat_vips;        /* number of NAT VIPs: skip reply lookup at 0 */
-	__u32 pad;
+	__u32 trace_rate;    /* 0 = off, N = one event in N packets */
+	__u32 wildcard_vips; /* number of port-0 VIPs: 0 skips that lookup */
+	__u32 nat_vips;      /* number of NAT VIPs: 0 skips the reply lookup */
+	__u32 hz;            /* jiffies per second */
+	__u64 tcp_timeout;   /* idle time after which a NAT port may be reused */
+	__u64 closing_timeout;
+	__u64 udp_timeout;
+	__u64 refresh;       /* last_seen is rewritten at most this often */
+	__u64 port_bits[PORT_BITS_WORDS]; /* dports used by some VIP (host order) */
+	__u64 addr_bits[PORT_BITS_WORDS]; /* VIP addresses, by addr_bit() */
 };
 
 /* Trace event (ring buffer). */

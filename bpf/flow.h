@@ -14,14 +14,13 @@
 #include "maps.h"
 #include "parse.h"
 
-#define NAT_TRIES 8                        /* candidate ports per new flow */
-#define REFRESH_NS (1000ull * 1000 * 1000) /* last_seen written at most once a second */
+#define NAT_TRIES 8 /* candidate ports per new flow */
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {
 	if (flags & FLOW_F_CLOSING)
-		return knobs.closing_timeout_ns;
-	return proto == IPPROTO_TCP ? knobs.tcp_timeout_ns : knobs.udp_timeout_ns;
+		return runtime.closing_timeout;
+	return proto == IPPROTO_TCP ? runtime.tcp_timeout : runtime.udp_timeout;
 }
 
 static __always_inline __u8 closing_flag(const struct packet *pkt)

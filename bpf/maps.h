@@ -111,9 +111,6 @@ const volatile struct lb_knobs knobs = {
 	.hash_seed = 0x5eed1b0b,
 	.nat_port_min = 61000,
 	.nat_port_max = 65535,
-	.tcp_timeout_ns = 300ull * 1000000000ull,
-	.closing_timeout_ns = 10ull * 1000000000ull,
-	.udp_timeout_ns = 30ull * 1000000000ull,
 	.frag_drop = 0,
 	.csum_fixup = 1,
 };

@@ -6,6 +6,28 @@
 #include "maps.h"
 #include "parse.h"
 
+/* Bit of an address in runtime.addr_bits: its words xor-folded to 16 bits
+ * (mirrored by xdplb._bpf.abi.addr_bit). */
+static __always_inline __u32 addr_bit(const __u32 *a)
+{
+	__u32 h = a[0] ^ a[1] ^ a[2] ^ a[3];
+
+	return (h ^ (h >> 16)) & 0xffff;
+}
+
+static __always_inline int test_bit(const volatile __u64 *bits, __u32 bit)
+{
+	return (bits[(bit >> 6) & (PORT_BITS_WORDS - 1)] >> (bit & 63)) & 1;
+}
+
+/* Could this packet be for a VIP? Two loads from .bss (a filter with false
+ * positives only), so traffic for the host skips the hash lookups. */
+static __always_inline int maybe_vip(const struct packet *pkt)
+{
+	return test_bit(runtime.addr_bits, addr_bit(pkt->key.dst)) &&
+	       (runtime.wildcard_vips || test_bit(runtime.port_bits, bpf_ntohs(pkt->key.dport)));
+}
+
 /* Exact (address, port, protocol) first, then the VIP's port-0 wildcard. */
 static __always_inline struct vip_info *lookup_vip(const struct packet *pkt)
 {

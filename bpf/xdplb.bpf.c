@@ -34,7 +34,7 @@ static __always_inline int handle_fragment(const struct packet *pkt)
 static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct packet *pkt, struct vip_info *vip,
 						    struct flow_state *out, __u32 *stat)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bpf_jiffies64();
 	__u8 closing = closing_flag(pkt);
 	struct flow_state *fs = 0;
 	struct backend *be;
@@ -50,7 +50,7 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 		}
 		if (!be) {
 			count_stat(ST_RESELECT, 0);
-		} else if (now - fs->last_seen < REFRESH_NS && (fs->flags | closing) == fs->flags) {
+		} else if (now - fs->last_seen < runtime.refresh && (fs->flags | closing) == fs->flags) {
 			*out = *fs;
 			*stat = ST_FWD_EST;
 			return be;
@@ -130,15 +130,15 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt)
 {
 	struct nat_state *ns = bpf_map_lookup_elem(&nat_rev, &pkt->key);
 	__u32 stat = ST_REPLY, client[4], vip[4];
+	__u8 closing = closing_flag(pkt);
 	__u16 cport, vport;
 	int action;
+	__u64 now;
 
 	if (!ns)
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
-	__u64 now = bpf_ktime_get_coarse_ns();
-	__u8 closing = closing_flag(pkt);
-
-	if (now - ns->last_seen >= REFRESH_NS || (ns->flags | closing) != ns->flags) {
+	now = bpf_jiffies64();
+	if (now - ns->last_seen >= runtime.refresh || (ns->flags | closing) != ns->flags) {
 		ns->last_seen = now;
 		ns->flags |= closing;
 	}
@@ -173,7 +173,7 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 
 	if (!pkt)
 		return XDP_PASS;
-	vip = lookup_vip(pkt);
+	vip = maybe_vip(pkt) ? lookup_vip(pkt) : 0;
 	if (vip)
 		return balance(ctx, pkt, vip);
 	if (is_nat_reply(pkt))
@@ -198,7 +198,22 @@ int xdplb(struct xdp_md *ctx)
 	default:
 		return verdict(&pkt, ST_PASS_MALFORMED, XDP_PASS);
 	}
+	if (!maybe_vip(&pkt) && !is_nat_reply(&pkt))
+		return verdict(&pkt, ST_PASS_NOT_VIP, XDP_PASS); /* the host's own traffic */
 	return process_packet(ctx, &pkt);
+}
+
+/* Test-run only: writes bpf_jiffies64() into the frame, so the loader can
+ * learn the kernel's HZ (timeouts are kept in jiffies). */
+SEC("xdp")
+int xdplb_clock(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+
+	if (data + sizeof(__u64) > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	*(__u64 *)data = bpf_jiffies64();
+	return XDP_PASS;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -246,6 +246,7 @@ class LoadBalancer:
         rt = self.dp.runtime()
         rt.wildcard_vips = sum(1 for s in specs if s.port == 0)
         rt.nat_vips = sum(1 for s in specs if s.mode == "nat")
+        rt.set_filter({s.address for s in specs}, {s.port for s in specs})
         self.dp.set_runtime(rt)
 
     def _write_addr_counts(self) -> None:

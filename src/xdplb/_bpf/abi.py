@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes as C
 import enum
 import ipaddress
+import struct
 
 AF_INET = 2
 AF_INET6 = 10
@@ -136,13 +137,13 @@ class LbKnobs(C.Structure):
         ("hash_seed", C.c_uint32),
         ("nat_port_min", C.c_uint16),
         ("nat_port_max", C.c_uint16),
-        ("tcp_timeout_ns", C.c_uint64),
-        ("closing_timeout_ns", C.c_uint64),
-        ("udp_timeout_ns", C.c_uint64),
         ("frag_drop", C.c_uint8),
         ("csum_fixup", C.c_uint8),
         ("pad", C.c_uint8 * 6),
     ]
+
+
+PORT_BITS_WORDS = 1024
 
 
 class LbRuntime(C.Structure):
@@ -150,8 +151,32 @@ class LbRuntime(C.Structure):
         ("trace_rate", C.c_uint32),
         ("wildcard_vips", C.c_uint32),
         ("nat_vips", C.c_uint32),
-        ("pad", C.c_uint32),
+        ("hz", C.c_uint32),
+        ("tcp_timeout", C.c_uint64),
+        ("closing_timeout", C.c_uint64),
+        ("udp_timeout", C.c_uint64),
+        ("refresh", C.c_uint64),
+        ("port_bits", C.c_uint64 * PORT_BITS_WORDS),
+        ("addr_bits", C.c_uint64 * PORT_BITS_WORDS),
     ]
+
+    def set_filter(self, addresses, ports) -> None:
+        """The VIP pre-filter: destination ports (host order) and addresses in use."""
+        for i in range(PORT_BITS_WORDS):
+            self.port_bits[i] = 0
+            self.addr_bits[i] = 0
+        for p in ports:
+            self.port_bits[p >> 6] |= 1 << (p & 63)
+        for a in addresses:
+            b = addr_bit(a)
+            self.addr_bits[b >> 6] |= 1 << (b & 63)
+
+
+def addr_bit(ip) -> int:
+    """select.h::addr_bit: the address's words (as loaded) xor-folded to 16 bits."""
+    w = struct.unpack("<4I", ipaddress.ip_address(ip).packed.ljust(16, b"\0"))
+    h = w[0] ^ w[1] ^ w[2] ^ w[3]
+    return (h ^ (h >> 16)) & 0xFFFF
 
 
 class TraceEvent(C.Structure):

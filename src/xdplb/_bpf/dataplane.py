@@ -9,6 +9,7 @@ import ctypes as C
 import errno
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,29 +43,35 @@ class Sizes:
 
 @dataclass
 class Knobs:
-    """Load-time knobs (`const volatile struct lb_knobs knobs`)."""
+    """Load-time knobs (`const volatile struct lb_knobs knobs`) and the timeouts the
+    loader writes into the run-time state (in jiffies) right after loading."""
 
     hash_seed: int = 0x5EED1B0B
     nat_port_min: int = 61000
     nat_port_max: int = 65535
+    frag_drop: bool = False
+    csum_fixup: bool = True
     tcp_timeout_s: float = 300.0
     closing_timeout_s: float = 10.0
     udp_timeout_s: float = 30.0
-    frag_drop: bool = False
-    csum_fixup: bool = True
+    refresh_s: float = 1.0
 
     def pack(self) -> bytes:
         k = abi.LbKnobs(
             hash_seed=self.hash_seed & 0xFFFFFFFF,
             nat_port_min=self.nat_port_min,
             nat_port_max=self.nat_port_max,
-            tcp_timeout_ns=int(self.tcp_timeout_s * 1e9),
-            closing_timeout_ns=int(self.closing_timeout_s * 1e9),
-            udp_timeout_ns=int(self.udp_timeout_s * 1e9),
             frag_drop=int(self.frag_drop),
             csum_fixup=int(self.csum_fixup),
         )
         return bytes(k)
+
+    def timeouts(self, rt: abi.LbRuntime, hz: int) -> None:
+        rt.hz = hz
+        rt.tcp_timeout = int(self.tcp_timeout_s * hz)
+        rt.closing_timeout = int(self.closing_timeout_s * hz)
+        rt.udp_timeout = int(self.udp_timeout_s * hz)
+        rt.refresh = max(1, int(self.refresh_s * hz))
 
 
 _TYPES = {
@@ -106,7 +113,11 @@ class DataPlane:
             names = list(_TYPES) + ["rings", "tx_ports", "events"]
             maps = {n: obj.map(n) for n in names}
             maps["runtime"] = obj.map(".bss")
-            return cls(maps, obj.program(PROG_NAME), obj)
+            dp = cls(maps, obj.program(PROG_NAME), obj)
+            rt = dp.runtime()
+            (knobs or Knobs()).timeouts(rt, kernel_hz(obj.program("xdplb_clock")))
+            dp.set_runtime(rt)
+            return dp
         except Exception:
             obj.close()
             raise
@@ -204,6 +215,23 @@ class DataPlane:
 
     def obj_stats(self, which: str, idx: int) -> dict[str, int]:
         return self.maps[which].reduce(idx, ("packets", "bytes", "new_flows"))
+
+
+_HZ: int | None = None
+
+
+def kernel_hz(clock: Program) -> int:
+    """The kernel's HZ, from bpf_jiffies64() read twice by the xdplb_clock program."""
+    global _HZ
+    if _HZ is None:
+        frame = bytes(64)
+        t0 = time.monotonic()
+        j0 = int.from_bytes(clock.test_run(frame)[1][:8], "little")
+        time.sleep(0.05)
+        j1 = int.from_bytes(clock.test_run(frame)[1][:8], "little")
+        rate = (j1 - j0) / (time.monotonic() - t0)
+        _HZ = min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
+    return _HZ
 
 
 def _update_batch(m: Map, values: np.ndarray) -> None:
