@@ -1,0 +1,569 @@
+"""TOML configuration -> validated, frozen dataclasses.
+
+Every problem raises `ConfigError` whose message reads ``FILE: KEY: reason``, e.g.
+``lb.toml: vip[0].backend[1].mac: 'zz' is not a MAC address``. The format is described
+in docs/config.md. `parse_ip` and `parse_mac` are shared with the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import XdplbError
+from .ring import DEFAULT_SIZE, is_prime, next_prime
+
+__all__ = [
+    "Backend",
+    "Config",
+    "ConfigError",
+    "HealthCheck",
+    "IPAddress",
+    "LbSettings",
+    "Vip",
+    "format_mac",
+    "load_config",
+    "parse_config",
+    "parse_ip",
+    "parse_mac",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_HASH_SEED = 0x5EED1B0B
+DEFAULT_NAT_PORTS = (61000, 65535)  # above Linux's default ip_local_port_range
+DEFAULT_CONNTRACK_SIZE = 1 << 20
+DEFAULT_MAX_VIPS = 4096
+DEFAULT_MAX_BACKENDS = 65536
+MAX_RING_SIZE = 1 << 24
+MAX_WEIGHT = 0xFFFF
+
+
+class ConfigError(XdplbError, ValueError):
+    """A configuration problem: where (source, key) and why (reason)."""
+
+    def __init__(self, source: str, key: str | None, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + reason)
+
+
+# --- value parsers shared with the CLI -----------------------------------------------
+
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+
+
+def parse_mac(s: str) -> bytes:
+    """'de:ad:be:ef:00:02' (any case) -> 6 bytes; ValueError for any other string."""
+    if not isinstance(s, str):
+        raise TypeError(f"{s!r} is not a MAC address (expected a string)")
+    if not _MAC_RE.fullmatch(s):
+        raise ValueError(
+            f"{s!r} is not a MAC address (expected six hex pairs like de:ad:be:ef:00:02)"
+        )
+    return bytes.fromhex(s.replace(":", ""))
+
+
+def format_mac(mac: bytes) -> str:
+    """6 bytes -> 'de:ad:be:ef:00:02'."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_ip(s: str) -> IPAddress:
+    """'10.0.0.2' or '2001:db8::2' -> ipaddress object; ValueError (for a bad string) says why."""
+    if not isinstance(s, str):
+        raise TypeError(f"{s!r} is not an IPv4 or IPv6 address (expected a string)")
+    if "%" in s:
+        raise ValueError(f"{s!r}: scoped IPv6 addresses (with %zone) are not supported")
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        raise ValueError(f"{s!r} is not an IPv4 or IPv6 address") from None
+
+
+# --- the model -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LbSettings:
+    """The [lb] table: one data plane instance."""
+
+    interface: str
+    hash_seed: int = DEFAULT_HASH_SEED  # u32; every node behind one ECMP group shares it
+    nat_ports: tuple[int, int] = DEFAULT_NAT_PORTS  # inclusive source-port range for NAT
+    conntrack_size: int = DEFAULT_CONNTRACK_SIZE
+    max_vips: int = DEFAULT_MAX_VIPS
+    max_backends: int = DEFAULT_MAX_BACKENDS
+    frag_policy: str = "pass"  # "pass" | "drop": IP fragments addressed to a VIP
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A [[vip.backend]] entry."""
+
+    address: IPAddress
+    port: int  # nat: destination port; 0 = keep the client's (VIP port 0); dsr: the VIP's
+    weight: int = 1  # 0 = draining: keeps its flows, gets no new ones
+    mac: bytes | None = None  # None: next hop from the kernel FIB
+
+    @property
+    def key(self) -> str:
+        """Stable identity for the Maglev ring: '10.0.0.2:8000', '[2001:db8::2]:80'."""
+        return _host_port(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A [vip.health] table; kind 'none' (the default) means backends are always up."""
+
+    kind: str = "none"  # "tcp" | "http" | "none"
+    port: int | None = None  # None: each backend's port
+    path: str = "/"  # http only
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class Vip:
+    """A [[vip]] entry: (address, port, protocol) and how to balance it."""
+
+    name: str
+    address: IPAddress
+    port: int  # 0 = every port of the protocol
+    protocol: str = "tcp"  # "tcp" | "udp"
+    mode: str = "nat"  # "nat" | "dsr"
+    snat: IPAddress | None = None  # nat: source address towards backends; None in dsr
+    ring_size: int = DEFAULT_SIZE
+    on_backend_removed: str = "reselect"  # "reselect" | "reset"
+    udp_stateless: bool = False
+    backends: tuple[Backend, ...] = ()
+    health: HealthCheck = HealthCheck()
+
+    @property
+    def key(self) -> tuple[IPAddress, int, str]:
+        return (self.address, self.port, self.protocol)
+
+
+@dataclass(frozen=True)
+class Config:
+    lb: LbSettings
+    vips: tuple[Vip, ...] = ()
+    source: str = "<string>"
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; ConfigError names the file, key and reason."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(source, None, f"cannot read: {e.strerror} (errno {e.errno})") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, None, f"not UTF-8 text (byte {e.start})") from e
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text; `source` names it in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", msg, re.DOTALL)
+        if m:
+            raise ConfigError(source, f"line {m[2]}, column {m[3]}", m[1]) from None
+        raise ConfigError(source, "syntax", msg) from None
+    return _Parser(source).config(doc)
+
+
+# --- validation --------------------------------------------------------------------------
+
+_REQUIRED: Any = object()
+T = TypeVar("T")
+
+
+def _host_port(address: IPAddress, port: int) -> str:
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{host}:{port}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value}"
+
+
+class _Table:
+    """One TOML table being read: tracks its key path and which keys were used."""
+
+    def __init__(self, parser: _Parser, path: str, data: dict[str, Any]) -> None:
+        self.p = parser
+        self.path = path
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str | None, reason: str) -> ConfigError:
+        return ConfigError(self.p.source, self.key(name) if name else self.path, reason)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def get(self, name: str, check: Callable[[Any], T], what: str, default: Any = _REQUIRED) -> T:
+        self.used.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise self.fail(name, "required")
+            return default  # type: ignore[no-any-return]
+        value = self.data[name]
+        try:
+            return check(value)
+        except _WrongType:
+            raise self.fail(name, f"expected {what}, got {_describe(value)}") from None
+        except ValueError as e:
+            raise self.fail(name, str(e)) from None
+
+    def integer(self, name: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+        def check(v: Any) -> int:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise _WrongType
+            if not lo <= v <= hi:
+                raise ValueError(f"{v} is out of range {lo}..{hi}")
+            return v
+
+        return self.get(name, check, "an integer", default)
+
+    def number(self, name: str, default: Any = _REQUIRED) -> float:
+        def check(v: Any) -> float:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise _WrongType
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{v} must be a finite number of seconds > 0")
+            return float(v)
+
+        return self.get(name, check, "a number of seconds", default)
+
+    def string(self, name: str, default: Any = _REQUIRED) -> str:
+        def check(v: Any) -> str:
+            if not isinstance(v, str):
+                raise _WrongType
+            return v
+
+        return self.get(name, check, "a string", default)
+
+    def boolean(self, name: str, default: Any = _REQUIRED) -> bool:
+        def check(v: Any) -> bool:
+            if not isinstance(v, bool):
+                raise _WrongType
+            return v
+
+        return self.get(name, check, "true or false", default)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+        def check(v: Any) -> str:
+            if not isinstance(v, str):
+                raise _WrongType
+            if v not in choices:
+                raise ValueError(f"{v!r} is not one of " + ", ".join(repr(c) for c in choices))
+            return v
+
+        return self.get(name, check, "one of " + ", ".join(repr(c) for c in choices), default)
+
+    def ip(self, name: str, default: Any = _REQUIRED) -> IPAddress:
+        def check(v: Any) -> IPAddress:
+            if not isinstance(v, str):
+                raise _WrongType
+            return _unicast(parse_ip(v))
+
+        return self.get(name, check, "an IP address string", default)
+
+    def table(self, name: str) -> _Table | None:
+        def check(v: Any) -> dict[str, Any]:
+            if not isinstance(v, dict):
+                raise _WrongType
+            return v
+
+        data = self.get(name, check, "a table", None)
+        return None if data is None else _Table(self.p, self.key(name), data)
+
+    def tables(self, name: str) -> list[_Table]:
+        def check(v: Any) -> list[dict[str, Any]]:
+            if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
+                raise _WrongType
+            return v
+
+        what = f"an array of tables ([[{self.key(name)}]])"
+        items = self.get(name, check, what, [])
+        return [_Table(self.p, f"{self.key(name)}[{i}]", t) for i, t in enumerate(items)]
+
+    def done(self) -> None:
+        """Reject keys nobody asked for, naming the first and suggesting a near match."""
+        for name in self.data:
+            if name not in self.used:
+                near = [k for k in sorted(self.used) if k.startswith(name) or name.startswith(k)]
+                near = near or difflib.get_close_matches(name, sorted(self.used), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise self.fail(name, "unknown key" + hint)
+
+
+class _WrongType(Exception):
+    pass
+
+
+def _unicast(addr: IPAddress) -> IPAddress:
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        raise ValueError(f"{addr} is not a unicast host address")
+    if addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{addr} is not a unicast host address")
+    return addr
+
+
+def _family(addr: IPAddress) -> str:
+    return f"IPv{addr.version}"
+
+
+_IFNAME_BAD = re.compile(r"[/:\s]")
+
+
+def _ifname(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    # Linux dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or whitespace.
+    if not v or len(v.encode()) > 15 or v in (".", "..") or _IFNAME_BAD.search(v):
+        raise ValueError(f"{v!r} is not a valid interface name")
+    return v
+
+
+def _port_range(v: Any) -> tuple[int, int]:
+    if not isinstance(v, str):
+        raise _WrongType
+    m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", v)
+    if not m:
+        raise ValueError(f'{v!r} is not a port range like "61000-65535"')
+    lo, hi = int(m[1]), int(m[2])
+    if not (1024 <= lo <= 65535 and 1024 <= hi <= 65535):
+        raise ValueError(f"{v!r}: ports must be within 1024..65535")
+    if lo > hi:
+        raise ValueError(f"{v!r}: the first port is above the last")
+    return lo, hi
+
+
+def _mac(v: Any) -> bytes:
+    if not isinstance(v, str):
+        raise _WrongType
+    mac = parse_mac(v)
+    if mac[0] & 1:
+        raise ValueError(f"{v!r} is a multicast or broadcast MAC, not a host's")
+    if mac == bytes(6):
+        raise ValueError(f"{v!r} is the all-zero MAC, not a host's")
+    return mac
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not v or len(v) > 64 or not v.isascii() or not v.isprintable() or " " in v:
+        raise ValueError(f"{v!r} is not a valid name (1..64 printable ASCII, no spaces)")
+    return v
+
+
+def _path(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not v.startswith("/") or not v.isascii() or not v.isprintable() or " " in v:
+        raise ValueError(f"{v!r} is not an HTTP path (must start with '/', no spaces)")
+    return v
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def config(self, doc: dict[str, Any]) -> Config:
+        root = _Table(self, "", doc)
+        lb_table = root.table("lb")
+        vip_tables = root.tables("vip")
+        root.done()
+        if lb_table is None:
+            raise ConfigError(self.source, "lb", "required table missing ([lb] with interface)")
+        lb = self.lb(lb_table)
+
+        vips: list[Vip] = []
+        by_key: dict[tuple[IPAddress, int, str], str] = {}
+        by_name: dict[str, str] = {}
+        total_backends = 0
+        for t in vip_tables:
+            vip = self.vip(t)
+            if vip.key in by_key:
+                where = f"{_host_port(vip.address, vip.port)}/{vip.protocol}"
+                raise t.fail(None, f"duplicate of {by_key[vip.key]} ({where})")
+            if vip.name in by_name:
+                raise t.fail("name", f"{vip.name!r} is already used by {by_name[vip.name]}")
+            by_key[vip.key] = by_name[vip.name] = t.path
+            total_backends += len(vip.backends)
+            vips.append(vip)
+
+        if len(vips) > lb.max_vips:
+            raise ConfigError(
+                self.source,
+                "lb.max_vips",
+                f"{len(vips)} VIPs configured, max_vips is {lb.max_vips}",
+            )
+        if total_backends > lb.max_backends:
+            raise ConfigError(
+                self.source,
+                "lb.max_backends",
+                f"{total_backends} backends configured over all VIPs, "
+                f"max_backends is {lb.max_backends}",
+            )
+        return Config(lb=lb, vips=tuple(vips), source=self.source)
+
+    def lb(self, t: _Table) -> LbSettings:
+        interface = t.get("interface", _ifname, "an interface name string")
+        s = LbSettings(
+            interface=interface,
+            hash_seed=t.integer("hash_seed", 0, 0xFFFFFFFF, DEFAULT_HASH_SEED),
+            nat_ports=t.get(
+                "nat_ports", _port_range, 'a string like "61000-65535"', DEFAULT_NAT_PORTS
+            ),
+            conntrack_size=t.integer("conntrack_size", 1024, 1 << 28, DEFAULT_CONNTRACK_SIZE),
+            max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULT_MAX_VIPS),
+            max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULT_MAX_BACKENDS),
+            frag_policy=t.choice("frag_policy", ("pass", "drop"), "pass"),
+        )
+        t.done()
+        return s
+
+    def vip(self, t: _Table) -> Vip:
+        address = t.ip("address")
+        port = t.integer("port", 0, 65535)
+        protocol = t.choice("protocol", ("tcp", "udp"), "tcp")
+        mode = t.choice("mode", ("nat", "dsr"), "nat")
+        default_name = f"{_host_port(address, port)}/{protocol}"
+        name = t.get("name", _name, "a string", default_name)
+
+        snat: IPAddress | None = None
+        if mode == "nat":
+            snat = t.ip("snat", address)
+            if snat.version != address.version:
+                raise t.fail("snat", f"{snat} is {_family(snat)} but the VIP is {_family(address)}")
+        elif t.has("snat"):
+            raise t.fail("snat", "only for mode = 'nat' (dsr keeps the client's source address)")
+
+        ring_size = t.integer("ring_size", 2, MAX_RING_SIZE, DEFAULT_SIZE)
+        if not is_prime(ring_size):
+            raise t.fail("ring_size", f"{ring_size} is not prime (try {next_prime(ring_size)})")
+        on_removed = t.choice("on_backend_removed", ("reselect", "reset"), "reselect")
+        udp_stateless = t.boolean("udp_stateless", False)
+        if udp_stateless and not (mode == "dsr" and protocol == "udp"):
+            raise t.fail("udp_stateless", "only allowed with mode = 'dsr' and protocol = 'udp'")
+
+        backends: list[Backend] = []
+        seen: dict[tuple[IPAddress, int], str] = {}
+        for bt in t.tables("backend"):
+            b = self.backend(bt, address, port, mode)
+            if (b.address, b.port) in seen:
+                raise bt.fail(None, f"duplicate of {seen[b.address, b.port]} ({b.key})")
+            seen[b.address, b.port] = bt.path
+            backends.append(b)
+        if backends and ring_size < len(backends):
+            raise t.fail(
+                "ring_size",
+                f"{ring_size} slots for {len(backends)} backends; use at least "
+                f"{next_prime(100 * len(backends))}",
+            )
+
+        health_table = t.table("health")
+        health = HealthCheck() if health_table is None else self.health(health_table, port)
+        t.done()
+        return Vip(
+            name=name,
+            address=address,
+            port=port,
+            protocol=protocol,
+            mode=mode,
+            snat=snat,
+            ring_size=ring_size,
+            on_backend_removed=on_removed,
+            udp_stateless=udp_stateless,
+            backends=tuple(backends),
+            health=health,
+        )
+
+    def backend(self, t: _Table, vip_address: IPAddress, vip_port: int, mode: str) -> Backend:
+        address = t.ip("address")
+        if address.version != vip_address.version:
+            raise t.fail(
+                "address", f"{address} is {_family(address)} but the VIP is {_family(vip_address)}"
+            )
+        mac = t.get("mac", _mac, "a MAC address string", None)
+        port = vip_port
+        if t.has("port"):
+            if mode != "nat":
+                t.used.add("port")
+                raise t.fail("port", "only for mode = 'nat' (dsr keeps the VIP's port)")
+            if vip_port == 0:
+                t.used.add("port")
+                raise t.fail(
+                    "port",
+                    "the VIP has port 0 (all ports), so backends keep the client's "
+                    "destination port; remove this key",
+                )
+            port = t.integer("port", 1, 65535)
+        weight = t.integer("weight", 0, MAX_WEIGHT, 1)
+        t.done()
+        return Backend(address=address, port=port, weight=weight, mac=mac)
+
+    def health(self, t: _Table, vip_port: int) -> HealthCheck:
+        kind = t.choice("kind", ("tcp", "http", "none"), "tcp")
+        port = t.integer("port", 1, 65535, None)
+        if kind != "none" and port is None and vip_port == 0:
+            raise t.fail("port", "required when the VIP's port is 0 (all ports)")
+        if t.has("path") and kind != "http":
+            t.used.add("path")
+            raise t.fail("path", "only for kind = 'http'")
+        path = t.get("path", _path, "a string", "/")
+        interval = t.number("interval", 2.0)
+        timeout = t.number("timeout", min(1.0, interval))
+        if timeout > interval:
+            raise t.fail("timeout", f"{timeout:g} s is longer than the interval ({interval:g} s)")
+        rise = t.integer("rise", 1, 1000, 2)
+        fall = t.integer("fall", 1, 1000, 3)
+        t.done()
+        return HealthCheck(
+            kind=kind,
+            port=port,
+            path=path,
+            interval=interval,
+            timeout=timeout,
+            rise=rise,
+            fall=fall,
+        )

@@ -1,0 +1,22 @@
+"""Namespace topologies for trying and testing xdplb without touching the host's network.
+
+``Lab`` builds the tutorial's topology (client, LB, backends h2/h3 on bridge br0) inside
+network namespaces named ``<name>-<host>`` and removes them on ``down()``, on error and on
+Ctrl-C.  ``xdplb lab up|down|status|exec`` is the same from the command line.
+"""
+from .cli import register_cli
+from .plan import Host, LabError, backend_numbers, client_numbers, plan_hosts
+from .topology import Lab, LabNotFound, sigterm_as_interrupt, state_dir
+
+__all__ = [
+    "Host",
+    "Lab",
+    "LabError",
+    "LabNotFound",
+    "backend_numbers",
+    "client_numbers",
+    "plan_hosts",
+    "register_cli",
+    "sigterm_as_interrupt",
+    "state_dir",
+]

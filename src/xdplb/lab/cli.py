@@ -1,0 +1,212 @@
+"""``xdplb lab up|down|status|exec``: the lab from the command line.
+
+Wired into the main parser with ``register_cli(sub)``; every subcommand sets ``func`` and
+``args.func(args)`` returns the exit code.  Errors: one line on stderr, exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .plan import LabError
+from .topology import Lab, sigterm_as_interrupt
+
+PROG = "xdplb"
+
+
+def _err(msg: str) -> int:
+    print(f"{PROG}: {msg}", file=sys.stderr)
+    return 1
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces); run with sudo")
+
+
+def _resolve(name: str | None) -> Lab:
+    if name is not None:
+        return Lab.load(name)
+    saved = Lab.saved()
+    if not saved:
+        raise LabError("no lab is up (start one with `xdplb lab up`)")
+    if len(saved) > 1:
+        raise LabError(f"several labs are up ({', '.join(saved)}); choose one with --name")
+    return Lab.load(saved[0])
+
+
+def hosts_table(lab: Lab) -> str:
+    rows = [("host", "netns", "iface", "peer", "MAC", "IPv4", "IPv6")]
+    for h in lab.hosts.values():
+        rows.append((h.role, h.ns, h.ifname, h.peer_ifname, h.mac, h.ipv4, h.ipv6 or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def usage_hint(lab: Lab) -> str:
+    exe = sys.argv[0] if os.path.basename(sys.argv[0]) == PROG else ".venv/bin/xdplb"
+    run = " ".join(lab.run_argv(exe))
+    b = lab.backend_hosts[0]
+    peer = (f"XDP_PASS stub on {lab.lb_peer_ifname()}" if lab.lb_peer_mode == "xdp"
+            else f"GRO on {lab.lb_peer_ifname()}")
+    return "\n".join([
+        f"switch: netns {lab.switch_ns}, bridge br0, {peer} (veth needs it for XDP_TX)",
+        "",
+        "run the load balancer:",
+        f"  ip netns exec {lab.lb.ns} {run}",
+        "serve and ask:",
+        f"  ip netns exec {b.ns} python3 -m http.server 8000   # in each backend",
+        f"  ip netns exec {lab.client.ns} curl http://{lab.vip}:8000/",
+        "or:",
+        f"  {PROG} lab exec --name {lab.name} client -- curl http://{lab.vip}:8000/",
+        f"remove it: {PROG} lab down --name {lab.name}",
+    ])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need_root()
+    lab = Lab(args.name, backends=args.backends, clients=args.clients, offloads=args.offloads,
+              ipv6=not args.no_ipv6)
+    if lab.state_path(lab.name).exists():
+        raise LabError(f"lab {lab.name!r} already exists (`{PROG} lab down --name {lab.name}`)")
+    lab.autosave = True  # state on disk from the first namespace on: `lab down` can always find it
+    try:
+        with sigterm_as_interrupt():
+            lab.up()
+            lab.save()
+    except KeyboardInterrupt:
+        lab.down()  # up() already rolled back; this is for an interrupt during save()
+        print(f"{PROG}: lab up interrupted; removed lab {lab.name}", file=sys.stderr)
+        return 130
+    print(f"lab {lab.name} is up (state: {lab.state_path(lab.name)})\n")
+    print(hosts_table(lab))
+    print()
+    print(usage_hint(lab))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _need_root()
+    if args.all:
+        names = Lab.saved()
+    else:
+        names = [_resolve(args.name).name]
+    rc = 0
+    for name in names:
+        try:
+            lab = Lab.load(name)
+            with sigterm_as_interrupt():
+                lab.down()
+            print(f"lab {name} removed")
+        except LabError as e:
+            rc = _err(str(e))
+    return rc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.name is None and len(Lab.saved()) != 1:
+        names = Lab.saved()
+        if not names:
+            print("no lab is up")
+            return 0
+    else:
+        names = [_resolve(args.name).name]
+    for i, name in enumerate(names):
+        lab = Lab.load(name)
+        st = lab.status()
+        up = sum(v["exists"] for v in st["namespaces"].values())
+        total = len(st["namespaces"])
+        state = "up" if up == total else ("down" if up == 0 else f"partial ({up}/{total})")
+        if i:
+            print()
+        print(f"lab {name}: {state}; backends={lab.n_backends} clients={lab.n_clients} "
+              f"offloads={lab.offloads} ipv6={'on' if lab.ipv6 else 'off'} "
+              f"lb-peer={lab.lb_peer_mode}")
+        print(hosts_table(lab))
+        for where, prog in st["xdp"].items():
+            desc = "none" if not prog else f"{prog['name']} (id {prog['id']}, {prog['mode']})"
+            print(f"xdp {where}: {desc}")
+        for ns, v in st["namespaces"].items():
+            if not v["exists"]:
+                print(f"missing netns {ns}")
+            elif v["pids"]:
+                print(f"processes in {ns}: {' '.join(map(str, v['pids']))}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _need_root()
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    lab = _resolve(args.name)
+    ns = lab.ns(args.host)
+    if not cmd:
+        cmd = [os.environ.get("SHELL", "/bin/sh")]
+    argv = ["ip", "netns", "exec", ns, *cmd]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise LabError(f"cannot run ip netns exec: {e}") from None
+    return 1  # not reached
+
+
+def _wrap(fn):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except LabError as e:
+            return _err(str(e))
+    return run
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add ``lab up|down|status|exec`` to a top-level ``add_subparsers()`` object."""
+    lab_p = subparsers.add_parser(
+        "lab", help="the tutorial's topology as network namespaces",
+        description="The tutorial's topology (client, LB, backends h2/h3 on bridge br0) built "
+                    "entirely inside network namespaces it creates, removed on `down`.")
+    lab_p.set_defaults(func=lambda args: (lab_p.print_help(sys.stderr), 1)[1])
+    sub = lab_p.add_subparsers(dest="lab_command", metavar="{up,down,status,exec}")
+
+    up = sub.add_parser("up", help="create a lab and print how to use it")
+    up.add_argument("--name", help="lab name (default xl<pid>); namespaces are NAME-<host>")
+    up.add_argument("--backends", type=int, default=2, help="number of backends (default 2)")
+    up.add_argument("--clients", type=int, default=1, help="number of clients (default 1)")
+    up.add_argument("--offloads", choices=("default", "off"), default="default",
+                    help="veth offloads: kernel defaults (like the tutorial) or tx/rx csum off")
+    up.add_argument("--no-ipv6", action="store_true", help="no fd00::/64 addresses")
+    up.set_defaults(func=_wrap(cmd_up))
+
+    down = sub.add_parser("down", help="remove a lab (namespaces, processes, state)")
+    g = down.add_mutually_exclusive_group()
+    g.add_argument("--name", help="lab to remove (optional when only one is up)")
+    g.add_argument("--all", action="store_true", help="remove every saved lab")
+    down.set_defaults(func=_wrap(cmd_down))
+
+    status = sub.add_parser("status", help="show labs, hosts, XDP programs, processes")
+    status.add_argument("--name")
+    status.set_defaults(func=_wrap(cmd_status))
+
+    ex = sub.add_parser("exec", help="run a command in a host's namespace",
+                        usage="%(prog)s [--name NAME] HOST [-- CMD ...]")
+    ex.add_argument("--name")
+    ex.add_argument("host", help="client, lb, h2, h3, ..., c2, ..., or sw")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="command (default: $SHELL)")
+    ex.set_defaults(func=_wrap(cmd_exec))
+    return lab_p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m xdplb.lab``) until the main CLI wires us in."""
+    parser = argparse.ArgumentParser(prog=PROG)
+    sub = parser.add_subparsers(dest="command")
+    register_cli(sub)
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 1
+    return args.func(args)

@@ -1,0 +1,193 @@
+"""Maglev consistent hashing: the per-VIP lookup table, pure and deterministic.
+
+`maglev_table` maps every slot of a prime-sized table to a backend id. The data plane
+picks ``table[hash(5-tuple) % size]``. Every node that builds a table from the same
+backends gets the same table, whatever order the backends were listed in, so ECMP
+spreading a flow over several xdplb nodes still lands it on one backend.
+
+Permutations (Maglev paper, §3.4): each backend walks its own permutation of the slots,
+``offset + j * skip (mod size)``, with offset and skip taken from a BLAKE2b hash of the
+backend's key (its stable identity, e.g. "10.0.0.2:8000"), never from Python's salted
+``hash()``. ``size`` is prime, so every skip in ``1 .. size-1`` visits every slot.
+
+Weights (Katran's MaglevHashV2 scheme): backends take turns in rounds, in key order.
+In each round every backend adds its weight to a credit; when the credit reaches the
+largest weight W it claims its next preferred free slot and pays W. A backend of
+weight w therefore makes ``floor(r * w / W)`` claims in the first r rounds, and since
+every claim fills exactly one slot, its share of the table is ``w / sum(weights)`` up
+to one slot of rounding. The claim order depends on the weights only, so it is computed
+up front with numpy; the walk itself is a tight loop over plain lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from numbers import Integral
+
+import numpy as np
+
+__all__ = ["DEFAULT_SIZE", "MAX_WEIGHT", "NO_BACKEND", "is_prime", "maglev_table", "next_prime"]
+
+NO_BACKEND = 0xFFFFFFFF  # empty slot; XDPLB_NO_BACKEND in bpf/abi.h
+DEFAULT_SIZE = 65537
+MAX_WEIGHT = 0xFFFFFFFF
+_MAX_SIZE = 1 << 31  # keeps round * weight inside int64
+_HASH_PERSON = b"xdplb-maglev"  # domain separation for the key hash
+
+# Deterministic Miller-Rabin witnesses for every n < 3.3e24.
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+
+
+def is_prime(n: int) -> bool:
+    """True if n is prime (deterministic Miller-Rabin; exact for n < 3.3e24)."""
+    if not isinstance(n, Integral) or isinstance(n, bool):
+        raise TypeError(f"is_prime() needs an integer, got {type(n).__name__}")
+    n = int(n)
+    if n < 2:
+        return False
+    for p in _MR_BASES:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def next_prime(n: int) -> int:
+    """The smallest prime >= n."""
+    if not isinstance(n, Integral) or isinstance(n, bool):
+        raise TypeError(f"next_prime() needs an integer, got {type(n).__name__}")
+    n = max(int(n), 2)
+    while not is_prime(n):
+        n += 1
+    return n
+
+
+def _offset_skip(key: str, size: int) -> tuple[int, int]:
+    digest = hashlib.blake2b(key.encode(), digest_size=16, person=_HASH_PERSON).digest()
+    h1 = int.from_bytes(digest[:8], "little")
+    h2 = int.from_bytes(digest[8:], "little")
+    return h1 % size, h2 % (size - 1) + 1
+
+
+def _check_backends(
+    backends: Sequence[tuple[int, str, int]],
+) -> list[tuple[str, int, int]]:
+    """Validate; return the (key, id, weight) of backends with weight > 0, by key."""
+    seen_ids: set[int] = set()
+    seen_keys: set[str] = set()
+    live: list[tuple[str, int, int]] = []
+    for i, entry in enumerate(backends):
+        try:
+            backend_id, key, weight = entry
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"backends[{i}]: expected (backend_id, key, weight), got {entry!r}"
+            ) from None
+        if not isinstance(backend_id, Integral) or isinstance(backend_id, bool):
+            raise TypeError(f"backends[{i}]: backend_id must be an integer, got {backend_id!r}")
+        if not 0 <= backend_id < NO_BACKEND:
+            raise ValueError(
+                f"backends[{i}]: backend_id {backend_id} out of range 0..{NO_BACKEND - 1}"
+            )
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"backends[{i}]: key must be a non-empty string, got {key!r}")
+        if not isinstance(weight, Integral) or isinstance(weight, bool):
+            raise TypeError(f"backends[{i}]: weight must be an integer, got {weight!r}")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"backends[{i}]: weight {weight} out of range 0..{MAX_WEIGHT}")
+        if backend_id in seen_ids:
+            raise ValueError(f"backends[{i}]: duplicate backend_id {backend_id}")
+        if key in seen_keys:
+            raise ValueError(f"backends[{i}]: duplicate key {key!r}")
+        seen_ids.add(int(backend_id))
+        seen_keys.add(key)
+        if weight > 0:
+            live.append((key, int(backend_id), int(weight)))
+    live.sort()
+    return live
+
+
+def _claim_order(weights: np.ndarray, size: int) -> np.ndarray:
+    """Backend index of each of the `size` claims, in the order they are made.
+
+    Backend i claims in round r (1-based) iff floor(r*w_i/W) > floor((r-1)*w_i/W); its
+    k-th claim is in round ceil(k*W/w_i). Within a round, lower index claims first.
+    """
+    n = len(weights)
+    top = int(weights.max())
+    # Fewest rounds giving `size` claims. The heaviest backend claims every round, so
+    # `size` rounds always suffice.
+    lo, hi = 1, size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(((mid * weights) // top).sum()) >= size:
+            hi = mid
+        else:
+            lo = mid + 1
+    counts = (lo * weights) // top
+    owner = np.repeat(np.arange(n, dtype=np.int64), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    k = np.arange(len(owner), dtype=np.int64) - starts + 1
+    w = weights[owner]
+    rounds = (k * top + w - 1) // w
+    order = np.argsort(rounds * n + owner, kind="stable")
+    return owner[order[:size]]
+
+
+def maglev_table(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Build a Maglev lookup table.
+
+    backends: (backend_id, key, weight) triples. key is the backend's stable identity
+    (e.g. "10.0.0.2:8000"); it alone decides where the backend sits, so keep it the same
+    across nodes and restarts. weight >= 0; weight 0 leaves the backend out (draining).
+    size: prime number of slots.
+
+    Returns a uint32 array of `size` backend ids, all NO_BACKEND when no weight is > 0.
+    Raises ValueError for a non-prime size, duplicate ids or keys, or out-of-range values.
+    """
+    if not isinstance(size, Integral) or isinstance(size, bool):
+        raise TypeError(f"size must be an integer, got {size!r}")
+    size = int(size)
+    if not is_prime(size):
+        raise ValueError(f"size {size} is not prime (next prime: {next_prime(size)})")
+    if size > _MAX_SIZE:
+        raise ValueError(f"size {size} is larger than {_MAX_SIZE}")
+    live = _check_backends(backends)
+    if not live:
+        return np.full(size, NO_BACKEND, dtype=np.uint32)
+
+    params = [_offset_skip(key, size) for key, _, _ in live]
+    cursor = [offset for offset, _ in params]  # next slot each backend would like
+    skips = [skip for _, skip in params]
+    weights = np.array([w for _, _, w in live], dtype=np.int64)
+
+    slots = [-1] * size
+    for b in _claim_order(weights, size).tolist():
+        c = cursor[b]
+        s = skips[b]
+        while slots[c] >= 0:  # a free slot is ahead: every slot passed is taken
+            c += s
+            if c >= size:
+                c -= size
+        slots[c] = b
+        c += s
+        if c >= size:
+            c -= size
+        cursor[b] = c
+
+    ids = np.array([backend_id for _, backend_id, _ in live], dtype=np.uint32)
+    return ids[np.array(slots, dtype=np.intp)]
