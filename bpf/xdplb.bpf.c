@@ -111,6 +111,9 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 		dport = be->port ? be->port : pkt->key.dport;
 		if (rewrite_tuple(ctx, pkt, vip->snat_addr, dst, fs.nat_port, dport))
 			return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
+	} else if (finish_csum(ctx, pkt)) {
+		/* DSR keeps the tuple, but a CHECKSUM_PARTIAL frame must still be finished */
+		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	}
 	if (be->flags & BE_F_MAC)
 		action = tx_to_mac(ctx, be->mac);
