@@ -114,20 +114,6 @@ static __always_inline int xlate_count(int rc)
 	return rc < 0 ? -1 : 0;
 }
 
-/* Rewrite `pkt` to src:sport -> dst:dport. 0 on success. */
-static __always_inline int rewrite_tuple(struct xdp_md *ctx, struct packet *pkt,
-					 const __u32 *src, const __u32 *dst, __u16 sport,
-					 __u16 dport)
-{
-	struct flow_key to;
-
-	__builtin_memcpy(to.src, src, sizeof(to.src));
-	__builtin_memcpy(to.dst, dst, sizeof(to.dst));
-	to.sport = sport;
-	to.dport = dport;
-	return xlate_count(xlate_packet(ctx, pkt, &to, 0));
-}
-
 /* Does the L4 checksum field hold the CHECKSUM_PARTIAL form? Cheap enough to
  * ask inline before paying for a call. */
 static __always_inline int csum_partial_form(struct xdp_md *ctx, const struct packet *pkt)
@@ -144,6 +130,56 @@ static __always_inline int csum_partial_form(struct xdp_md *ctx, const struct pa
 		return 0;
 	return *check == csum_fold64(csum_pseudo(pkt->key.src, pkt->key.dst, nw, pkt->key.proto,
 						 pkt->l4_len));
+}
+
+/* IPv4 with a complete L4 checksum (the common case): inline, constant cost. */
+static __always_inline int rewrite4_fast(struct xdp_md *ctx, const struct packet *pkt, __u32 src,
+					 __u32 dst, __u16 sport, __u16 dport)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3_off = pkt->l3_off, l4_off = pkt->l4_off;
+	struct iphdr *iph;
+	__u16 *ports, *check;
+	__u64 delta;
+
+	if (l3_off > 64 || l4_off > 128)
+		return -1;
+	iph = data + l3_off;
+	ports = data + l4_off;
+	if ((void *)(iph + 1) > data_end || (void *)(ports + 9) > data_end)
+		return -1;
+	delta = (__u32)~pkt->key.src[0] + (__u32)~pkt->key.dst[0] + src + dst;
+	iph->check = csum_replace(iph->check, delta);
+	iph->saddr = src;
+	iph->daddr = dst;
+	check = pkt->key.proto == IPPROTO_TCP ? ports + 8 : ports + 3;
+	if (pkt->key.proto == IPPROTO_TCP || *check) {
+		delta += (__u16)~pkt->key.sport + (__u16)~pkt->key.dport + sport + dport;
+		*check = csum_replace(*check, delta);
+		if (pkt->key.proto == IPPROTO_UDP && *check == 0)
+			*check = 0xffff;
+	}
+	ports[0] = sport;
+	ports[1] = dport;
+	return 0;
+}
+
+/* Rewrite `pkt` to src:sport -> dst:dport. 0 on success. */
+static __always_inline int rewrite_tuple(struct xdp_md *ctx, struct packet *pkt,
+					 const __u32 *src, const __u32 *dst, __u16 sport,
+					 __u16 dport)
+{
+	struct flow_key to;
+
+	if (pkt->key.family == XDPLB_AF_INET && pkt->l4_len >= 18 &&
+	    !(knobs.csum_fixup && csum_partial_form(ctx, pkt)))
+		return rewrite4_fast(ctx, pkt, src[0], dst[0], sport, dport);
+	__builtin_memcpy(to.src, src, sizeof(to.src));
+	__builtin_memcpy(to.dst, dst, sizeof(to.dst));
+	to.sport = sport;
+	to.dport = dport;
+	return xlate_count(xlate_packet(ctx, pkt, &to, 0));
 }
 
 /* DSR keeps the tuple, but a CHECKSUM_PARTIAL frame must still be finished. */
