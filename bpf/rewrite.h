@@ -149,7 +149,7 @@ static __always_inline int rewrite4_fast(struct xdp_md *ctx, const struct packet
 	ports = data + l4_off;
 	if ((void *)(iph + 1) > data_end || (void *)(ports + 9) > data_end)
 		return -1;
-	delta = (__u32)~pkt->key.src[0] + (__u32)~pkt->key.dst[0] + src + dst;
+	delta = (__u64)(__u32)~pkt->key.src[0] + (__u32)~pkt->key.dst[0] + src + dst;
 	iph->check = csum_replace(iph->check, delta);
 	iph->saddr = src;
 	iph->daddr = dst;

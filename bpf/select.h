@@ -28,16 +28,17 @@ static __always_inline int maybe_vip(const struct packet *pkt)
 	       (runtime.wildcard_vips || test_bit(runtime.port_bits, bpf_ntohs(pkt->key.dport)));
 }
 
-/* Exact (address, port, protocol) first, then the VIP's port-0 wildcard. */
-static __always_inline struct vip_info *lookup_vip(const struct packet *pkt)
+/* The VIP a flow is addressed to: exact (address, port, protocol) first,
+ * then the address's port-0 wildcard. */
+static __always_inline struct vip_info *lookup_vip(const struct flow_key *k)
 {
 	struct vip_key vk = {};
 	struct vip_info *vip;
 
-	__builtin_memcpy(vk.addr, pkt->key.dst, sizeof(vk.addr));
-	vk.port = pkt->key.dport;
-	vk.proto = pkt->key.proto;
-	vk.family = pkt->key.family;
+	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
+	vk.port = k->dport;
+	vk.proto = k->proto;
+	vk.family = k->family;
 	vip = bpf_map_lookup_elem(&vips, &vk);
 	if (vip || !runtime.wildcard_vips)
 		return vip;

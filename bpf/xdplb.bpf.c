@@ -6,6 +6,7 @@
 #include "flow.h"
 #include "forward.h"
 #include "hash.h"
+#include "icmp.h"
 #include "maps.h"
 #include "parse.h"
 #include "rewrite.h"
@@ -168,6 +169,80 @@ static __always_inline int is_nat_reply(const struct packet *pkt)
 	return runtime.nat_vips && port >= knobs.nat_port_min && port <= knobs.nat_port_max;
 }
 
+/* An ICMP error sent to a VIP about a client's flow: to the flow's backend. */
+static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pkt,
+					   const struct icmp_err *e, const struct flow_key *fk,
+					   const struct flow_state *fs)
+{
+	struct vip_info *vip = lookup_vip(fk);
+	struct backend *be = lookup_backend(fs->backend_id);
+	__u32 stat = ST_ICMP_FWD;
+	int action;
+
+	if (!vip || !be)
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	if (vip->mode == XDPLB_MODE_NAT) {
+		/* the embedded packet as the backend sent it: backend -> snat:port */
+		struct flow_key in = {};
+
+		__builtin_memcpy(in.src, be->addr, sizeof(in.src));
+		__builtin_memcpy(in.dst, vip->snat_addr, sizeof(in.dst));
+		in.sport = be->port ? be->port : fk->dport;
+		in.dport = fs->nat_port;
+		if (icmp_xlate(ctx, pkt, e, pkt->key.src, be->addr, &in))
+			return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
+	}
+	if (be->flags & BE_F_MAC)
+		action = tx_to_mac(ctx, be->mac);
+	else
+		action = fib_forward(ctx, pkt, pkt->key.src, be->addr, 0, 0, &stat);
+	return verdict(pkt, stat, action);
+}
+
+/* An ICMP error a backend sent about a NAT flow: back to the client. */
+static __always_inline int icmp_to_client(struct xdp_md *ctx, struct packet *pkt,
+					  const struct icmp_err *e, const struct nat_state *ns)
+{
+	struct flow_key in = {}; /* the embedded packet as the client sent it */
+	__u32 stat = ST_ICMP_REPLY;
+	int action;
+
+	__builtin_memcpy(in.src, ns->client, sizeof(in.src));
+	__builtin_memcpy(in.dst, ns->vip, sizeof(in.dst));
+	in.sport = ns->client_port;
+	in.dport = ns->vip_port;
+	if (icmp_xlate(ctx, pkt, e, ns->vip, ns->client, &in))
+		return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
+	if (ns->client_ifindex == pkt->ifindex)
+		action = tx_to_mac(ctx, ns->client_mac);
+	else
+		action = fib_forward(ctx, pkt, ns->vip, ns->client, 0, 0, &stat);
+	return verdict(pkt, stat, action);
+}
+
+/* ICMP to one of our addresses: an error about a balanced flow is sent on
+ * to whoever owns that flow; anything else is the host's. A global function. */
+__attribute__((noinline)) int process_icmp(struct xdp_md *ctx, struct packet *pkt)
+{
+	struct icmp_err e = {};
+	struct flow_state *fs;
+	struct nat_state *ns;
+	struct flow_key fk;
+
+	if (!pkt)
+		return XDP_PASS;
+	if (parse_icmp_error(ctx, pkt, &e))
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	reverse_tuple(&fk, &e.inner);
+	fs = bpf_map_lookup_elem(&conntrack, &fk);
+	if (fs)
+		return icmp_to_backend(ctx, pkt, &e, &fk, fs);
+	ns = bpf_map_lookup_elem(&nat_rev, &fk);
+	if (ns)
+		return icmp_to_client(ctx, pkt, &e, ns);
+	return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+}
+
 /* Everything after parsing, on offsets only: a global function, so the
  * verifier walks it once rather than once per parser path. */
 __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *pkt)
@@ -176,7 +251,7 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 
 	if (!pkt)
 		return XDP_PASS;
-	vip = maybe_vip(pkt) ? lookup_vip(pkt) : 0;
+	vip = maybe_vip(pkt) ? lookup_vip(&pkt->key) : 0;
 	if (vip)
 		return balance(ctx, pkt, vip);
 	if (is_nat_reply(pkt))
@@ -197,6 +272,9 @@ int xdplb(struct xdp_md *ctx)
 	case PARSE_FRAG:
 		return handle_fragment(&pkt);
 	case PARSE_OTHER_L4:
+		if ((pkt.key.proto == IPPROTO_ICMP || pkt.key.proto == IPPROTO_ICMPV6) &&
+		    test_bit(runtime.addr_bits, addr_bit(pkt.key.dst)))
+			return process_icmp(ctx, &pkt);
 		return verdict(&pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	default:
 		return verdict(&pkt, ST_PASS_MALFORMED, XDP_PASS);

@@ -28,11 +28,14 @@ __all__ = [
     "IPAddress",
     "LbSettings",
     "Vip",
+    "backend_from_table",
     "format_mac",
     "load_config",
     "parse_config",
     "parse_ip",
+    "parse_listen",
     "parse_mac",
+    "vip_from_table",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -104,6 +107,13 @@ class LbSettings:
     max_vips: int = DEFAULT_MAX_VIPS
     max_backends: int = DEFAULT_MAX_BACKENDS
     frag_policy: str = "pass"  # "pass" | "drop": IP fragments addressed to a VIP
+    name: str | None = None  # instance name (pins, control socket); None: the interface's
+    metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
+
+    @property
+    def instance(self) -> str:
+        """Names the pinned state and the control socket: `name`, else the interface."""
+        return self.name or self.interface
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,28 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             raise ConfigError(source, f"line {m[2]}, column {m[3]}", m[1]) from None
         raise ConfigError(source, "syntax", msg) from None
     return _Parser(source).config(doc)
+
+
+def vip_from_table(data: dict[str, Any], lb: LbSettings, source: str = "request",
+                   key: str = "vip") -> Vip:
+    """One [[vip]] table given as a dict (a runtime `xdplb vip add`), validated exactly
+    like a file's; ConfigError keys start with `key`."""
+    p = _Parser(source)
+    if not isinstance(data, dict):
+        raise ConfigError(source, key, "expected a table")
+    t = _Table(p, key, data)
+    vip = p.vip(t)
+    p.check_nat_port(t, vip, lb)
+    return vip
+
+
+def backend_from_table(data: dict[str, Any], vip: Vip, source: str = "request",
+                       key: str = "backend") -> Backend:
+    """One [[vip.backend]] table given as a dict, validated for `vip` like a file's."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, key, "expected a table")
+    return _Parser(source).backend(_Table(_Parser(source), key, data), vip.address, vip.port,
+                                   vip.mode)
 
 
 # --- validation --------------------------------------------------------------------------
@@ -395,6 +427,36 @@ def _name(v: Any) -> str:
     return v
 
 
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _instance(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not _INSTANCE_RE.fullmatch(v) or v.endswith("."):
+        raise ValueError(f"{v!r} is not a valid instance name (1..64 of A-Z a-z 0-9 _ . -, "
+                         "starting with a letter or digit)")
+    return v
+
+
+def parse_listen(v: Any) -> tuple[str, int]:
+    """'0.0.0.0:9100', '[::]:9100' or ':9100' (all addresses) -> (host, port)."""
+    if not isinstance(v, str):
+        raise _WrongType
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]*)):(\d{1,5})", v)
+    if not m:
+        raise ValueError(f'{v!r} is not an address like "0.0.0.0:9100" or "[::]:9100"')
+    host = m[1] or m[2] or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{v!r}: {host!r} is not an IP address") from None
+    port = int(m[3])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{v!r}: port {port} is out of range 1..65535")
+    return host, port
+
+
 def _path(v: Any) -> str:
     if not isinstance(v, str):
         raise _WrongType
@@ -422,6 +484,7 @@ class _Parser:
         total_backends = 0
         for t in vip_tables:
             vip = self.vip(t)
+            self.check_nat_port(t, vip, lb)
             if vip.key in by_key:
                 where = f"{_host_port(vip.address, vip.port)}/{vip.protocol}"
                 raise t.fail(None, f"duplicate of {by_key[vip.key]} ({where})")
@@ -446,6 +509,12 @@ class _Parser:
             )
         return Config(lb=lb, vips=tuple(vips), source=self.source)
 
+    def check_nat_port(self, t: _Table, vip: Vip, lb: LbSettings) -> None:
+        lo, hi = lb.nat_ports
+        if vip.mode == "nat" and vip.port and lo <= vip.port <= hi:
+            raise t.fail("port", f"{vip.port} lies in lb.nat_ports ({lo}-{hi}), the "
+                         "source ports used towards backends")
+
     def lb(self, t: _Table) -> LbSettings:
         interface = t.get("interface", _ifname, "an interface name string")
         s = LbSettings(
@@ -458,6 +527,8 @@ class _Parser:
             max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULT_MAX_VIPS),
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULT_MAX_BACKENDS),
             frag_policy=t.choice("frag_policy", ("pass", "drop"), "pass"),
+            name=t.get("name", _instance, "a string", None),
+            metrics=t.get("metrics", parse_listen, 'a string like "0.0.0.0:9100"', None),
         )
         t.done()
         return s

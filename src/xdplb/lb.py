@@ -28,10 +28,16 @@ class BackendSpec:
     mac: bytes | None = None  # None: next hop from the kernel FIB
     port: int = 0  # NAT mode: backend port, 0 = the VIP's port
     weight: int = 1  # 0 = drain (no new flows)
+    # False: pulled (health check): keeps its id, leaves the Maglev table, its flows are
+    # re-selected or reset by the VIP's on_backend_removed policy
+    active: bool = True
+    # stable identity for the Maglev table and ids ("" = "ADDRESS:PORT"); xdplb serve uses
+    # config.Backend.key so that every node builds the same table from the same file
+    ring_key: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.address}:{self.port}"
+        return self.ring_key or f"{self.address}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,15 @@ class IdPool:
     def give(self, i: int) -> None:
         self._free.append(i)
 
+    def reserve(self, used: set[int], stale: list[int] = ()) -> None:
+        """Start from ids already in the maps (adoption): `used` stay taken; ids never
+        used below the highest seen are free first, `stale` ones (inactive entries
+        that old flows may still name) are reused last."""
+        seen = set(used) | set(stale)
+        self._next = min(self.size, max(seen) + 1) if seen else 0
+        gaps = [i for i in range(self._next) if i not in seen]
+        self._free = deque(gaps + [i for i in stale if i not in used])
+
 
 def vip_key(address: IPAddress, port: int, protocol: str) -> abi.VipKey:
     addr, family = abi.pack_addr(address)
@@ -109,7 +124,7 @@ def vip_addr_key(address: IPAddress) -> abi.VipKey:
 
 def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True) -> abi.Backend:
     addr, family = abi.pack_addr(b.address)
-    flags = abi.BE_F_ACTIVE if active else 0
+    flags = abi.BE_F_ACTIVE if active and b.active else 0
     mac = (C.c_uint8 * 6)()
     if b.mac is not None:
         flags |= abi.BE_F_MAC
@@ -179,8 +194,8 @@ class LoadBalancer:
                            for s in self.vips])
 
     def _table(self, st: _VipState, spec: VipSpec) -> np.ndarray:
-        return maglev_table([(st.backend_ids[b.key], b.key, b.weight) for b in spec.backends],
-                            spec.ring_size)
+        return maglev_table([(st.backend_ids[b.key], b.key, b.weight) for b in spec.backends
+                             if b.active], spec.ring_size)
 
     def _vip_info(self, st: _VipState, spec: VipSpec) -> abi.VipInfo:
         snat, _ = abi.pack_addr(spec.snat or spec.address)
@@ -194,31 +209,61 @@ class LoadBalancer:
                            flags=flags)
 
     def _add_vip(self, spec: VipSpec) -> None:
-        st = _VipState(spec, self._vip_ids.take())
+        st = _VipState(spec, self._take_vip_id())
         for b in spec.backends:
-            st.backend_ids[b.key] = self._be_ids.take()
+            st.backend_ids[b.key] = self._take_backend_id()
             self.dp.put_backend(st.backend_ids[b.key], backend_value(spec, b))
         self.dp.swap_ring(st.vip_id, self._table(st, spec))
         self._vips[spec.key] = st
         self._write_addr_counts()
         self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
 
+    def _take_vip_id(self) -> int:
+        i = self._vip_ids.take()
+        self._reset_stats("vip_stats", i)
+        return i
+
+    def _take_backend_id(self) -> int:
+        i = self._be_ids.take()
+        self._reset_stats("be_stats", i)
+        return i
+
+    def _reset_stats(self, which: str, i: int) -> None:
+        """A fresh id starts its counters at zero (ids are reused)."""
+        reset = getattr(self.dp, "reset_obj_stats", None)
+        if reset is not None:
+            reset(which, i)
+
     def _update_vip(self, st: _VipState, spec: VipSpec) -> list[str]:
+        """Backends that become usable are written before the new table is published,
+        backends that stop being usable (pulled, removed) after it: new flows never
+        pick an inactive backend."""
         log = []
         old = {b.key: b for b in st.spec.backends}
         new = {b.key: b for b in spec.backends}
+        later: list[tuple[int, abi.Backend]] = []
         for k, b in new.items():
             if k not in st.backend_ids:
-                st.backend_ids[k] = self._be_ids.take()
+                st.backend_ids[k] = self._take_backend_id()
                 log.append(f"{spec.label}: added backend {k} weight {b.weight}")
             elif old[k] != b:
-                log.append(f"{spec.label}: backend {k} weight {old[k].weight} -> {b.weight}")
-            self.dp.put_backend(st.backend_ids[k], backend_value(spec, b))
-        if [(b.key, b.weight) for b in st.spec.backends] != [(b.key, b.weight) for b in
-                                                             spec.backends] \
+                if old[k].weight != b.weight:
+                    log.append(f"{spec.label}: backend {k} weight {old[k].weight} -> {b.weight}")
+                if old[k].active != b.active:
+                    log.append(f"{spec.label}: backend {k} "
+                               + ("back in service" if b.active else "pulled (inactive)"))
+            value = backend_value(spec, b)
+            if k in old and old[k].active and not b.active:
+                later.append((st.backend_ids[k], value))
+            else:
+                self.dp.put_backend(st.backend_ids[k], value)
+        if [(b.key, b.weight, b.active) for b in st.spec.backends] != \
+                [(b.key, b.weight, b.active) for b in spec.backends] \
                 or st.spec.ring_size != spec.ring_size:
             self.dp.swap_ring(st.vip_id, self._table(st, spec))
         self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
+        for bid, value in later:
+            self.dp.put_backend(bid, value)
         for k in [k for k in st.backend_ids if k not in new]:
             bid = st.backend_ids.pop(k)
             self.dp.put_backend(bid, backend_value(st.spec, old[k], active=False))
@@ -246,7 +291,8 @@ class LoadBalancer:
         rt = self.dp.runtime()
         rt.wildcard_vips = sum(1 for s in specs if s.port == 0)
         rt.nat_vips = sum(1 for s in specs if s.mode == "nat")
-        rt.set_filter({s.address for s in specs}, {s.port for s in specs})
+        rt.set_filter({s.address for s in specs} | {s.snat for s in specs if s.snat},
+                      {s.port for s in specs})
         self.dp.set_runtime(rt)
 
     def _write_addr_counts(self) -> None:
@@ -258,3 +304,138 @@ class LoadBalancer:
         for addr in getattr(self, "_addrs", set()) - set(counts):
             self.dp.put_vip_addr(vip_addr_key(addr), 0)
         self._addrs = set(counts)
+
+    # adoption (restart / upgrade with the data plane kept) ---------------------------
+    def adopt(self, desired: list[VipSpec], state: MapState) -> list[str]:
+        """Take over maps an earlier LoadBalancer wrote (a restart or an upgrade that kept
+        the data plane attached) and make them serve `desired`.
+
+        VIPs keep their ids (matched by address, port and protocol) and backends keep
+        theirs (matched by address and port, preferring ids found in the VIP's Maglev
+        table, then active ones), so established flows keep their backend. Everything is
+        then rewritten from `desired`: identical where nothing changed, the diff where
+        the configuration changed meanwhile. Returns what happened, like apply().
+        """
+        if self._vips:
+            raise RuntimeError("adopt() needs a LoadBalancer without state")
+        want = {v.key: v for v in desired}
+        if len(want) != len(desired):
+            raise ValueError("duplicate VIP (address, port, protocol)")
+        log: list[str] = []
+        used: set[int] = set()
+        adopted: dict[tuple, _VipState] = {}
+        for key, info in sorted(state.vips.items(), key=lambda kv: kv[1].vip_id):
+            spec = want.get(key)
+            if spec is None:
+                continue
+            st = _VipState(spec, info.vip_id)
+            members = state.rings.get(info.vip_id, set())
+            for b in spec.backends:
+                value = backend_value(spec, b)
+                found = [i for i, be in state.backends.items()
+                         if i not in used and _same_backend(be, value)]
+                if found:
+                    found.sort(key=lambda i: (i not in members,
+                                              not state.backends[i].flags & abi.BE_F_ACTIVE, i))
+                    st.backend_ids[b.key] = found[0]
+                    used.add(found[0])
+            adopted[key] = st
+        self._vip_ids.reserve({info.vip_id for info in state.vips.values()})
+        stale = sorted(i for i in state.backends if i not in used)
+        self._be_ids.reserve(used, stale)
+        self._addrs = set(state.vip_addrs)
+
+        # VIPs no longer wanted disappear first
+        for key, info in state.vips.items():
+            if key not in want:
+                self.dp.del_vip(vip_key(*key))
+                self.dp.drop_ring(info.vip_id)
+                self._vip_ids.give(info.vip_id)
+                log.append(f"removed VIP {key[0]}:{key[1]}/{key[2]}")
+        self._write_runtime(desired)
+        for key, st in adopted.items():
+            spec = st.spec
+            kept = len(st.backend_ids)
+            later = []
+            for b in spec.backends:
+                if b.key not in st.backend_ids:
+                    st.backend_ids[b.key] = self._take_backend_id()
+                    log.append(f"{spec.label}: added backend {b.key} weight {b.weight}")
+                value = backend_value(spec, b)
+                if b.active:
+                    self.dp.put_backend(st.backend_ids[b.key], value)
+                else:
+                    later.append((st.backend_ids[b.key], value))
+            self.dp.swap_ring(st.vip_id, self._table(st, spec))
+            self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
+            for bid, value in later:
+                self.dp.put_backend(bid, value)
+            self._vips[key] = st
+            log.append(f"adopted VIP {spec.label} (id {st.vip_id}): {kept} of "
+                       f"{len(spec.backends)} backends kept their ids")
+        for key, spec in want.items():
+            if key not in self._vips:
+                self._add_vip(spec)
+                log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
+        # entries nobody adopted: inactive, so flows still naming them re-select or reset
+        taken = {i for st in self._vips.values() for i in st.backend_ids.values()}
+        for i in stale:
+            be = state.backends[i]
+            if i not in taken and be.flags & abi.BE_F_ACTIVE:
+                gone = abi.Backend.from_buffer_copy(bytes(be))
+                gone.flags &= ~abi.BE_F_ACTIVE
+                self.dp.put_backend(i, gone)
+                log.append(f"backend id {i} ({abi.unpack_addr(be.addr, be.family)}) is not "
+                           "configured any more: inactive")
+        self._write_addr_counts()
+        self._write_runtime([])
+        return log
+
+
+def _same_backend(be: abi.Backend, want: abi.Backend) -> bool:
+    return (be.family == want.family and bytes(be.addr) == bytes(want.addr)
+            and be.port == want.port)
+
+
+@dataclass
+class MapState:
+    """What the data plane's maps hold, as read back for LoadBalancer.adopt()."""
+
+    vips: dict[tuple, abi.VipInfo] = field(default_factory=dict)  # VipSpec.key -> info
+    vip_addrs: set = field(default_factory=set)  # addresses with a vip_addrs entry
+    backends: dict[int, abi.Backend] = field(default_factory=dict)  # id -> entry in use
+    rings: dict[int, set[int]] = field(default_factory=dict)  # vip id -> ids in its table
+
+
+_PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+
+def _vip_key_tuple(k: abi.VipKey) -> tuple:
+    return (abi.unpack_addr(k.addr, k.family), abi.ntohs(k.port),
+            _PROTO_NAMES.get(k.proto, str(k.proto)))
+
+
+def read_map_state(dp) -> MapState:
+    """Read the maps of a DataPlane (or a FakeDataPlane) for adopt()."""
+    st = MapState()
+    if hasattr(dp, "maps"):  # the kernel's maps
+        vip_items = list(dp.maps["vips"].items())
+        addr_keys = [abi.VipKey.from_buffer_copy(k) for k in dp.maps["vip_addrs"].keys()]
+        backends = dp.backend_entries()
+        ring_of = dp.ring_members
+    else:  # FakeDataPlane
+        vip_items = [(abi.VipKey.from_buffer_copy(k), v) for k, v in dp.vips.items()]
+        addr_keys = [abi.VipKey.from_buffer_copy(k) for k in dp.vip_addrs]
+        backends = {i: b for i, b in dp.backends.items() if b.family}
+
+        def ring_of(vip_id):
+            t = dp.rings.get(vip_id)
+            return None if t is None else set(np.unique(t).tolist()) - {abi.NO_BACKEND}
+    for k, info in vip_items:
+        st.vips[_vip_key_tuple(k)] = info
+        members = ring_of(info.vip_id)
+        if members is not None:
+            st.rings[info.vip_id] = members
+    st.vip_addrs = {abi.unpack_addr(k.addr, k.family) for k in addr_keys}
+    st.backends = backends
+    return st

@@ -10,13 +10,14 @@ Permutations (Maglev paper, §3.4): each backend walks its own permutation of th
 backend's key (its stable identity, e.g. "10.0.0.2:8000"), never from Python's salted
 ``hash()``. ``size`` is prime, so every skip in ``1 .. size-1`` visits every slot.
 
-Weights (Katran's MaglevHashV2 scheme): backends take turns in rounds, in key order.
-In each round every backend adds its weight to a credit; when the credit reaches the
-largest weight W it claims its next preferred free slot and pays W. A backend of
-weight w therefore makes ``floor(r * w / W)`` claims in the first r rounds, and since
-every claim fills exactly one slot, its share of the table is ``w / sum(weights)`` up
-to one slot of rounding. The claim order depends on the weights only, so it is computed
-up front with numpy; the walk itself is a tight loop over plain lists.
+Weights: a backend of weight w makes its k-th claim (of its next preferred free slot)
+at virtual time ``k / w``; claims happen in virtual-time order, ties in key order.
+Every claim fills exactly one slot, so a backend's share of the table is
+``w / sum(weights)`` to within a slot or two. A backend's claim times depend on its
+own weight only (unlike a credit scheme normalised by the largest weight), so adding,
+removing or re-weighting one backend moves about the slots it gains or loses and
+little else, as in unweighted Maglev. The claim order is computed up front with
+numpy; the walk itself is a tight loop over plain lists.
 """
 
 from __future__ import annotations
@@ -124,27 +125,17 @@ def _check_backends(
 def _claim_order(weights: np.ndarray, size: int) -> np.ndarray:
     """Backend index of each of the `size` claims, in the order they are made.
 
-    Backend i claims in round r (1-based) iff floor(r*w_i/W) > floor((r-1)*w_i/W); its
-    k-th claim is in round ceil(k*W/w_i). Within a round, lower index claims first.
+    Backend i makes its k-th claim at virtual time k / w_i; ties go to the lower index
+    (key order). Generates enough claims per backend to cover the first `size`.
     """
     n = len(weights)
-    top = int(weights.max())
-    # Fewest rounds giving `size` claims. The heaviest backend claims every round, so
-    # `size` rounds always suffice.
-    lo, hi = 1, size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if int(((mid * weights) // top).sum()) >= size:
-            hi = mid
-        else:
-            lo = mid + 1
-    counts = (lo * weights) // top
+    total = int(weights.sum())
+    counts = ((size + n) * weights + total - 1) // total + 1
     owner = np.repeat(np.arange(n, dtype=np.int64), counts)
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     k = np.arange(len(owner), dtype=np.int64) - starts + 1
-    w = weights[owner]
-    rounds = (k * top + w - 1) // w
-    order = np.argsort(rounds * n + owner, kind="stable")
+    t = k / weights[owner].astype(np.float64)
+    order = np.lexsort((owner, t))
     return owner[order[:size]]
 
 

@@ -5,6 +5,7 @@ for control-plane unit tests.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import errno
 import os
@@ -99,21 +100,33 @@ class DataPlane:
                 maps[name].key_type, maps[name].value_type = kt, vt
         self._rings: dict[int, Map] = {}
         self.attached: list[tuple[int, str]] = []
+        self.reused: list[str] = []  # maps shared with the instance this one replaced
+        self.reuse_notes: list[str] = []  # why some state did not carry over
 
     # construction --------------------------------------------------------------------
     @classmethod
-    def load(cls, path=None, sizes: Sizes | None = None, knobs: Knobs | None = None) -> DataPlane:
+    def load(cls, path=None, sizes: Sizes | None = None, knobs: Knobs | None = None,
+             reuse: dict[str, Map] | None = None) -> DataPlane:
+        """Load the object. `reuse` (name -> Map of a running instance, see
+        `existing_maps`) makes the new program share those maps: checked first by
+        `reuse_plan`, which raises UpgradeError when state cannot carry over."""
         from . import object_path
 
-        obj = BpfObject(path or object_path("xdplb"),
-                        max_entries=(sizes or Sizes()).as_max_entries(),
-                        rodata=(knobs or Knobs()).pack())
+        path = path or object_path("xdplb")
+        max_entries = (sizes or Sizes()).as_max_entries()
+        fds, notes = {}, []
+        if reuse:
+            fds, notes = reuse_plan(path, max_entries, reuse)
+        obj = BpfObject(path, max_entries=max_entries, rodata=(knobs or Knobs()).pack(),
+                        reuse_maps={(".bss" if n == "runtime" else n): fd
+                                    for n, fd in fds.items()})
         try:
             obj.load((PROG_NAME,))
-            names = list(_TYPES) + ["rings", "tx_ports", "events"]
-            maps = {n: obj.map(n) for n in names}
+            maps = {n: obj.map(n) for n in MAP_NAMES if n != "runtime"}
             maps["runtime"] = obj.map(".bss")
             dp = cls(maps, obj.program(PROG_NAME), obj)
+            dp.reused = sorted(fds)
+            dp.reuse_notes = notes
             rt = dp.runtime()
             (knobs or Knobs()).timeouts(rt, kernel_hz(obj.program("xdplb_clock")))
             dp.set_runtime(rt)
@@ -137,8 +150,13 @@ class DataPlane:
                 maps["runtime"] = maps.pop(name)
         return cls(maps)
 
-    def close(self) -> None:
-        self.detach_all()
+    def close(self, detach: bool = True) -> None:
+        """Release everything; `detach=False` leaves the program attached (the kernel
+        keeps it and its maps alive: `xdplb serve --keep`)."""
+        if detach:
+            self.detach_all()
+        else:
+            self.attached.clear()
         for m in self._rings.values():
             m.close()
         self._rings.clear()
@@ -152,6 +170,12 @@ class DataPlane:
     # attach --------------------------------------------------------------------------
     def attach(self, ifindex: int, mode: str = "auto") -> None:
         libbpf.xdp_attach(ifindex, self.program.fd, mode)
+        self.attached.append((ifindex, mode))
+
+    def replace_attached(self, ifindex: int, old_prog_fd: int, mode: str) -> None:
+        """Atomically swap the program attached to `ifindex` (old_prog_fd) for ours:
+        no packet sees the interface without a program."""
+        libbpf.xdp_attach(ifindex, self.program.fd, mode, replace_fd=old_prog_fd)
         self.attached.append((ifindex, mode))
 
     def detach_all(self) -> None:
@@ -215,6 +239,262 @@ class DataPlane:
 
     def obj_stats(self, which: str, idx: int) -> dict[str, int]:
         return self.maps[which].reduce(idx, ("packets", "bytes", "new_flows"))
+
+    def reset_obj_stats(self, which: str, idx: int) -> None:
+        """Zero one VIP's or backend's counters (an id handed to a new owner)."""
+        m = self.maps[which]
+        if 0 <= idx < m.max_entries:
+            m.update(idx, bytes(m.value_size))
+
+    # reading back (adoption, status) -------------------------------------------------
+    def backend_entries(self) -> dict[int, abi.Backend]:
+        """Backend id -> entry, for every id ever written (family set)."""
+        m = self.maps["backends"]
+        raw = _read_array(m)
+        size = C.sizeof(abi.Backend)
+        fam = abi.Backend.family.offset
+        out = {}
+        for i in range(m.max_entries):
+            if raw[i * size + fam]:
+                out[i] = abi.Backend.from_buffer_copy(raw, i * size)
+        return out
+
+    def ring_members(self, vip_id: int) -> set[int] | None:
+        """Backend ids in a VIP's published Maglev table (None: no table)."""
+        raw = self.maps["rings"].lookup(vip_id)
+        if raw is None:
+            return None
+        inner_id = int.from_bytes(raw[:4], "little")
+        fd = libbpf._check(libbpf._map_by_id(inner_id), f"opening ring map id {inner_id}")
+        inner = Map(fd, f"ring{vip_id}", owned=True)
+        try:
+            ids = np.frombuffer(_read_array(inner), dtype=np.uint32)
+            return set(np.unique(ids).tolist()) - {abi.NO_BACKEND}
+        finally:
+            inner.close()
+
+    # pinning -------------------------------------------------------------------------
+    def pin(self, directory: str) -> None:
+        """Pin every map and the program under `directory` (replacing stale pins)."""
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        objs = {n: (m.fd, m.id) for n, m in self.maps.items()}
+        objs[PROG_PIN] = (self.program.fd, prog_id_of_fd(self.program.fd))
+        for name, (fd, oid) in objs.items():
+            path = os.path.join(directory, name)
+            if os.path.exists(path):
+                if _pinned_id(path, name) == oid:
+                    continue
+                os.unlink(path)
+            libbpf.pin(fd, path)
+
+    @staticmethod
+    def unpin(directory: str) -> bool:
+        """Remove our pins (and the directory if then empty); False if there were none."""
+        if not os.path.isdir(directory):
+            return False
+        for name in (*MAP_NAMES, PROG_PIN):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+        return True
+
+
+MAP_NAMES = ("vips", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
+             "vip_stats", "be_stats", "tx_ports", "events", "runtime")
+PROG_PIN = "prog"
+# State that must carry over for an in-place restart or upgrade: flows and the ids they
+# name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
+# changed.
+STATE_MAPS = ("conntrack", "nat_rev", "vips", "vip_addrs", "backends", "rings")
+
+
+class UpgradeError(BpfError):
+    """The running instance's state cannot be shared with the new object."""
+
+
+@dataclass(frozen=True)
+class MapDef:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def object_map_defs(path, max_entries: dict[str, int] | None = None) -> dict[str, MapDef]:
+    """The maps an object would create (opened, not loaded), by DataPlane name."""
+    fn = {n: libbpf._proto(f"bpf_map__{n}", C.c_uint32, C.c_void_p)
+          for n in ("type", "key_size", "value_size", "max_entries", "map_flags")}
+    out = {}
+    with BpfObject(path, max_entries=max_entries) as obj:
+        for name in MAP_NAMES:
+            ptr = obj._mapptr_suffix(".bss") if name == "runtime" else obj._mapptr(name)
+            out[name] = MapDef(fn["type"](ptr), fn["key_size"](ptr), fn["value_size"](ptr),
+                               fn["max_entries"](ptr), fn["map_flags"](ptr))
+    return out
+
+
+def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]
+               ) -> tuple[dict[str, int], list[str]]:
+    """Which maps of a running instance the new object can share: (name -> fd, notes).
+    State maps must have the same type, key, value and flags (their size stays what it
+    was); other maps are shared only when identical, else they start fresh."""
+    want = object_map_defs(path, max_entries)
+    fds: dict[str, int] = {}
+    notes: list[str] = []
+    for name, new in want.items():
+        old = existing.get(name)
+        if old is None:
+            if name in STATE_MAPS:
+                raise UpgradeError(errno.ENOENT, f"the running instance has no map {name!r}")
+            notes.append(f"{name}: new map")
+            continue
+        got = MapDef(old.type, old.key_size, old.value_size, old.max_entries, old.flags)
+        same_layout = (got.type, got.key_size, got.value_size, got.flags) == \
+            (new.type, new.key_size, new.value_size, new.flags)
+        if name in STATE_MAPS:
+            if not same_layout:
+                raise UpgradeError(errno.EINVAL, f"map {name} changed layout ({_diff(got, new)}); "
+                                   "its state cannot carry over")
+            if got.max_entries != new.max_entries:
+                notes.append(f"{name}: keeps {got.max_entries} entries (configured "
+                             f"{new.max_entries}: takes effect after a full stop)")
+            fds[name] = old.fd
+        elif same_layout and got.max_entries == new.max_entries:
+            fds[name] = old.fd
+        else:
+            notes.append(f"{name}: starts fresh ({_diff(got, new)})")
+    return fds, notes
+
+
+def _diff(a: MapDef, b: MapDef) -> str:
+    return ", ".join(f"{f} {getattr(a, f)} -> {getattr(b, f)}"
+                     for f in ("type", "key_size", "value_size", "max_entries", "flags")
+                     if getattr(a, f) != getattr(b, f)) or "same"
+
+
+def existing_maps(prog_id: int) -> dict[str, Map]:
+    """The maps of a loaded xdplb program, by DataPlane name (owned: close them)."""
+    maps = libbpf.prog_maps(prog_id)
+    out = {}
+    for name, m in maps.items():
+        if name.endswith(".bss"):
+            out["runtime"] = m
+        elif name in MAP_NAMES:
+            out[name] = m
+        else:
+            m.close()
+    return out
+
+
+def open_pinned(directory: str) -> tuple[dict[str, Map], int]:
+    """Maps pinned by a kept instance (owned: close them) and its pinned program id
+    (0 if none)."""
+    maps: dict[str, Map] = {}
+    for name in MAP_NAMES:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            maps[name] = Map(libbpf.get_pinned(path), name, owned=True)
+    prog_id = 0
+    path = os.path.join(directory, PROG_PIN)
+    if os.path.exists(path):
+        fd = libbpf.get_pinned(path)
+        try:
+            prog_id = prog_id_of_fd(fd)
+        finally:
+            os.close(fd)
+    return maps, prog_id
+
+
+def _pinned_id(path: str, name: str) -> int:
+    fd = libbpf.get_pinned(path)
+    try:
+        return prog_id_of_fd(fd) if name == PROG_PIN else libbpf.map_info(fd).id
+    finally:
+        os.close(fd)
+
+
+def prog_id_of_fd(fd: int) -> int:
+    info = libbpf._ProgInfo()
+    n = C.c_uint32(C.sizeof(info))
+    libbpf._check(libbpf._info_by_fd(fd, C.byref(info), C.byref(n)), "program info")
+    return info.id
+
+
+def xdp_attachment(ifindex: int) -> tuple[int, str]:
+    """(program id, mode) of the XDP program on `ifindex`: mode "native" or "generic"
+    (what replace/detach must name), (0, "") when nothing is attached."""
+    for mode, flag in (("native", libbpf.XDP_FLAGS_DRV_MODE),
+                       ("generic", libbpf.XDP_FLAGS_SKB_MODE)):
+        pid = C.c_uint32(0)
+        libbpf._check(libbpf._xdp_query_id(ifindex, flag, C.byref(pid)), "XDP query")
+        if pid.value:
+            return pid.value, mode
+    return 0, ""
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return libbpf._check(libbpf._prog_by_id(prog_id), f"opening program id {prog_id}")
+
+
+def prog_holders(prog_id: int) -> list[int]:
+    """Pids (other than ours) holding a file descriptor of program `prog_id`: a live
+    process that owns the attached program (`xdplb run`, a running `serve`)."""
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{d}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{d}/fd/{fd}") != "anon_inode:bpf-prog":
+                    continue
+                with open(f"/proc/{d}/fdinfo/{fd}") as f:
+                    if any(ln.split() == ["prog_id:", str(prog_id)] for ln in f):
+                        out.append(int(d))
+                        break
+            except OSError:
+                continue
+    return out
+
+
+def _read_array(m: Map) -> bytes:
+    """All values of an array map, with bpf_map_lookup_batch (one call per 64k)."""
+
+    class _BatchOpts(C.Structure):
+        _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
+
+    fn = libbpf._lib.bpf_map_lookup_batch
+    fn.restype = C.c_int
+    fn.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
+                   C.POINTER(C.c_uint32), C.c_void_p]
+    n_all = m.max_entries
+    keys = (C.c_uint32 * n_all)()
+    vals = C.create_string_buffer(n_all * m.value_size)
+    opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
+    out_batch = C.c_uint32(0)
+    in_batch = C.c_uint32(0)
+    done = 0
+    first = True
+    while done < n_all:
+        count = C.c_uint32(min(65536, n_all - done))
+        rc = fn(m.fd, None if first else C.byref(in_batch), C.byref(out_batch),
+                C.byref(keys, done * 4), C.byref(vals, done * m.value_size), C.byref(count),
+                C.byref(opts))
+        done += count.value
+        if rc < 0:
+            err = C.get_errno() or -rc
+            if err == errno.ENOENT:
+                break
+            raise BpfError(err, f"batch lookup of {m.name}")
+        first = False
+        in_batch.value = out_batch.value
+    return vals.raw
 
 
 _HZ: int | None = None

@@ -1,0 +1,121 @@
+"""Prometheus exporter for `xdplb serve` (prometheus-client, optional dependency).
+
+Counters are read from the data plane's per-CPU maps at scrape time, so a scrape always
+sees the kernel's current numbers; labels come from the daemon's current view (VIP name
+and address, backend address:port).
+
+    xdplb_vip_packets_total{vip,address}        xdplb_backend_packets_total{vip,backend}
+    xdplb_vip_bytes_total{vip,address}          xdplb_backend_bytes_total{vip,backend}
+    xdplb_vip_new_flows_total{vip,address}      xdplb_backend_new_flows_total{vip,backend}
+    xdplb_packets_total{reason}                 xdplb_backend_up{vip,backend}  (1/0)
+    xdplb_bytes_total{reason}                   xdplb_backend_weight{vip,backend}
+    xdplb_health_checks_total{vip,backend,result}
+    xdplb_reloads_total{result}                 xdplb_info{instance,interface,program_id}
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["MetricsSnapshot", "start_exporter"]
+
+
+@dataclass
+class MetricsSnapshot:
+    """Everything one scrape reports (built by daemon.Controller.metrics_snapshot)."""
+
+    info: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, tuple[int, int]] = field(default_factory=dict)  # packets, bytes
+    # (vip name, address label, {"packets", "bytes", "new_flows"})
+    vips: list[tuple[str, str, dict[str, int]]] = field(default_factory=list)
+    # (vip name, backend, counters, up, weight)
+    backends: list[tuple[str, str, dict[str, int], bool, int]] = field(default_factory=list)
+    checks: dict[tuple[str, str, str], int] = field(default_factory=dict)  # vip, be, result
+    reloads: dict[str, int] = field(default_factory=dict)  # result -> count
+
+
+def _families(snap: MetricsSnapshot):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    info = GaugeMetricFamily("xdplb_info", "The running xdplb instance",
+                             labels=list(snap.info))
+    info.add_metric(list(snap.info.values()), 1)
+    yield info
+
+    pk = CounterMetricFamily("xdplb_packets", "Packets by what the data plane did with them",
+                             labels=["reason"])
+    by = CounterMetricFamily("xdplb_bytes", "Bytes by what the data plane did with them",
+                             labels=["reason"])
+    for reason, (p, b) in snap.reasons.items():
+        pk.add_metric([reason], p)
+        by.add_metric([reason], b)
+    yield pk
+    yield by
+
+    for what, doc in (("packets", "Packets"), ("bytes", "Bytes"), ("new_flows", "New flows")):
+        v = CounterMetricFamily(f"xdplb_vip_{what}", f"{doc} to and from a VIP",
+                                labels=["vip", "address"])
+        for name, addr, c in snap.vips:
+            v.add_metric([name, addr], c[what])
+        yield v
+        b = CounterMetricFamily(f"xdplb_backend_{what}", f"{doc} to and from a backend",
+                                labels=["vip", "backend"])
+        for vip, be, c, _, _ in snap.backends:
+            b.add_metric([vip, be], c[what])
+        yield b
+
+    up = GaugeMetricFamily("xdplb_backend_up", "1 when the backend passes its health check "
+                           "(or has none), 0 when pulled", labels=["vip", "backend"])
+    weight = GaugeMetricFamily("xdplb_backend_weight", "Maglev weight in use (0: draining)",
+                               labels=["vip", "backend"])
+    for vip, be, _, is_up, w in snap.backends:
+        up.add_metric([vip, be], 1 if is_up else 0)
+        weight.add_metric([vip, be], w)
+    yield up
+    yield weight
+
+    checks = CounterMetricFamily("xdplb_health_checks", "Health check results",
+                                 labels=["vip", "backend", "result"])
+    for (vip, be, result), n in snap.checks.items():
+        checks.add_metric([vip, be, result], n)
+    yield checks
+
+    reloads = CounterMetricFamily("xdplb_reloads", "Configuration reloads", labels=["result"])
+    for result, n in snap.reloads.items():
+        reloads.add_metric([result], n)
+    yield reloads
+
+
+class _Collector:
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot]):
+        self.snapshot = snapshot
+
+    def collect(self):
+        yield from _families(self.snapshot())
+
+
+class Exporter:
+    def __init__(self, server, thread):
+        self._server = server
+        self._thread = thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def make_registry(snapshot: Callable[[], MetricsSnapshot]):
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(snapshot))
+    return reg
+
+
+def start_exporter(host: str, port: int, snapshot: Callable[[], MetricsSnapshot]) -> Exporter:
+    """Serve /metrics on host:port from a thread; OSError if the address is taken."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=make_registry(snapshot))
+    return Exporter(server, thread)
