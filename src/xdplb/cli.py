@@ -88,12 +88,22 @@ def cmd_run(args) -> int:
     if args.mode == "dsr" and any(b.port for b in backends):
         raise UsageError("backend ports are a NAT-mode feature")
     _require_root("xdplb run")
+    if args.udp_stateless and (args.mode, args.proto) != ("dsr", "udp"):
+        raise UsageError("--udp-stateless needs --mode dsr --proto udp")
     svc = Service.for_interface(args.iface, ServiceOptions(xdp_mode=args.xdp_mode,
                                                            conntrack=args.conntrack,
-                                                           nat_ports=args.nat_ports))
+                                                           nat_ports=args.nat_ports,
+                                                           frag_drop=args.frag == "drop"))
     vip_addr = args.vip or svc.interface_ipv4()
-    specs = [VipSpec(address=ipaddress.ip_address(vip_addr), port=p, protocol=args.proto,
-                     mode=args.mode, backends=tuple(backends)) for p in ports]
+    try:
+        vip_ip = ipaddress.ip_address(vip_addr)
+    except ValueError:
+        raise UsageError(f"--vip: {vip_addr!r} is not an IP address") from None
+    if any(b.address.version != vip_ip.version for b in backends):
+        raise UsageError(f"backends must be IPv{vip_ip.version} like the VIP {vip_ip}")
+    specs = [VipSpec(address=vip_ip, port=p, protocol=args.proto, mode=args.mode,
+                     backends=tuple(backends), on_backend_removed=args.on_removed,
+                     udp_stateless=args.udp_stateless) for p in ports]
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
@@ -199,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nat-ports", default="61000-65535",
                    help="source ports used towards backends (default 61000-65535, above "
                    "the kernel's ephemeral range)")
+    r.add_argument("--frag", choices=("pass", "drop"), default="pass",
+                   help="IP fragments to the VIP: pass to the host stack (default) or drop")
+    r.add_argument("--on-removed", choices=("reselect", "reset"), default="reselect",
+                   help="flows of a removed backend: re-select a backend or drop")
+    r.add_argument("--udp-stateless", action="store_true",
+                   help="DSR+UDP: pick the backend by hash per packet, no conntrack entry")
     r.add_argument("--trace", type=int, default=0, metavar="N",
                    help="sample one packet in N to the trace ring (see `xdplb trace`)")
     r.add_argument("--stats-interval", type=float, default=0, metavar="S",

@@ -65,7 +65,7 @@ class HealthState:
 
 
 def _why(e: BaseException) -> str:
-    if isinstance(e, TimeoutError | asyncio.TimeoutError):
+    if isinstance(e, TimeoutError):
         return "timed out"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror.lower()
@@ -76,7 +76,7 @@ async def probe_tcp(address: IPAddress, port: int, timeout: float) -> tuple[bool
     """Connect, then close: ok when the handshake completes within `timeout`."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(str(address), port), timeout)
-    except (OSError, asyncio.TimeoutError) as e:
+    except (OSError, TimeoutError) as e:
         return False, _why(e)
     writer.close()
     with contextlib.suppress(OSError):
@@ -108,7 +108,7 @@ async def probe_http(address: IPAddress, port: int, path: str, timeout: float
 
     try:
         ok, detail = await asyncio.wait_for(get(), timeout)
-    except (OSError, asyncio.TimeoutError, UnicodeError) as e:
+    except (OSError, TimeoutError, UnicodeError) as e:
         return False, _why(e)
     return ok, "" if ok else detail
 

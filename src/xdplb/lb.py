@@ -420,7 +420,7 @@ def read_map_state(dp) -> MapState:
     st = MapState()
     if hasattr(dp, "maps"):  # the kernel's maps
         vip_items = list(dp.maps["vips"].items())
-        addr_keys = [abi.VipKey.from_buffer_copy(k) for k in dp.maps["vip_addrs"].keys()]
+        addr_keys = [abi.VipKey.from_buffer_copy(k) for k in dp.maps["vip_addrs"]]
         backends = dp.backend_entries()
         ring_of = dp.ring_members
     else:  # FakeDataPlane

@@ -131,7 +131,7 @@ def attached_report(iface: str) -> dict:
         from ._bpf.libbpf import xdp_prog_id
 
         report = {"iface": iface, "prog_id": xdp_prog_id(ifindex), "stats": dp.stats(),
-                  "vips": [], "backends": []}
+                  "trace_rate": dp.runtime().trace_rate, "vips": [], "backends": []}
         for key, info in dp.maps["vips"].items():
             addr = abi.unpack_addr(key.addr, key.family)
             proto = {6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))

@@ -192,3 +192,31 @@ def test_attach_refused_reports_the_kernel_and_leaves_the_other_program(lab):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "cannot attach XDP to veth6" in lines[0], lines
         assert xdp_attached(lab, "lb", "veth6")
+
+
+def test_trace_shows_client_vip_backend_and_verdict(lab, webroot):
+    from xdplb.demo import xdplb_argv
+
+    serve(lab, webroot)
+    with running_lb(lab):
+        tracer = lab.popen("lb", xdplb_argv() + ["trace", "veth6", "--count", "4",
+                                                 "--duration", "20"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        import time
+
+        time.sleep(1.0)  # tracer attaches to the ring and switches sampling on
+        for _ in range(3):
+            curl(lab, "client", "http://10.0.0.10:8000/whoami")
+        out, err = tracer.communicate(timeout=30)
+        lines = out.strip().splitlines()
+        assert len(lines) == 4, (out, err)
+        assert any("client 10.0.0.1:" in ln and "-> 10.0.0.10:8000" in ln and " TX " in ln
+                   and "fwd_new" in ln for ln in lines), lines
+        # tracing is switched off again when the tracer exits
+        stats = lab.run("lb", xdplb_argv() + ["stats", "veth6", "--json"]).stdout
+    import json
+
+    report = json.loads(stats)
+    assert report["trace_rate"] == 0
+    assert report["stats"]["fwd_new"][0] >= 3
+    assert sum(b["new_flows"] for b in report["backends"]) >= 3

@@ -29,18 +29,37 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR
-from scapy.layers.inet6 import (ICMPv6ND_NS, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                                IPv6ExtHdrHopByHop)
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.inet6 import (
+    ICMPv6ND_NS,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrFragment,
+)
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Padding, Raw
 
 from .._bpf.dataplane import Knobs
 from ..lb import BackendSpec, VipSpec
 from .predict import Pick, Predictor
 
-__all__ = ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT", "ACTIONS",
-           "Step", "Evict", "Case", "RenderedStep", "table", "by_name", "tutorial_vips",
-           "partial", "Predictor", "Pick"]
+__all__ = [
+    "ACTIONS",
+    "XDP_ABORTED",
+    "XDP_DROP",
+    "XDP_PASS",
+    "XDP_REDIRECT",
+    "XDP_TX",
+    "Case",
+    "Evict",
+    "Pick",
+    "Predictor",
+    "RenderedStep",
+    "Step",
+    "by_name",
+    "partial",
+    "table",
+    "tutorial_vips",
+]
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}

@@ -32,8 +32,16 @@ from .._bpf import abi, object_path
 from .._bpf.dataplane import DataPlane, Knobs
 from ..lb import LoadBalancer, VipSpec
 
-__all__ = ["bpf_object_path", "dataplane_pool", "dataplane", "balancer", "DataPlanePool",
-           "clear_flows", "configured", "require_root"]
+__all__ = [
+    "DataPlanePool",
+    "balancer",
+    "bpf_object_path",
+    "clear_flows",
+    "configured",
+    "dataplane",
+    "dataplane_pool",
+    "require_root",
+]
 
 _REPO = Path(__file__).resolve().parents[3]
 
@@ -49,7 +57,8 @@ def _build_object() -> Path:
         return Path(env)
     bpf_dir = _REPO / "bpf"
     if (bpf_dir / "Makefile").exists() and shutil.which("make"):
-        r = subprocess.run(["make", "-s", "-C", str(bpf_dir)], capture_output=True, text=True)
+        r = subprocess.run(["make", "-s", "-C", str(bpf_dir)], capture_output=True, text=True,
+                           check=False)
         if r.returncode:
             pytest.fail(f"make -C {bpf_dir} failed:\n{r.stdout}{r.stderr}", pytrace=False)
         return _REPO / "build" / "bpf" / "xdplb.bpf.o"

@@ -51,5 +51,5 @@ def describe(frame: bytes) -> str:
     """One line: scapy's summary of a frame."""
     try:
         return Ether(frame).summary()
-    except Exception as e:  # a frame scapy cannot dissect is still worth a message
+    except Exception as e:  # noqa: BLE001 (an undissectable frame still gets a message)
         return f"<{len(frame)} bytes, undissectable: {e}>"
