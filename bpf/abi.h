@@ -60,6 +60,12 @@ struct backend {
 	__u32 ifindex; /* BE_F_REDIRECT: egress interface */
 };
 
+/* MAC address of an interface frames are redirected out of (two-armed). */
+struct if_mac {
+	__u8 mac[6];
+	__u16 pad;
+};
+
 /* A flow as seen on the wire. Forward direction: client -> VIP.
  * Reply direction (nat table): backend -> snat address:nat port. */
 struct flow_key {

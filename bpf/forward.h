@@ -25,6 +25,26 @@ static __always_inline int tx_to_mac(struct xdp_md *ctx, const __u8 *mac)
 	return XDP_TX;
 }
 
+/* Send to `mac` out of `ifindex`: 0 or the ingress interface is XDP_TX, any
+ * other goes through the tx_ports devmap with that interface's MAC as source. */
+static __always_inline int xmit_mac(struct xdp_md *ctx, const __u8 *mac, __u32 ifindex,
+				    __u32 *stat)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	struct if_mac *src;
+
+	if (!ifindex || ifindex == ctx->ingress_ifindex)
+		return tx_to_mac(ctx, mac);
+	src = bpf_map_lookup_elem(&if_macs, &ifindex);
+	if (!src || (void *)(eth + 1) > (void *)(long)ctx->data_end) {
+		*stat = ST_TX_ERROR;
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_source, src->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	return bpf_redirect_map(&tx_ports, ifindex, XDP_DROP);
+}
+
 /* Route the (already rewritten) packet to `dst` with the kernel's tables. */
 static __always_inline int fib_forward(struct xdp_md *ctx, struct packet *pkt, const __u32 *src,
 				       const __u32 *dst, __u16 sport, __u16 dport, __u32 *stat)

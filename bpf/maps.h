@@ -76,6 +76,14 @@ struct {
 	__type(value, __u32);
 } tx_ports SEC(".maps");
 
+/* ifindex -> that interface's MAC: the source MAC of redirected frames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct if_mac);
+} if_macs SEC(".maps");
+
 /* enum xdplb_stat -> per-CPU packets/bytes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -117,7 +117,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	}
 	if (be->flags & BE_F_MAC)
-		action = tx_to_mac(ctx, be->mac);
+		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
 	else
 		action = fib_forward(ctx, pkt, vip->mode == XDPLB_MODE_NAT ? vip->snat_addr :
 					       pkt->key.src, dst,
@@ -152,10 +152,7 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt)
 	vport = ns->vip_port;
 	if (rewrite_tuple(ctx, pkt, vip, client, vport, cport))
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
-	if (ns->client_ifindex == pkt->ifindex)
-		action = tx_to_mac(ctx, ns->client_mac);
-	else
-		action = fib_forward(ctx, pkt, vip, client, vport, cport, &stat);
+	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
 	count_obj(&vip_stats, ns->vip_id, pkt->frame_len, 0);
 	count_obj(&be_stats, ns->backend_id, pkt->frame_len, 0);
 	trace_decision(pkt, client, cport, ns->vip_id, ns->backend_id, action, stat);
@@ -193,7 +190,7 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pk
 			return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
 	}
 	if (be->flags & BE_F_MAC)
-		action = tx_to_mac(ctx, be->mac);
+		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
 	else
 		action = fib_forward(ctx, pkt, pkt->key.src, be->addr, 0, 0, &stat);
 	return verdict(pkt, stat, action);
@@ -213,10 +210,7 @@ static __always_inline int icmp_to_client(struct xdp_md *ctx, struct packet *pkt
 	in.dport = ns->vip_port;
 	if (icmp_xlate(ctx, pkt, e, ns->vip, ns->client, &in))
 		return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
-	if (ns->client_ifindex == pkt->ifindex)
-		action = tx_to_mac(ctx, ns->client_mac);
-	else
-		action = fib_forward(ctx, pkt, ns->vip, ns->client, 0, 0, &stat);
+	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
 	return verdict(pkt, stat, action);
 }
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 from . import __version__
 from .errors import UsageError, XdplbError
@@ -93,8 +94,12 @@ def cmd_run(args) -> int:
     svc = Service.for_interface(args.iface, ServiceOptions(xdp_mode=args.xdp_mode,
                                                            conntrack=args.conntrack,
                                                            nat_ports=args.nat_ports,
-                                                           frag_drop=args.frag == "drop"))
+                                                           frag_drop=args.frag == "drop",
+                                                           egress=args.egress))
     vip_addr = args.vip or svc.interface_ipv4()
+    snat = args.snat or svc.egress_ipv4()
+    if svc.egress_ifindex:
+        backends = [replace(b, ifindex=svc.egress_ifindex) for b in backends]
     try:
         vip_ip = ipaddress.ip_address(vip_addr)
     except ValueError:
@@ -103,7 +108,8 @@ def cmd_run(args) -> int:
         raise UsageError(f"backends must be IPv{vip_ip.version} like the VIP {vip_ip}")
     specs = [VipSpec(address=vip_ip, port=p, protocol=args.proto, mode=args.mode,
                      backends=tuple(backends), on_backend_removed=args.on_removed,
-                     udp_stateless=args.udp_stateless) for p in ports]
+                     udp_stateless=args.udp_stateless,
+                     snat=ipaddress.ip_address(snat) if snat else None) for p in ports]
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
@@ -209,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nat-ports", default="61000-65535",
                    help="source ports used towards backends (default 61000-65535, above "
                    "the kernel's ephemeral range)")
+    r.add_argument("--egress", metavar="IFACE",
+                   help="two-armed: backends are reached through IFACE (XDP_REDIRECT); xdplb "
+                   "attaches there too to catch the replies")
+    r.add_argument("--snat", metavar="ADDR",
+                   help="NAT source address towards backends (default: the VIP, or the "
+                   "--egress interface's IPv4 address)")
     r.add_argument("--frag", choices=("pass", "drop"), default="pass",
                    help="IP fragments to the VIP: pass to the host stack (default) or drop")
     r.add_argument("--on-removed", choices=("reselect", "reset"), default="reselect",

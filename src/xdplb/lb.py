@@ -28,6 +28,7 @@ class BackendSpec:
     mac: bytes | None = None  # None: next hop from the kernel FIB
     port: int = 0  # NAT mode: backend port, 0 = the VIP's port
     weight: int = 1  # 0 = drain (no new flows)
+    ifindex: int = 0  # two-armed: leave through this interface (XDP_REDIRECT)
     # False: pulled (health check): keeps its id, leaves the Maglev table, its flows are
     # re-selected or reset by the VIP's on_backend_removed policy
     active: bool = True
@@ -129,8 +130,11 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True) -> abi.Back
     if b.mac is not None:
         flags |= abi.BE_F_MAC
         mac = (C.c_uint8 * 6).from_buffer_copy(b.mac)
+    if b.ifindex:
+        flags |= abi.BE_F_REDIRECT
     port = abi.htons(b.port) if vip.mode == "nat" and b.port else 0
-    return abi.Backend(addr=addr, mac=mac, port=port, family=family, flags=flags)
+    return abi.Backend(addr=addr, mac=mac, port=port, family=family, flags=flags,
+                       ifindex=b.ifindex)
 
 
 class LoadBalancer:

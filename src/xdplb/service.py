@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from ._bpf import abi
 from ._bpf.dataplane import DataPlane, Knobs, Sizes, ifindex_of
 from ._bpf.libbpf import XDP_ACTIONS, AttachError, BpfError, RingBuffer, VerifierError
-from ._bpf.netlink import interface_addresses
+from ._bpf.netlink import interface_addresses, interface_mac
 from .errors import UsageError, XdplbError
 from .lb import LoadBalancer, VipSpec
+
+
+def _ifindex(iface: str) -> int:
+    try:
+        return ifindex_of(iface)
+    except OSError:
+        raise XdplbError(f"unknown interface {iface!r} (in this network namespace)") from None
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -38,6 +45,7 @@ class ServiceOptions:
     max_backends: int = 4096
     hash_seed: int = 0x5EED1B0B
     frag_drop: bool = False
+    egress: str | None = None  # two-armed: backends are reached through this interface
 
 
 class Service:
@@ -48,14 +56,22 @@ class Service:
         self.dp: DataPlane | None = None
         self.lb: LoadBalancer | None = None
         self.started = False
+        self.egress_ifindex = 0
 
     @classmethod
     def for_interface(cls, iface: str, opts: ServiceOptions | None = None) -> Service:
-        try:
-            ifindex = ifindex_of(iface)
-        except OSError:
-            raise XdplbError(f"unknown interface {iface!r} (in this network namespace)") from None
-        return cls(iface, ifindex, opts or ServiceOptions())
+        opts = opts or ServiceOptions()
+        svc = cls(iface, _ifindex(iface), opts)
+        svc.egress_ifindex = _ifindex(opts.egress) if opts.egress else 0
+        if svc.egress_ifindex == svc.ifindex:
+            svc.egress_ifindex = 0
+        return svc
+
+    def egress_ipv4(self) -> str | None:
+        if not self.egress_ifindex:
+            return None
+        addrs = interface_addresses(self.egress_ifindex, socket.AF_INET)
+        return str(addrs[0]) if addrs else None
 
     def interface_ipv4(self) -> str:
         addrs = interface_addresses(self.ifindex, socket.AF_INET)
@@ -85,10 +101,17 @@ class Service:
                 rt = self.dp.runtime()
                 rt.trace_rate = trace_rate
                 self.dp.set_runtime(rt)
-            try:
-                self.dp.attach(self.ifindex, self.opts.xdp_mode)
-            except AttachError as e:
-                raise XdplbError(f"cannot attach XDP to {self.iface}: {e}") from None
+            ifaces = [(self.iface, self.ifindex)]
+            if self.egress_ifindex:
+                ifaces.append((self.opts.egress, self.egress_ifindex))
+                for _, idx in ifaces:
+                    mac = interface_mac(idx)
+                    self.dp.add_tx_port(idx, bytes.fromhex(mac.replace(":", "")))
+            for name, idx in ifaces:
+                try:
+                    self.dp.attach(idx, self.opts.xdp_mode)
+                except AttachError as e:
+                    raise XdplbError(f"cannot attach XDP to {name}: {e}") from None
             self.started = True
         except BaseException:
             self.stop()

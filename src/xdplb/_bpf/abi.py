@@ -52,6 +52,10 @@ class Backend(C.Structure):
     ]
 
 
+class IfMac(C.Structure):
+    _fields_ = [("mac", C.c_uint8 * 6), ("pad", C.c_uint16)]
+
+
 class FlowKey(C.Structure):
     _fields_ = [
         ("src", Addr),
@@ -203,6 +207,7 @@ MIRRORS = {
     "vip_key": VipKey,
     "vip_info": VipInfo,
     "backend": Backend,
+    "if_mac": IfMac,
     "flow_key": FlowKey,
     "flow_state": FlowState,
     "nat_state": NatState,

@@ -226,8 +226,10 @@ class DataPlane:
     def runtime(self) -> abi.LbRuntime:
         return abi.LbRuntime.from_buffer_copy(self.maps["runtime"].lookup(0))
 
-    def add_tx_port(self, ifindex: int) -> None:
+    def add_tx_port(self, ifindex: int, mac: bytes) -> None:
+        """Let frames be redirected out of `ifindex` (two-armed), with `mac` as source."""
         self.maps["tx_ports"][ifindex] = C.c_uint32(ifindex)
+        self.maps["if_macs"][ifindex] = abi.IfMac(mac=(C.c_uint8 * 6).from_buffer_copy(mac))
 
     # counters ------------------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, int]]:
@@ -309,6 +311,10 @@ PROG_PIN = "prog"
 STATE_MAPS = ("conntrack", "nat_rev", "vips", "vip_addrs", "backends", "rings")
 
 
+_DEVMAP_TYPES = (14, 25)  # BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH
+_F_RDONLY_PROG = 1 << 7
+
+
 class UpgradeError(BpfError):
     """The running instance's state cannot be shared with the new object."""
 
@@ -350,7 +356,10 @@ def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]
                 raise UpgradeError(errno.ENOENT, f"the running instance has no map {name!r}")
             notes.append(f"{name}: new map")
             continue
-        got = MapDef(old.type, old.key_size, old.value_size, old.max_entries, old.flags)
+        flags = old.flags
+        if old.type in _DEVMAP_TYPES:  # the kernel adds BPF_F_RDONLY_PROG to devmaps
+            flags &= ~_F_RDONLY_PROG
+        got = MapDef(old.type, old.key_size, old.value_size, old.max_entries, flags)
         same_layout = (got.type, got.key_size, got.value_size, got.flags) == \
             (new.type, new.key_size, new.value_size, new.flags)
         if name in STATE_MAPS:

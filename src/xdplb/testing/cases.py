@@ -33,9 +33,11 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6PacketTooBig,
     IPv6,
+    IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
 )
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Padding, Raw
 
 from .._bpf.dataplane import Knobs
@@ -1065,4 +1067,109 @@ def _icmp6_too_big() -> Case:
                  / IPv6(src=VIP6, dst=CLIENT6) / ICMPv6PacketTooBig(mtu=1280)
                  / Raw(bytes(data_in)[:48]),
                  ("icmp_reply",), "quotes the IPv6 header and 8 bytes of TCP"),
+        ])
+
+
+@_case
+def _ipv6() -> Case:
+    vips = ipv6_vips()
+    m = Predictor(vips)
+    p = m.forward(CLIENT6, 40023, VIP6, 8000)
+    return Case(
+        name="IPv6: a SYN to an IPv6 VIP is NATed and the reply reverse-NATed",
+        seed_note="11 (IPv4 only)",
+        vips=vips,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IPv6(src=CLIENT6, dst=VIP6, hlim=64, fl=0x12345)
+                 / TCP(sport=40023, dport=8000, flags="S", options=SYN_OPTS),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=p.mac)
+                 / IPv6(src=VIP6, dst=p.addr, hlim=64, fl=0x12345)
+                 / TCP(sport=p.nat_port, dport=8000, flags="S", options=SYN_OPTS),
+                 ("fwd_new",)),
+            Step(Ether(src=p.mac, dst=LB_MAC)
+                 / IPv6(src=p.addr, dst=VIP6) / TCP(sport=8000, dport=p.nat_port, flags="PA")
+                 / Raw(payload(155)),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=CLIENT_MAC)
+                 / IPv6(src=VIP6, dst=CLIENT6) / TCP(sport=8000, dport=40023, flags="PA")
+                 / Raw(payload(155)),
+                 ("reply",)),
+            Step(partial(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                         / IPv6(src=CLIENT6, dst=VIP6)
+                         / TCP(sport=40023, dport=8000, flags="PA") / Raw(payload(1001))),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=p.mac)
+                 / IPv6(src=VIP6, dst=p.addr) / TCP(sport=p.nat_port, dport=8000, flags="PA")
+                 / Raw(payload(1001)),
+                 ("fwd_est", "csum_full"), "IPv6 CHECKSUM_PARTIAL"),
+        ])
+
+
+@_case
+def _ipv6_ext() -> Case:
+    vips = ipv6_vips()
+    m = Predictor(vips)
+    p = m.forward(CLIENT6, 40024, VIP6, 8000)
+    return Case(
+        name="IPv6 extension headers (hop-by-hop, destination options) are skipped and kept",
+        seed_note="11",
+        vips=vips,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+                 / TCP(sport=40024, dport=8000, flags="S"),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=p.mac)
+                 / IPv6(src=VIP6, dst=p.addr) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+                 / TCP(sport=p.nat_port, dport=8000, flags="S"),
+                 ("fwd_new",)),
+        ])
+
+
+@_case
+def _vlan() -> Case:
+    m = Predictor(tutorial_vips())
+    p = m.forward(CLIENT, 40025, VIP, 8000)
+    return Case(
+        name="An 802.1Q-tagged SYN is NATed and keeps its VLAN tag",
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / Dot1Q(vlan=100, prio=3)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40025, dport=8000, flags="S"),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=p.mac) / Dot1Q(vlan=100, prio=3)
+                 / IP(src=VIP, dst=p.addr) / TCP(sport=p.nat_port, dport=8000, flags="S"),
+                 ("fwd_new",)),
+        ])
+
+
+@_case
+def _malformed() -> Case:
+    return Case(
+        name="Malformed IP packets to the VIP pass untouched: bad ihl, tot_len beyond the "
+             "frame, TCP header cut by tot_len",
+        seed_note="3 (ihl never validated)",
+        vips=tutorial_vips() + ipv6_vips(),
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, ihl=4) / TCP(sport=40026, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "ihl 4"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, ihl=15) / TCP(sport=40026, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "ihl 15 beyond tot_len"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, len=400) / TCP(sport=40026, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "tot_len 400 in a 54-byte frame"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, len=30) / TCP(sport=40026, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "tot_len leaves 10 bytes of TCP"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, version=5) / TCP(sport=40026, dport=8000,
+                                                             flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "version 5 in an IPv4 ethertype"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IPv6(src=CLIENT6, dst=VIP6, plen=300) / TCP(sport=40026, dport=8000,
+                                                               flags="S"),
+                 XDP_PASS, None, ("pass_malformed",), "IPv6 payload length beyond the frame"),
         ])
