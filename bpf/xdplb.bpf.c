@@ -245,11 +245,13 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 
 	if (!pkt)
 		return XDP_PASS;
+	/* a reply to a NAT port first: a port-0 VIP on the SNAT address would
+	 * otherwise take it for a new flow */
+	if (is_nat_reply(pkt) && bpf_map_lookup_elem(&nat_rev, &pkt->key))
+		return reverse_nat(ctx, pkt);
 	vip = maybe_vip(pkt) ? lookup_vip(&pkt->key) : 0;
 	if (vip)
 		return balance(ctx, pkt, vip);
-	if (is_nat_reply(pkt))
-		return reverse_nat(ctx, pkt);
 	return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 }
 

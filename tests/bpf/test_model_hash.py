@@ -141,7 +141,7 @@ def check_flows(rig, flows):
         fs = dp.maps["conntrack"][key]
         assert (fs.backend_id, abi.ntohs(fs.nat_port)) == (pick.backend_id, pick.nat_port), what
         assert lb.backend_ids(spec.key)[pick.backend.key] == pick.backend_id
-        if spec.mode == "nat" and spec.port != 0:  # port 0: see KNOWN_BUGS in test_packet_cases
+        if spec.mode == "nat":
             check_reply(dp, spec, client, sport, dport, pick, what)
 
 

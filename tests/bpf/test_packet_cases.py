@@ -14,14 +14,7 @@ pytestmark = pytest.mark.bpf
 
 # Cases that show a known data-plane bug: name -> reason (strict xfail: fixing the bug
 # makes the test fail until the entry is removed).
-KNOWN_BUGS: dict[str, str] = {
-    "A port-0 (every port) NAT VIP: the backend's reply is reverse-NATed, not balanced as a "
-    "new flow":
-        "process_packet looks up VIPs before NAT replies: the reply backend:8000 -> "
-        "VIP:natport matches the (VIP, 0, tcp) wildcard and is NATed to a backend as a new "
-        "flow (fwd_new) instead of reverse-NATed (when fixed, also enable replies to port-0 "
-        "VIPs in test_model_hash.py)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params() -> list:

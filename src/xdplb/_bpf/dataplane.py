@@ -211,13 +211,13 @@ class DataPlane:
             raise
         old = self._rings.pop(vip_id, None)
         self._rings[vip_id] = inner
-        if old:
+        if old is not None:
             old.close()
 
     def drop_ring(self, vip_id: int) -> None:
         self.maps["rings"].delete(vip_id)
         old = self._rings.pop(vip_id, None)
-        if old:
+        if old is not None:
             old.close()
 
     def set_runtime(self, rt: abi.LbRuntime) -> None:
@@ -303,7 +303,7 @@ class DataPlane:
 
 
 MAP_NAMES = ("vips", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
-             "vip_stats", "be_stats", "tx_ports", "events", "runtime")
+             "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
 PROG_PIN = "prog"
 # State that must carry over for an in-place restart or upgrade: flows and the ids they
 # name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
