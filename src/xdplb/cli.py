@@ -121,6 +121,9 @@ def cmd_run(args) -> int:
         print(f"Balancing {args.proto.upper()} {vip_addr} port(s) "
               f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on {args.iface}; "
               "other traffic goes to the host")
+        if svc.interface_kind() == "veth":
+            print(f"Note: {args.iface} is a veth: XDP_TX frames reach its peer only if the peer "
+                  "has an XDP program (the lab attaches an XDP_PASS stub to veth7)")
         print("Press Ctrl+C to exit...", flush=True)
         last = time.monotonic()
         while True:

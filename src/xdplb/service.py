@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ._bpf import abi
 from ._bpf.dataplane import DataPlane, Knobs, Sizes, ifindex_of
 from ._bpf.libbpf import XDP_ACTIONS, AttachError, BpfError, RingBuffer, VerifierError
-from ._bpf.netlink import interface_addresses, interface_mac
+from ._bpf.netlink import interface_addresses, interface_kind, interface_mac
 from .errors import UsageError, XdplbError
 from .lb import LoadBalancer, VipSpec
 
@@ -66,6 +66,9 @@ class Service:
         if svc.egress_ifindex == svc.ifindex:
             svc.egress_ifindex = 0
         return svc
+
+    def interface_kind(self) -> str | None:
+        return interface_kind(self.ifindex)
 
     def egress_ipv4(self) -> str | None:
         if not self.egress_ifindex:

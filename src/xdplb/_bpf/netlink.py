@@ -24,3 +24,13 @@ def interface_mac(ifindex: int) -> str | None:
     with IPRoute() as ipr:
         links = ipr.get_links(ifindex)
         return links[0].get_attr("IFLA_ADDRESS") if links else None
+
+
+def interface_kind(ifindex: int) -> str | None:
+    """IFLA_INFO_KIND of a link ("veth", "bridge", ...), None for physical NICs."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifindex)
+        info = links[0].get_attr("IFLA_LINKINFO") if links else None
+        return info.get_attr("IFLA_INFO_KIND") if info else None
