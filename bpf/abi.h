@@ -21,6 +21,9 @@ enum xdplb_mode {
 	XDPLB_MODE_DSR = 1, /* L2 direct server return: only MACs change */
 };
 
+/* vip_stats counts what has no backend (drops); traffic a VIP forwards is the
+ * sum of its backends' be_stats. */
+
 /* vip_info.flags */
 #define VIP_F_RESET_REMOVED (1u << 0) /* drop flows whose backend was removed */
 #define VIP_F_UDP_STATELESS (1u << 1) /* DSR+UDP: select by hash, no conntrack */
@@ -58,6 +61,7 @@ struct backend {
 	__u8 flags;  /* BE_F_* */
 	__u16 pad;
 	__u32 ifindex; /* BE_F_REDIRECT: egress interface */
+	__u32 vip_id;  /* the VIP this backend serves (counters are per backend) */
 };
 
 /* MAC address of an interface frames are redirected out of (two-armed). */

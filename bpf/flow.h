@@ -13,8 +13,9 @@
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
+#include "select.h"
 
-#define NAT_TRIES 8 /* candidate ports per new flow */
+#define NAT_TRIES 8 /* hash-derived candidate ports per new flow (and as many random) */
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {
@@ -83,10 +84,17 @@ __attribute__((noinline)) int alloc_nat_port(struct nat_req *r)
 	if (!r)
 		return 0;
 	range = (__u32)knobs.nat_port_max - knobs.nat_port_min + 1;
-	for (i = 0; i < NAT_TRIES; i++) {
-		__u16 port = bpf_htons(knobs.nat_port_min + (r->hash + i * H_P1) % range);
+	for (i = 0; i < 2 * NAT_TRIES; i++) {
+		/* hash-derived candidates first (a flow that lost its conntrack entry gets
+		 * its port back), then random ones (a retransmitted SYN does not retry the
+		 * same busy ports) */
+		__u32 pick = i < NAT_TRIES ? r->hash + i * H_P1 : bpf_get_prandom_u32();
+		__u16 host_port = knobs.nat_port_min + pick % range;
+		__u16 port = bpf_htons(host_port);
 		struct nat_state *cur;
 
+		if (test_bit(runtime.port_bits, host_port))
+			continue; /* a VIP port: replies to it would look like new flows */
 		r->rk.dport = port;
 		if (!bpf_map_update_elem(&nat_rev, &r->rk, &r->ns, BPF_NOEXIST))
 			return port;

@@ -116,8 +116,8 @@ struct {
 /* Load-time knobs and run-time switches (abi.h). */
 const volatile struct lb_knobs knobs = {
 	.hash_seed = 0x5eed1b0b,
-	.nat_port_min = 61000,
-	.nat_port_max = 65535,
+	.nat_port_min = 10000,
+	.nat_port_max = 32767,
 	.frag_drop = 0,
 	.csum_fixup = 1,
 };

@@ -123,24 +123,21 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 					       pkt->key.src, dst,
 				     vip->mode == XDPLB_MODE_NAT ? fs.nat_port : pkt->key.sport,
 				     dport, &stat);
-	count_obj(&vip_stats, vip_id, pkt->frame_len, stat == ST_FWD_NEW);
 	count_obj(&be_stats, fs.backend_id, pkt->frame_len, stat == ST_FWD_NEW);
 	trace_decision(pkt, dst, dport, vip_id, fs.backend_id, action, stat);
 	return verdict(pkt, stat, action);
 }
 
 /* Backend -> snat:port, a reply on a NAT flow: translate back to the client. */
-static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt)
+static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt,
+				       struct nat_state *ns)
 {
-	struct nat_state *ns = bpf_map_lookup_elem(&nat_rev, &pkt->key);
 	__u32 stat = ST_REPLY, client[4], vip[4];
 	__u8 closing = closing_flag(pkt);
 	__u16 cport, vport;
 	int action;
 	__u64 now;
 
-	if (!ns)
-		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	now = bpf_jiffies64();
 	if (now - ns->last_seen >= runtime.refresh || (ns->flags | closing) != ns->flags) {
 		ns->last_seen = now;
@@ -153,17 +150,19 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt)
 	if (rewrite_tuple(ctx, pkt, vip, client, vport, cport))
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
-	count_obj(&vip_stats, ns->vip_id, pkt->frame_len, 0);
 	count_obj(&be_stats, ns->backend_id, pkt->frame_len, 0);
 	trace_decision(pkt, client, cport, ns->vip_id, ns->backend_id, action, stat);
 	return verdict(pkt, stat, action);
 }
 
+/* Could this be a backend's reply to a NAT port? NAT ports are never VIP ports
+ * (alloc_nat_port skips them), so a VIP's own port is never taken for one. */
 static __always_inline int is_nat_reply(const struct packet *pkt)
 {
 	__u16 port = bpf_ntohs(pkt->key.dport);
 
-	return runtime.nat_vips && port >= knobs.nat_port_min && port <= knobs.nat_port_max;
+	return runtime.nat_vips && port >= knobs.nat_port_min && port <= knobs.nat_port_max &&
+	       !test_bit(runtime.port_bits, port);
 }
 
 /* An ICMP error sent to a VIP about a client's flow: to the flow's backend. */
@@ -247,8 +246,12 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 		return XDP_PASS;
 	/* a reply to a NAT port first: a port-0 VIP on the SNAT address would
 	 * otherwise take it for a new flow */
-	if (is_nat_reply(pkt) && bpf_map_lookup_elem(&nat_rev, &pkt->key))
-		return reverse_nat(ctx, pkt);
+	if (is_nat_reply(pkt)) {
+		struct nat_state *ns = bpf_map_lookup_elem(&nat_rev, &pkt->key);
+
+		if (ns)
+			return reverse_nat(ctx, pkt, ns);
+	}
 	vip = maybe_vip(pkt) ? lookup_vip(&pkt->key) : 0;
 	if (vip)
 		return balance(ctx, pkt, vip);

@@ -215,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--vip", help="VIP address (default: IFACE's first IPv4 address)")
     r.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
     r.add_argument("--conntrack", type=int, default=1 << 18, help="conntrack entries")
-    r.add_argument("--nat-ports", default="61000-65535",
-                   help="source ports used towards backends (default 61000-65535, above "
-                   "the kernel's ephemeral range)")
+    r.add_argument("--nat-ports", default="10000-32767",
+                   help="source ports used towards backends (default 10000-32767: below the "
+                   "kernel's ephemeral range, above common service ports; VIP ports are "
+                   "skipped)")
     r.add_argument("--egress", metavar="IFACE",
                    help="two-armed: backends are reached through IFACE (XDP_REDIRECT); xdplb "
                    "attaches there too to catch the replies")

@@ -41,7 +41,7 @@ __all__ = [
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_HASH_SEED = 0x5EED1B0B
-DEFAULT_NAT_PORTS = (61000, 65535)  # above Linux's default ip_local_port_range
+DEFAULT_NAT_PORTS = (10000, 32767)  # below Linux's default ip_local_port_range
 DEFAULT_CONNTRACK_SIZE = 1 << 20
 DEFAULT_MAX_VIPS = 4096
 DEFAULT_MAX_BACKENDS = 65536
@@ -202,17 +202,13 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return _Parser(source).config(doc)
 
 
-def vip_from_table(data: dict[str, Any], lb: LbSettings, source: str = "request",
-                   key: str = "vip") -> Vip:
+def vip_from_table(data: dict[str, Any], source: str = "request", key: str = "vip") -> Vip:
     """One [[vip]] table given as a dict (a runtime `xdplb vip add`), validated exactly
     like a file's; ConfigError keys start with `key`."""
     p = _Parser(source)
     if not isinstance(data, dict):
         raise ConfigError(source, key, "expected a table")
-    t = _Table(p, key, data)
-    vip = p.vip(t)
-    p.check_nat_port(t, vip, lb)
-    return vip
+    return p.vip(_Table(p, key, data))
 
 
 def backend_from_table(data: dict[str, Any], vip: Vip, source: str = "request",
@@ -484,7 +480,6 @@ class _Parser:
         total_backends = 0
         for t in vip_tables:
             vip = self.vip(t)
-            self.check_nat_port(t, vip, lb)
             if vip.key in by_key:
                 where = f"{_host_port(vip.address, vip.port)}/{vip.protocol}"
                 raise t.fail(None, f"duplicate of {by_key[vip.key]} ({where})")
@@ -508,12 +503,6 @@ class _Parser:
                 f"max_backends is {lb.max_backends}",
             )
         return Config(lb=lb, vips=tuple(vips), source=self.source)
-
-    def check_nat_port(self, t: _Table, vip: Vip, lb: LbSettings) -> None:
-        lo, hi = lb.nat_ports
-        if vip.mode == "nat" and vip.port and lo <= vip.port <= hi:
-            raise t.fail("port", f"{vip.port} lies in lb.nat_ports ({lo}-{hi}), the "
-                         "source ports used towards backends")
 
     def lb(self, t: _Table) -> LbSettings:
         interface = t.get("interface", _ifname, "an interface name string")

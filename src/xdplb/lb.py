@@ -123,7 +123,8 @@ def vip_addr_key(address: IPAddress) -> abi.VipKey:
     return abi.VipKey(addr=addr, family=family)
 
 
-def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True) -> abi.Backend:
+def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True, vip_id: int = 0
+                  ) -> abi.Backend:
     addr, family = abi.pack_addr(b.address)
     flags = abi.BE_F_ACTIVE if active and b.active else 0
     mac = (C.c_uint8 * 6)()
@@ -134,7 +135,7 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True) -> abi.Back
         flags |= abi.BE_F_REDIRECT
     port = abi.htons(b.port) if vip.mode == "nat" and b.port else 0
     return abi.Backend(addr=addr, mac=mac, port=port, family=family, flags=flags,
-                       ifindex=b.ifindex)
+                       ifindex=b.ifindex, vip_id=vip_id)
 
 
 class LoadBalancer:
@@ -216,7 +217,7 @@ class LoadBalancer:
         st = _VipState(spec, self._take_vip_id())
         for b in spec.backends:
             st.backend_ids[b.key] = self._take_backend_id()
-            self.dp.put_backend(st.backend_ids[b.key], backend_value(spec, b))
+            self.dp.put_backend(st.backend_ids[b.key], backend_value(spec, b, vip_id=st.vip_id))
         self.dp.swap_ring(st.vip_id, self._table(st, spec))
         self._vips[spec.key] = st
         self._write_addr_counts()
@@ -256,7 +257,7 @@ class LoadBalancer:
                 if old[k].active != b.active:
                     log.append(f"{spec.label}: backend {k} "
                                + ("back in service" if b.active else "pulled (inactive)"))
-            value = backend_value(spec, b)
+            value = backend_value(spec, b, vip_id=st.vip_id)
             if k in old and old[k].active and not b.active:
                 later.append((st.backend_ids[k], value))
             else:
@@ -270,7 +271,7 @@ class LoadBalancer:
             self.dp.put_backend(bid, value)
         for k in [k for k in st.backend_ids if k not in new]:
             bid = st.backend_ids.pop(k)
-            self.dp.put_backend(bid, backend_value(st.spec, old[k], active=False))
+            self.dp.put_backend(bid, backend_value(st.spec, old[k], active=False, vip_id=st.vip_id))
             self._be_ids.give(bid)
             log.append(f"{spec.label}: removed backend {k}")
         st.spec = spec
@@ -282,7 +283,7 @@ class LoadBalancer:
         self.dp.drop_ring(st.vip_id)
         for k, bid in st.backend_ids.items():
             b = next(b for b in st.spec.backends if b.key == k)
-            self.dp.put_backend(bid, backend_value(st.spec, b, active=False))
+            self.dp.put_backend(bid, backend_value(st.spec, b, active=False, vip_id=st.vip_id))
             self._be_ids.give(bid)
         self._vip_ids.give(st.vip_id)
 
@@ -335,7 +336,7 @@ class LoadBalancer:
             st = _VipState(spec, info.vip_id)
             members = state.rings.get(info.vip_id, set())
             for b in spec.backends:
-                value = backend_value(spec, b)
+                value = backend_value(spec, b, vip_id=st.vip_id)
                 found = [i for i, be in state.backends.items()
                          if i not in used and _same_backend(be, value)]
                 if found:
@@ -365,7 +366,7 @@ class LoadBalancer:
                 if b.key not in st.backend_ids:
                     st.backend_ids[b.key] = self._take_backend_id()
                     log.append(f"{spec.label}: added backend {b.key} weight {b.weight}")
-                value = backend_value(spec, b)
+                value = backend_value(spec, b, vip_id=st.vip_id)
                 if b.active:
                     self.dp.put_backend(st.backend_ids[b.key], value)
                 else:

@@ -30,7 +30,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
         lo_s, hi_s = text.split("-")
         lo, hi = int(lo_s), int(hi_s)
     except ValueError:
-        raise UsageError(f"NAT port range {text!r}: expected LOW-HIGH, e.g. 61000-65535") from None
+        raise UsageError(f"NAT port range {text!r}: expected LOW-HIGH, e.g. 10000-32767") from None
     if not 1024 <= lo <= hi <= 65535:
         raise UsageError(f"NAT port range {text!r}: need 1024 <= LOW <= HIGH <= 65535")
     return lo, hi
@@ -40,7 +40,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
 class ServiceOptions:
     xdp_mode: str = "auto"
     conntrack: int = 1 << 18
-    nat_ports: str = "61000-65535"
+    nat_ports: str = "10000-32767"
     max_vips: int = 1024
     max_backends: int = 4096
     hash_seed: int = 0x5EED1B0B
@@ -158,21 +158,28 @@ def attached_report(iface: str) -> dict:
 
         report = {"iface": iface, "prog_id": xdp_prog_id(ifindex), "stats": dp.stats(),
                   "trace_rate": dp.runtime().trace_rate, "vips": [], "backends": []}
-        for key, info in dp.maps["vips"].items():
-            addr = abi.unpack_addr(key.addr, key.family)
-            proto = {6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
-            s = dp.obj_stats("vip_stats", info.vip_id)
-            report["vips"].append({"vip": f"{addr}:{abi.ntohs(key.port)}/{proto}",
-                                   "id": info.vip_id,
-                                   "mode": "nat" if info.mode == abi.MODE_NAT else "dsr", **s})
+        backends = []
         for i in range(dp.maps["backends"].max_entries):
             be = dp.maps["backends"].get(i)
             if be is None or not be.family:
                 continue
-            s = dp.obj_stats("be_stats", i)
-            report["backends"].append({"id": i, "address": str(abi.unpack_addr(be.addr,
-                                                                               be.family)),
-                                       "active": bool(be.flags & abi.BE_F_ACTIVE), **s})
+            backends.append({"id": i, "vip_id": be.vip_id,
+                             "address": str(abi.unpack_addr(be.addr, be.family)),
+                             "active": bool(be.flags & abi.BE_F_ACTIVE),
+                             **dp.obj_stats("be_stats", i)})
+        report["backends"] = backends
+        for key, info in dp.maps["vips"].items():
+            addr = abi.unpack_addr(key.addr, key.family)
+            proto = {6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
+            # vip_stats holds what had no backend; forwarded traffic is counted per backend
+            s = dp.obj_stats("vip_stats", info.vip_id)
+            for b in backends:
+                if b["vip_id"] == info.vip_id:
+                    for f in ("packets", "bytes", "new_flows"):
+                        s[f] += b[f]
+            report["vips"].append({"vip": f"{addr}:{abi.ntohs(key.port)}/{proto}",
+                                   "id": info.vip_id,
+                                   "mode": "nat" if info.mode == abi.MODE_NAT else "dsr", **s})
         return report
     finally:
         dp.close()

@@ -49,6 +49,7 @@ class Backend(C.Structure):
         ("flags", C.c_uint8),
         ("pad", C.c_uint16),
         ("ifindex", C.c_uint32),
+        ("vip_id", C.c_uint32),
     ]
 
 

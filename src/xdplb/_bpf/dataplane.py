@@ -48,8 +48,8 @@ class Knobs:
     loader writes into the run-time state (in jiffies) right after loading."""
 
     hash_seed: int = 0x5EED1B0B
-    nat_port_min: int = 61000
-    nat_port_max: int = 65535
+    nat_port_min: int = 10000
+    nat_port_max: int = 32767
     frag_drop: bool = False
     csum_fixup: bool = True
     tcp_timeout_s: float = 300.0
@@ -124,6 +124,7 @@ class DataPlane:
             obj.load((PROG_NAME,))
             maps = {n: obj.map(n) for n in MAP_NAMES if n != "runtime"}
             maps["runtime"] = obj.map(".bss")
+            maps[KNOBS_PIN] = obj.map(".rodata")
             dp = cls(maps, obj.program(PROG_NAME), obj)
             dp.reused = sorted(fds)
             dp.reuse_notes = notes
@@ -294,7 +295,7 @@ class DataPlane:
         """Remove our pins (and the directory if then empty); False if there were none."""
         if not os.path.isdir(directory):
             return False
-        for name in (*MAP_NAMES, PROG_PIN):
+        for name in (*MAP_NAMES, KNOBS_PIN, PROG_PIN):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
         with contextlib.suppress(OSError):
@@ -305,6 +306,7 @@ class DataPlane:
 MAP_NAMES = ("vips", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
 PROG_PIN = "prog"
+KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 # State that must carry over for an in-place restart or upgrade: flows and the ids they
 # name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
 # changed.
@@ -390,6 +392,8 @@ def existing_maps(prog_id: int) -> dict[str, Map]:
     for name, m in maps.items():
         if name.endswith(".bss"):
             out["runtime"] = m
+        elif name.endswith(".rodata"):
+            out[KNOBS_PIN] = m
         elif name in MAP_NAMES:
             out[name] = m
         else:
@@ -401,7 +405,7 @@ def open_pinned(directory: str) -> tuple[dict[str, Map], int]:
     """Maps pinned by a kept instance (owned: close them) and its pinned program id
     (0 if none)."""
     maps: dict[str, Map] = {}
-    for name in MAP_NAMES:
+    for name in (*MAP_NAMES, KNOBS_PIN):
         path = os.path.join(directory, name)
         if os.path.exists(path):
             maps[name] = Map(libbpf.get_pinned(path), name, owned=True)
@@ -414,6 +418,14 @@ def open_pinned(directory: str) -> tuple[dict[str, Map], int]:
         finally:
             os.close(fd)
     return maps, prog_id
+
+
+def read_knobs(m: Map) -> abi.LbKnobs | None:
+    """The load-time knobs of a running instance, from its .rodata map."""
+    raw = m.lookup(0)
+    if raw is None or len(raw) < C.sizeof(abi.LbKnobs):
+        return None
+    return abi.LbKnobs.from_buffer_copy(raw[: C.sizeof(abi.LbKnobs)])
 
 
 def _pinned_id(path: str, name: str) -> int:

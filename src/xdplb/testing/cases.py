@@ -598,7 +598,8 @@ def _colliding_client(m: Predictor, first: Pick, sport: int) -> str:
 
 @_case
 def _nat_port_collision() -> Case:
-    m = Predictor(tutorial_vips())
+    knobs = Knobs(nat_port_min=20000, nat_port_max=20999)  # small: a collision is easy to find
+    m = Predictor(tutorial_vips(), knobs)
     p1 = m.forward(CLIENT, 40011, VIP, 8000)
     c2 = _colliding_client(m, p1, 40011)
     p2 = m.forward(c2, 40011, VIP, 8000)
@@ -607,6 +608,7 @@ def _nat_port_collision() -> Case:
         name="A second client whose flow wants the same backend and NAT port takes the next "
              "candidate port; replies are told apart",
         seed_note="9 (SNAT kept the client's port: colliding clients)",
+        knobs=knobs,
         steps=[
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
                  / IP(src=CLIENT, dst=VIP) / TCP(sport=40011, dport=8000, flags="S"),
