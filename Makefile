@@ -37,6 +37,7 @@ test-e2e: build
 	$(PY) -m pytest -q -m e2e tests
 
 bench: build
+	@scripts/install-deps.sh bench
 	$(PY) bench/run.py
 
 lint: venv

@@ -1,15 +1,23 @@
 #!/bin/sh
 # Installs the system packages xdplb needs, only those missing (idempotent).
+# `install-deps.sh bench` adds what the live benchmarks use (nginx), without starting it.
 set -eu
+pkgs="clang-19 libbpf-dev bpftool iproute2 ethtool curl iperf3 wrk nftables make gcc"
+[ "${1:-}" = "bench" ] && pkgs="$pkgs nginx"
 need=""
-have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-for p in clang-19 libbpf-dev bpftool iproute2 ethtool curl iperf3 wrk nftables make gcc; do
+for p in $pkgs; do
   have_pkg "$p" || need="$need $p"
 done
-if [ -n "$need" ]; then
-  echo "installing:$need"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+[ -z "$need" ] && exit 0
+echo "installing:$need"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# never start a packaged service in the machine's own namespace (policy-rc.d: deny starts)
+guard=/usr/sbin/policy-rc.d
+placed=""
+if [ ! -e "$guard" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$guard" >/dev/null && $SUDO chmod +x "$guard" && placed=1
 fi
+trap '[ -n "$placed" ] && $SUDO rm -f "$guard"' EXIT
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
