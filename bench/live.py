@@ -120,20 +120,20 @@ def wait_http(lab, url: str, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def via_direct(lab, backends: list[str], port: int) -> Iterator[dict]:
+def via_direct(lab, backends: list[str], port: int, xdplb_args=()) -> Iterator[dict]:
     """No LB: the client talks to the backends themselves (HTTP: to all of them at once)."""
     hosts = [lab.hosts[r].ipv4 for r in backends]
     yield {"url_host": hosts[0], "hosts": hosts}
 
 
 @contextlib.contextmanager
-def via_xdplb(lab, backends: list[str], port: int) -> Iterator[dict]:
+def via_xdplb(lab, backends: list[str], port: int, xdplb_args=()) -> Iterator[dict]:
     """`xdplb run veth6 IP MAC ...` in the LB namespace, stopped with SIGINT afterwards;
     its counters (`xdplb stats --json`) are read just before."""
     from xdplb.demo import xdplb_argv
 
     argv = xdplb_argv() + ["run"] + (["--port", str(port)] if port != PORT else [])
-    argv.append(lab.lb.ifname)
+    argv += [*xdplb_args, lab.lb.ifname]
     for role in backends:
         argv += [lab.hosts[role].ipv4, lab.hosts[role].mac]
     p = lab.popen("lb", argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -190,7 +190,7 @@ def _sysctl(lab, key: str, value: str) -> None:
 
 
 @contextlib.contextmanager
-def via_nft(lab, backends: list[str], port: int) -> Iterator[dict]:
+def via_nft(lab, backends: list[str], port: int, xdplb_args=()) -> Iterator[dict]:
     """nftables DNAT+SNAT in the LB namespace (and ip_forward there), removed afterwards."""
     rules = _nft_rules(lab, backends, port)
     dev = lab.lb.ifname
@@ -290,10 +290,10 @@ def http_bench(lab, args, out: dict) -> None:
     backends = [h.role for h in lab.backend_hosts]
     http = out["http"]
     for rnd in range(args.rounds):
-        order = PATHS[rnd % len(PATHS):] + PATHS[:rnd % len(PATHS)]
+        order = args.paths[rnd % len(args.paths):] + args.paths[:rnd % len(args.paths)]
         for path in order:
             try:
-                with VIA[path](lab, backends, PORT) as info:
+                with VIA[path](lab, backends, PORT, args.xdplb_arg) as info:
                     url = f"http://{info['url_host']}:{PORT}/"
                     if not wait_http(lab, url, 5):
                         raise RuntimeError(f"no answer from {url} before measuring")
@@ -321,10 +321,10 @@ def iperf_bench(lab, args, out: dict) -> None:
     time.sleep(0.5)
     try:
         for rnd in range(args.rounds):
-            order = PATHS[rnd % len(PATHS):] + PATHS[:rnd % len(PATHS)]
+            order = args.paths[rnd % len(args.paths):] + args.paths[:rnd % len(args.paths)]
             for path in order:
                 try:
-                    with VIA[path](lab, [role], IPERF_PORT) as info:
+                    with VIA[path](lab, [role], IPERF_PORT, args.xdplb_arg) as info:
                         r = run_iperf(lab, info["url_host"], args.iperf_duration)
                     if path == "xdplb":
                         out["xdplb_runs"].append({"test": "iperf", "round": rnd + 1,
@@ -360,13 +360,21 @@ def summarize(out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=32, help="wrk connections")
-    ap.add_argument("--iperf-duration", type=float, default=5.0)
+    ap.add_argument("--iperf-duration", type=float, default=4.0)
     ap.add_argument("--no-iperf", action="store_true")
+    ap.add_argument("--xdplb-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `xdplb run` (repeatable), e.g. "
+                         "--xdplb-arg=--nat-ports=10000-65535")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--out", type=Path, default=RESULTS / "live.json")
     args = ap.parse_args(argv)
+    args.paths = tuple(p for p in args.paths.split(",") if p)
+    if not set(args.paths) <= set(PATHS) or not args.paths:
+        ap.error(f"--paths: choose from {', '.join(PATHS)}")
     if not 1 <= args.duration <= 30 or not 1 <= args.rounds <= 5:
         ap.error("--duration must be 1-30 s and --rounds 1-5 (the lab is shared)")
     if os.geteuid() != 0:
@@ -387,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                  "method": {"duration_s": args.duration, "rounds": args.rounds,
                             "conns": args.conns, "wrk_threads": WRK_THREADS,
                             "iperf_duration_s": None if args.no_iperf else args.iperf_duration,
-                            "body_bytes": len(BODY), "offloads": "default"},
+                            "body_bytes": len(BODY), "offloads": "default",
+                            "xdplb_args": args.xdplb_arg,
+                            "cpus": sorted(os.sched_getaffinity(0))},
                  "tools": {"wrk": _tool_version(["wrk", "-v"]),
                            "nginx": _tool_version(["nginx", "-v"]) if shutil.which("nginx")
                            else None,
@@ -419,4 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted (everything created was removed)", file=sys.stderr)
+        sys.exit(130)

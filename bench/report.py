@@ -30,11 +30,11 @@ REFERENCE = [
     ("tutorial as printed", "with its nine bpf_printk", "~5.3 us"),
 ]
 
-PROG_ORDER = ["empty", "tx", "xdplb", "tutorial", "tutorial_rev2", "katran"]
-SHORT = {"empty": "empty", "tx": "tx floor", "xdplb": "xdplb", "tutorial": "tutorial",
-         "tutorial_rev2": "tutorial rev2", "katran": "Katran"}
-COLORS = {"empty": "#bbbbbb", "tx": "#888888", "xdplb": "#1f77b4", "tutorial": "#ff7f0e",
-          "tutorial_rev2": "#d62728", "katran": "#2ca02c"}
+PROG_ORDER = ["empty", "tx", "xdplb", "xdplb_dsr", "tutorial", "tutorial_rev2", "katran"]
+SHORT = {"empty": "empty", "tx": "tx floor", "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
+         "tutorial": "tutorial", "tutorial_rev2": "tutorial rev2", "katran": "Katran"}
+COLORS = {"empty": "#bbbbbb", "tx": "#888888", "xdplb": "#1f77b4", "xdplb_dsr": "#17becf",
+          "tutorial": "#ff7f0e", "tutorial_rev2": "#d62728", "katran": "#2ca02c"}
 PATH_LABEL = {"direct": "direct to the backends", "xdplb": "through xdplb",
               "nft": "through nftables DNAT+SNAT"}
 
@@ -157,8 +157,8 @@ def targets_section(micro: dict) -> list[str]:
             v = x[c]["net_ns"]
             out.append(f"| {micro['cases'][c]['label']} | {v:.0f} | <= {t} | "
                        f"{'met' if v <= t else f'**over by {v - t:.0f} ns**'} |")
-    g = x["est1514"]["net_ns"] - x["est64"]["net_ns"]
-    gp = x["est1514_partial"]["net_ns"] - x["est1514"]["net_ns"]
+    g = round(x["est1514"]["net_ns"] - x["est64"]["net_ns"]) + 0  # + 0: no "-0"
+    gp = round(x["est1514_partial"]["net_ns"] - x["est1514"]["net_ns"]) + 0
     out += ["",
             (f"Growth with size, established flow 64 B -> 1514 B: {g:+.0f} ns "
             f"({'none to speak of' if abs(g) <= 10 else 'it grows'}). "
@@ -231,7 +231,7 @@ def micro_section(micro: dict) -> list[str]:
 
 
 def katran_section(micro: dict | None) -> list[str]:
-    out = ["## Reference figures (not measured by this run)", ""]
+    out = ["## Reference figures quoted from DESIGN.md (not measured by this run)", ""]
     measured = bool(micro and micro.get("katran"))
     if measured:
         kt = micro["katran"]
@@ -375,6 +375,9 @@ def method_section(micro: dict | None, live: dict | None) -> list[str]:
             "`net.ipv4.ip_forward=1` and ICMP redirects off in that namespace only."),
             ("- Client, backends and LB share the machine's CPUs, so the LB's own cost shows "
             "as lost requests/s everywhere; compare ratios measured in the same run."),
+            *([(f"- Extra `xdplb run` arguments in this run: "
+               f"`{' '.join(live['method']['xdplb_args'])}`.")]
+              if live["method"].get("xdplb_args") else []),
             f"- The run took {live['method']['seconds']} s.",
             ""]
     return out

@@ -43,9 +43,6 @@ def main() -> int:
                 print("bench: live benchmark failed; the report covers the micro-benchmark",
                       file=sys.stderr)
                 (live.RESULTS / "live.json").unlink(missing_ok=True)
-        except KeyboardInterrupt:
-            print("bench: interrupted", file=sys.stderr)
-            return 130
         except (LabError, OSError, RuntimeError, subprocess.SubprocessError) as e:
             print(f"bench: live benchmark failed: {e}; the report covers the "
                   "micro-benchmark", file=sys.stderr)
@@ -56,4 +53,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted (everything created was removed)", file=sys.stderr)
+        sys.exit(130)
