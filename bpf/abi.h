@@ -53,6 +53,14 @@ struct vip_info {
 	__u16 pad;
 };
 
+#define VIP_SLOTS 8192 /* direct-mapped VIP cache (vip_slots), a power of two */
+
+/* A VIP in the direct-mapped cache; key.family == 0 marks an empty slot. */
+struct vip_slot {
+	struct vip_key key;
+	struct vip_info info;
+};
+
 struct backend {
 	__u32 addr[4];
 	__u8 mac[6];
@@ -164,6 +172,8 @@ struct lb_runtime {
 	__u32 wildcard_vips; /* number of port-0 VIPs: 0 skips that lookup */
 	__u32 nat_vips;      /* number of NAT VIPs: 0 skips the reply lookup */
 	__u32 hz;            /* jiffies per second */
+	__u32 vip_spill;     /* VIPs not in vip_slots (collisions): 0 skips the hash map */
+	__u32 pad;
 	__u64 tcp_timeout;   /* idle time after which a NAT port may be reused */
 	__u64 closing_timeout;
 	__u64 udp_timeout;

@@ -16,6 +16,15 @@ struct {
 	__type(value, struct vip_info);
 } vips SEC(".maps");
 
+/* vip_slot(key) -> the VIP: an array probe instead of a hash lookup for every
+ * VIP packet; VIPs whose slot is taken stay in `vips` only (runtime.vip_spill). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct vip_slot);
+} vip_slots SEC(".maps");
+
 /* VIP address (vip_key with port 0, proto 0) -> number of VIPs on it:
  * lets fragments, which carry no ports, be recognised as ours. */
 struct {

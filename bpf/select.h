@@ -28,12 +28,45 @@ static __always_inline int maybe_vip(const struct packet *pkt)
 	       (runtime.wildcard_vips || test_bit(runtime.port_bits, bpf_ntohs(pkt->key.dport)));
 }
 
+/* Slot of a VIP key in vip_slots (mirrored by xdplb._bpf.abi.vip_slot). */
+static __always_inline __u32 vip_slot(const __u32 *addr, __u16 port, __u8 proto)
+{
+	__u32 h = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ (((__u32)port << 16) | proto);
+
+	return (h * 0x9E3779B1u) >> 19; /* top 13 bits: 0 .. VIP_SLOTS - 1 */
+}
+
+static __always_inline struct vip_info *probe_vip(const struct flow_key *k, __u16 port)
+{
+	__u32 idx = vip_slot(k->dst, port, k->proto);
+	struct vip_slot *s = bpf_map_lookup_elem(&vip_slots, &idx);
+
+	if (s && s->key.port == port && s->key.proto == k->proto &&
+	    s->key.family == k->family && s->key.addr[0] == k->dst[0] &&
+	    s->key.addr[1] == k->dst[1] && s->key.addr[2] == k->dst[2] &&
+	    s->key.addr[3] == k->dst[3])
+		return &s->info;
+	return 0;
+}
+
 /* The VIP a flow is addressed to: exact (address, port, protocol) first,
- * then the address's port-0 wildcard. */
+ * then the address's port-0 wildcard; the array cache first, the hash map
+ * only when some VIP did not fit in it. */
 static __always_inline struct vip_info *lookup_vip(const struct flow_key *k)
 {
 	struct vip_key vk = {};
 	struct vip_info *vip;
+
+	vip = probe_vip(k, k->dport);
+	if (vip)
+		return vip;
+	if (runtime.wildcard_vips) {
+		vip = probe_vip(k, 0);
+		if (vip)
+			return vip;
+	}
+	if (!runtime.vip_spill)
+		return 0;
 
 	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
 	vk.port = k->dport;

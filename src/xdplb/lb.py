@@ -68,6 +68,7 @@ class DataPlaneWriter(Protocol):
 
     def put_vip(self, key: abi.VipKey, info: abi.VipInfo) -> None: ...
     def del_vip(self, key: abi.VipKey) -> None: ...
+    def put_vip_slot(self, idx: int, slot: abi.VipSlot | None) -> None: ...
     def put_vip_addr(self, key: abi.VipKey, count: int) -> None: ...
     def put_backend(self, backend_id: int, be: abi.Backend) -> None: ...
     def swap_ring(self, vip_id: int, table: np.ndarray) -> None: ...
@@ -144,6 +145,7 @@ class LoadBalancer:
     def __init__(self, dp: DataPlaneWriter, max_vips: int = 4096, max_backends: int = 65536):
         self.dp = dp
         self._vips: dict[tuple, _VipState] = {}
+        self._slot_owner: dict[int, tuple] = {}  # vip_slots index -> VIP key
         self._vip_ids = IdPool(max_vips)
         self._be_ids = IdPool(max_backends)
 
@@ -157,6 +159,43 @@ class LoadBalancer:
 
     def backend_ids(self, key: tuple) -> dict[str, int]:
         return dict(self._vips[key].backend_ids)
+
+    # the VIP entries: hash map + direct-mapped cache ----------------------------------
+    def _put_vip(self, key: tuple, info: abi.VipInfo) -> None:
+        """Publish a VIP: in `vips`, and in its vip_slots entry unless another VIP has it
+        (then it is found through the hash map: runtime.vip_spill > 0)."""
+        k = vip_key(*key)
+        self.dp.put_vip(k, info)
+        idx = abi.vip_slot(k)
+        owner = self._slot_owner.setdefault(idx, key)
+        if owner == key:
+            self.dp.put_vip_slot(idx, abi.VipSlot(key=k, info=info))
+
+    def _del_vip(self, key: tuple) -> None:
+        k = vip_key(*key)
+        idx = abi.vip_slot(k)
+        if self._slot_owner.get(idx) == key:
+            del self._slot_owner[idx]
+            self.dp.put_vip_slot(idx, None)
+        self.dp.del_vip(k)
+
+    def _promote_spilled(self) -> None:
+        """Give free slots to VIPs that had spilled into the hash map."""
+        for key, st in self._vips.items():
+            idx = abi.vip_slot(vip_key(*key))
+            if idx not in self._slot_owner:
+                self._slot_owner[idx] = key
+                self.dp.put_vip_slot(idx, abi.VipSlot(key=vip_key(*key),
+                                                      info=self._vip_info(st, st.spec)))
+
+    def _spill_count(self, keys) -> int:
+        owners: dict[int, tuple] = dict(self._slot_owner)
+        spilled = 0
+        for key in keys:
+            idx = abi.vip_slot(vip_key(*key))
+            if owners.setdefault(idx, key) != key:
+                spilled += 1
+        return spilled
 
     # changes ------------------------------------------------------------------------
     def apply(self, desired: list[VipSpec]) -> list[str]:
@@ -177,6 +216,7 @@ class LoadBalancer:
             elif cur.spec != spec:
                 log.extend(self._update_vip(cur, spec))
         self._write_addr_counts()
+        self._promote_spilled()
         self._write_runtime([])
         return log
 
@@ -221,7 +261,7 @@ class LoadBalancer:
         self.dp.swap_ring(st.vip_id, self._table(st, spec))
         self._vips[spec.key] = st
         self._write_addr_counts()
-        self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
+        self._put_vip(spec.key, self._vip_info(st, spec))
 
     def _take_vip_id(self) -> int:
         i = self._vip_ids.take()
@@ -266,7 +306,7 @@ class LoadBalancer:
                 [(b.key, b.weight, b.active) for b in spec.backends] \
                 or st.spec.ring_size != spec.ring_size:
             self.dp.swap_ring(st.vip_id, self._table(st, spec))
-        self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
+        self._put_vip(spec.key, self._vip_info(st, spec))
         for bid, value in later:
             self.dp.put_backend(bid, value)
         for k in [k for k in st.backend_ids if k not in new]:
@@ -279,7 +319,7 @@ class LoadBalancer:
 
     def _remove_vip(self, key: tuple) -> None:
         st = self._vips.pop(key)
-        self.dp.del_vip(vip_key(*key))
+        self._del_vip(key)
         self.dp.drop_ring(st.vip_id)
         for k, bid in st.backend_ids.items():
             b = next(b for b in st.spec.backends if b.key == k)
@@ -296,6 +336,7 @@ class LoadBalancer:
         rt = self.dp.runtime()
         rt.wildcard_vips = sum(1 for s in specs if s.port == 0)
         rt.nat_vips = sum(1 for s in specs if s.mode == "nat")
+        rt.vip_spill = self._spill_count([s.key for s in specs])
         rt.set_filter({s.address for s in specs} | {s.snat for s in specs if s.snat},
                       {s.port for s in specs})
         self.dp.set_runtime(rt)
@@ -340,8 +381,9 @@ class LoadBalancer:
                 found = [i for i, be in state.backends.items()
                          if i not in used and _same_backend(be, value)]
                 if found:
-                    found.sort(key=lambda i: (i not in members,
-                                              not state.backends[i].flags & abi.BE_F_ACTIVE, i))
+                    found.sort(key=lambda i: (
+                        getattr(state.backends[i], "vip_id", info.vip_id) != info.vip_id,
+                        i not in members, not state.backends[i].flags & abi.BE_F_ACTIVE, i))
                     st.backend_ids[b.key] = found[0]
                     used.add(found[0])
             adopted[key] = st
@@ -353,7 +395,7 @@ class LoadBalancer:
         # VIPs no longer wanted disappear first
         for key, info in state.vips.items():
             if key not in want:
-                self.dp.del_vip(vip_key(*key))
+                self._del_vip(key)
                 self.dp.drop_ring(info.vip_id)
                 self._vip_ids.give(info.vip_id)
                 log.append(f"removed VIP {key[0]}:{key[1]}/{key[2]}")
@@ -372,7 +414,7 @@ class LoadBalancer:
                 else:
                     later.append((st.backend_ids[b.key], value))
             self.dp.swap_ring(st.vip_id, self._table(st, spec))
-            self.dp.put_vip(vip_key(*spec.key), self._vip_info(st, spec))
+            self._put_vip(spec.key, self._vip_info(st, spec))
             for bid, value in later:
                 self.dp.put_backend(bid, value)
             self._vips[key] = st
@@ -393,6 +435,7 @@ class LoadBalancer:
                 log.append(f"backend id {i} ({abi.unpack_addr(be.addr, be.family)}) is not "
                            "configured any more: inactive")
         self._write_addr_counts()
+        self._promote_spilled()
         self._write_runtime([])
         return log
 

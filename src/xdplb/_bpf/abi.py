@@ -40,6 +40,20 @@ class VipInfo(C.Structure):
     ]
 
 
+VIP_SLOTS = 8192
+
+
+class VipSlot(C.Structure):
+    _fields_ = [("key", VipKey), ("info", VipInfo)]
+
+
+def vip_slot(key: VipKey) -> int:
+    """select.h::vip_slot: where a VIP sits in the direct-mapped vip_slots array."""
+    w = struct.unpack("<4I", bytes(key.addr))
+    h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ ((key.port << 16) | key.proto)
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> 19
+
+
 class Backend(C.Structure):
     _fields_ = [
         ("addr", Addr),
@@ -157,6 +171,8 @@ class LbRuntime(C.Structure):
         ("wildcard_vips", C.c_uint32),
         ("nat_vips", C.c_uint32),
         ("hz", C.c_uint32),
+        ("vip_spill", C.c_uint32),
+        ("pad", C.c_uint32),
         ("tcp_timeout", C.c_uint64),
         ("closing_timeout", C.c_uint64),
         ("udp_timeout", C.c_uint64),
@@ -207,6 +223,7 @@ class TraceEvent(C.Structure):
 MIRRORS = {
     "vip_key": VipKey,
     "vip_info": VipInfo,
+    "vip_slot": VipSlot,
     "backend": Backend,
     "if_mac": IfMac,
     "flow_key": FlowKey,

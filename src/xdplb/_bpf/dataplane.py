@@ -77,6 +77,7 @@ class Knobs:
 
 _TYPES = {
     "vips": (abi.VipKey, abi.VipInfo),
+    "vip_slots": (C.c_uint32, abi.VipSlot),
     "vip_addrs": (abi.VipKey, C.c_uint32),
     "backends": (C.c_uint32, abi.Backend),
     "conntrack": (abi.FlowKey, abi.FlowState),
@@ -191,6 +192,10 @@ class DataPlane:
     def del_vip(self, key: abi.VipKey) -> None:
         self.maps["vips"].delete(key)
 
+    def put_vip_slot(self, idx: int, slot: abi.VipSlot | None) -> None:
+        """Write (or empty, with None) one entry of the direct-mapped VIP cache."""
+        self.maps["vip_slots"][idx] = slot if slot is not None else abi.VipSlot()
+
     def put_vip_addr(self, key: abi.VipKey, count: int) -> None:
         if count:
             self.maps["vip_addrs"][key] = C.c_uint32(count)
@@ -303,7 +308,7 @@ class DataPlane:
         return True
 
 
-MAP_NAMES = ("vips", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
+MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
@@ -311,6 +316,9 @@ KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, n
 # name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
 # changed.
 STATE_MAPS = ("conntrack", "nat_rev", "vips", "vip_addrs", "backends", "rings")
+# Derived state the control plane rebuilds on adopt(): never shared, so no stale entry of a
+# VIP removed while the daemon was down can survive an upgrade.
+FRESH_MAPS = ("vip_slots",)
 
 
 _DEVMAP_TYPES = (14, 25)  # BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH
@@ -372,7 +380,7 @@ def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]
                 notes.append(f"{name}: keeps {got.max_entries} entries (configured "
                              f"{new.max_entries}: takes effect after a full stop)")
             fds[name] = old.fd
-        elif same_layout and got.max_entries == new.max_entries:
+        elif name not in FRESH_MAPS and same_layout and got.max_entries == new.max_entries:
             fds[name] = old.fd
         else:
             notes.append(f"{name}: starts fresh ({_diff(got, new)})")

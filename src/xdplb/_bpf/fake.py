@@ -10,6 +10,7 @@ from . import abi
 class FakeDataPlane:
     def __init__(self):
         self.vips: dict[bytes, abi.VipInfo] = {}
+        self.vip_slots: dict[int, abi.VipSlot] = {}
         self.vip_addrs: dict[bytes, int] = {}
         self.backends: dict[int, abi.Backend] = {}
         self.rings: dict[int, np.ndarray] = {}
@@ -23,6 +24,13 @@ class FakeDataPlane:
     def del_vip(self, key):
         self.vips.pop(bytes(key), None)
         self.writes.append(("del_vip", bytes(key)))
+
+    def put_vip_slot(self, idx, slot):
+        if slot is None:
+            self.vip_slots.pop(idx, None)
+        else:
+            self.vip_slots[idx] = abi.VipSlot.from_buffer_copy(bytes(slot))
+        self.writes.append(("put_vip_slot", idx))
 
     def put_vip_addr(self, key, count):
         if count:
