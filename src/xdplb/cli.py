@@ -254,12 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backends", type=int, default=2)
     d.set_defaults(func=cmd_demo)
 
-    try:
-        from .lab import register_cli
-    except ImportError:  # pragma: no cover - lab is part of the package
-        register_cli = None
-    if register_cli:
-        register_cli(sub)
+    from .daemon import register_cli as register_daemon
+    from .lab import register_cli as register_lab
+
+    register_daemon(sub)
+    register_lab(sub)
     return p
 
 

@@ -251,7 +251,7 @@ class Desired:
 
     def add_vip(self, table: dict) -> Vip:
         try:
-            v = vip_from_table(table, self.lb, source="request", key="vip")
+            v = vip_from_table(table, source="request", key="vip")
         except ConfigError as e:
             raise RequestError(str(e)) from None
         if v.key in self.vips:
@@ -409,15 +409,20 @@ class Controller:
                 "needs_restart": [f"lb.{k}" for k in ignored]}
 
     def _on_health_change(self, key: BKey, st: HealthState) -> None:
+        """A backend flipped: apply first, then say so (the event means it is done)."""
         vkey, bkey = key
         v = self.desired.vips.get(vkey)
         name = v.name if v else vip_label(vkey)
+        try:
+            self.apply("health")
+        except Exception as e:  # noqa: BLE001 - keep checking; the next flip retries
+            self.log("apply_failed", level="error", cause="health", error=str(e))
+            return
         if st.up:
             self.log("backend_up", vip=name, backend=bkey, successes=st.rise)
         else:
             self.log("backend_down", level="warning", vip=name, backend=bkey,
                      failures=st.fall, reason=st.last_detail)
-        self.apply("health")
         if v and not st.up and not any(
                 self.monitor.is_up((vkey, b.key)) and self.desired.effective_weight(vkey, b)
                 for b in v.backends):
@@ -438,9 +443,9 @@ class Controller:
             return {"ok": True, **result}
         except RequestError as e:
             return {"ok": False, "error": str(e), "code": e.code}
-        except (XdplbError, OSError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - answer, log, keep serving
             self.log("request_failed", level="error", cmd=req.get("cmd"), error=str(e))
-            return {"ok": False, "error": str(e), "code": 1}
+            return {"ok": False, "error": str(e) or type(e).__name__, "code": 1}
 
     def _dispatch(self, req: dict) -> dict:
         cmd = req["cmd"]
@@ -509,6 +514,16 @@ class Controller:
             return {"packets": 0, "bytes": 0, "new_flows": 0}
         return read(which, idx)
 
+    def _vip_counters(self, vid: int | None, backends: list[dict[str, int]]
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+        """(totals, dropped) of a VIP: the data plane counts forwarded traffic per backend
+        and only what found no backend per VIP, so a VIP's totals are the sum of its
+        current backends plus its drops."""
+        dropped = self._counters("vip_stats", vid)
+        total = {k: dropped[k] + sum(b[k] for b in backends)
+                 for k in ("packets", "bytes", "new_flows")}
+        return total, dropped
+
     def _reasons(self) -> dict[str, tuple[int, int]]:
         read = getattr(self.dp, "stats", None)
         return read() if read else {}
@@ -518,9 +533,12 @@ class Controller:
                                reasons=self._reasons(), checks=dict(self.checks),
                                reloads=dict(self.reloads))
         for name, label, vid, backends in self._view:
-            snap.vips.append((name, label, self._counters("vip_stats", vid)))
-            for bkey, bid, weight, up in backends:
-                snap.backends.append((name, bkey, self._counters("be_stats", bid), up, weight))
+            counts = [self._counters("be_stats", bid) for _, bid, _, _ in backends]
+            total, dropped = self._vip_counters(vid, counts)
+            snap.vips.append((name, label, {**total, "dropped_packets": dropped["packets"],
+                                            "dropped_bytes": dropped["bytes"]}))
+            for (bkey, _, weight, up), c in zip(backends, counts):
+                snap.backends.append((name, bkey, c, up, weight))
         return snap
 
     def status(self) -> dict:
@@ -544,6 +562,7 @@ class Controller:
                     "state": state, "health": st.as_dict() if st else None,
                     **self._counters("be_stats", ids.get(b.key))})
             h = v.health
+            total, dropped = self._vip_counters(vid, backends)
             vips.append({
                 "name": v.name, "vip": vip_label(key), "mode": v.mode, "id": vid,
                 "snat": str(v.snat) if v.snat else None,
@@ -552,7 +571,8 @@ class Controller:
                     "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
                     "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
                     "fall": h.fall},
-                **self._counters("vip_stats", vid), "backends": backends})
+                **total, "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
+                "backends": backends})
         return {**self.info, "config": self.config_path, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 1), "reloads": dict(self.reloads),
                 "overrides": list(self.desired.overrides), "vips": vips,
@@ -569,9 +589,9 @@ def _id_limits(dp, cfg: Config) -> tuple[int, int]:
 
 
 def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
-    """Backends of `desired` whose only entries in kept maps are inactive: a previous
-    daemon had pulled them (a backend it removed has no entry matching the config...
-    unless re-added, which then starts down and rises after `rise` checks)."""
+    """Backends of `desired` whose entries for their VIP in kept maps are all inactive:
+    the previous daemon had pulled them (health). A backend it had removed and the file
+    now lists again also starts down, and rises after `rise` good checks."""
     from ._bpf import abi
     from .lb import backend_value
 
@@ -579,12 +599,13 @@ def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
     for key, v in desired.vips.items():
         if key not in state.vips:
             continue
+        vip_id = state.vips[key].vip_id
         spec = vip_spec(v)
         for b, bs in zip(v.backends, spec.backends):
             want = backend_value(spec, bs)
             entries = [be for be in state.backends.values()
                        if be.family == want.family and bytes(be.addr) == bytes(want.addr)
-                       and be.port == want.port]
+                       and be.port == want.port and getattr(be, "vip_id", vip_id) == vip_id]
             if entries and not any(be.flags & abi.BE_F_ACTIVE for be in entries):
                 out.append((key, b.key))
     return out
@@ -634,6 +655,7 @@ class Daemon:
         self.ctl: Controller | None = None
         self.keep = opts.keep
         self._pidfile = None
+        self._owns_socket = False
         self._attached = False
         self._took_over = False
         self._pending_stop: bool | None = None  # keep flag of a stop asked during setup
@@ -740,6 +762,19 @@ class Daemon:
                           conntrack=lb.conntrack_size)
         knobs = dpm.Knobs(hash_seed=lb.hash_seed, nat_port_min=lb.nat_ports[0],
                           nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop")
+        old_knobs_map = existing.pop(dpm.KNOBS_PIN, None)
+        if old_knobs_map is not None:
+            old_knobs = dpm.read_knobs(old_knobs_map)
+            old_knobs_map.close()
+            old_range = old_knobs and (old_knobs.nat_port_min, old_knobs.nat_port_max)
+            if old_range and old_range != lb.nat_ports:
+                # live flows hold NAT ports of the old range: their replies must still
+                # be recognised
+                knobs.nat_port_min, knobs.nat_port_max = old_range
+                self.log("takeover_note", level="warning",
+                         what=f"lb.nat_ports stays {old_range[0]}-{old_range[1]} (configured "
+                         f"{lb.nat_ports[0]}-{lb.nat_ports[1]}: takes effect after a full "
+                         "stop)")
         try:
             self.dp = dpm.DataPlane.load(self.opts.object_path, sizes, knobs,
                                          reuse=existing or None)
@@ -818,8 +853,6 @@ class Daemon:
             self._pidfile.close()
             self._pidfile = None
 
-    _owns_socket = False
-
     def _request_stop(self, keep: bool) -> None:
         self.keep = keep
         if self._stop_event is not None:
@@ -832,8 +865,12 @@ class Daemon:
 
     def _on_hup(self) -> None:
         self.log("signal", signal="SIGHUP", action="reload")
-        with contextlib.suppress(RequestError):
+        try:
             self.ctl.reload()
+        except RequestError:
+            pass  # logged by reload()
+        except Exception as e:  # noqa: BLE001 - the daemon keeps serving the old state
+            self.log("reload_failed", level="error", error=str(e))
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()

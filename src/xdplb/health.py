@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -67,8 +68,8 @@ class HealthState:
 def _why(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()  # asyncio's own text names the address
     return str(e) or type(e).__name__
 
 

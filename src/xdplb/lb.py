@@ -199,26 +199,68 @@ class LoadBalancer:
 
     # changes ------------------------------------------------------------------------
     def apply(self, desired: list[VipSpec]) -> list[str]:
-        """Make the data plane serve exactly `desired`; returns what changed."""
+        """Make the data plane serve exactly `desired`; returns what changed.
+
+        In phases, so the data plane never sees a half-made VIP: removed VIPs disappear
+        first; then backends are written, all new Maglev tables are published in one
+        batch (a map-in-map update waits for an RCU grace period: once per apply, not
+        once per VIP), then the VIP entries, then what became unusable is marked so."""
         want = {v.key: v for v in desired}
         if len(want) != len(desired):
             raise ValueError("duplicate VIP (address, port, protocol)")
         log: list[str] = []
-        for key in [k for k in self._vips if k not in want]:
+        gone = [k for k in self._vips if k not in want]
+        for key in gone:
+            self._del_vip(key)
+        self._drop_rings([self._vips[k].vip_id for k in gone])
+        for key in gone:
             self._remove_vip(key)
             log.append(f"removed VIP {key[0]}:{key[1]}/{key[2]}")
         self._write_runtime(want.values())
+        self._staged_rings: dict[int, np.ndarray] = {}
+        publish = []
         for key, spec in want.items():
             cur = self._vips.get(key)
             if cur is None:
-                self._add_vip(spec)
+                publish.append(self._add_vip(spec))
                 log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
             elif cur.spec != spec:
-                log.extend(self._update_vip(cur, spec))
+                changes, then = self._update_vip(cur, spec)
+                log.extend(changes)
+                publish.append(then)
+        self._flush_rings()
+        for then in publish:
+            then()
         self._write_addr_counts()
         self._promote_spilled()
         self._write_runtime([])
         return log
+
+    def _stage_ring(self, vip_id: int, table: np.ndarray) -> None:
+        staged = getattr(self, "_staged_rings", None)
+        if staged is None:
+            self.dp.swap_ring(vip_id, table)
+        else:
+            staged[vip_id] = table
+
+    def _flush_rings(self) -> None:
+        staged, self._staged_rings = self._staged_rings, None
+        if not staged:
+            return
+        many = getattr(self.dp, "swap_rings", None)
+        if many is not None:
+            many(staged)
+        else:
+            for vip_id, table in staged.items():
+                self.dp.swap_ring(vip_id, table)
+
+    def _drop_rings(self, vip_ids: list[int]) -> None:
+        many = getattr(self.dp, "drop_rings", None)
+        if many is not None:
+            many(vip_ids)
+        else:
+            for vip_id in vip_ids:
+                self.dp.drop_ring(vip_id)
 
     def set_backend(self, key: tuple, address: IPAddress, **changes) -> list[str]:
         """Change one backend of a VIP (weight=..., or remove=True)."""
@@ -253,15 +295,24 @@ class LoadBalancer:
                            mode=abi.MODE_NAT if spec.mode == "nat" else abi.MODE_DSR,
                            flags=flags)
 
-    def _add_vip(self, spec: VipSpec) -> None:
+    def _add_vip(self, spec: VipSpec):
+        """Write the backends and stage the table; returns what publishes the VIP."""
         st = _VipState(spec, self._take_vip_id())
         for b in spec.backends:
             st.backend_ids[b.key] = self._take_backend_id()
             self.dp.put_backend(st.backend_ids[b.key], backend_value(spec, b, vip_id=st.vip_id))
-        self.dp.swap_ring(st.vip_id, self._table(st, spec))
+        self._stage_ring(st.vip_id, self._table(st, spec))
         self._vips[spec.key] = st
-        self._write_addr_counts()
-        self._put_vip(spec.key, self._vip_info(st, spec))
+
+        def publish() -> None:
+            written = getattr(self, "_addr_written", {})
+            if spec.address not in written:  # the address must be known before the VIP
+                self.dp.put_vip_addr(vip_addr_key(spec.address), 1)
+                written[spec.address] = 1
+                self._addr_written = written
+            self._put_vip(spec.key, self._vip_info(st, spec))
+
+        return publish
 
     def _take_vip_id(self) -> int:
         i = self._vip_ids.take()
@@ -279,10 +330,10 @@ class LoadBalancer:
         if reset is not None:
             reset(which, i)
 
-    def _update_vip(self, st: _VipState, spec: VipSpec) -> list[str]:
+    def _update_vip(self, st: _VipState, spec: VipSpec):
         """Backends that become usable are written before the new table is published,
         backends that stop being usable (pulled, removed) after it: new flows never
-        pick an inactive backend."""
+        pick an inactive backend. Returns (log, what publishes the change)."""
         log = []
         old = {b.key: b for b in st.spec.backends}
         new = {b.key: b for b in spec.backends}
@@ -305,22 +356,26 @@ class LoadBalancer:
         if [(b.key, b.weight, b.active) for b in st.spec.backends] != \
                 [(b.key, b.weight, b.active) for b in spec.backends] \
                 or st.spec.ring_size != spec.ring_size:
-            self.dp.swap_ring(st.vip_id, self._table(st, spec))
-        self._put_vip(spec.key, self._vip_info(st, spec))
-        for bid, value in later:
-            self.dp.put_backend(bid, value)
-        for k in [k for k in st.backend_ids if k not in new]:
-            bid = st.backend_ids.pop(k)
-            self.dp.put_backend(bid, backend_value(st.spec, old[k], active=False, vip_id=st.vip_id))
-            self._be_ids.give(bid)
-            log.append(f"{spec.label}: removed backend {k}")
+            self._stage_ring(st.vip_id, self._table(st, spec))
+        old_spec = st.spec
         st.spec = spec
-        return log
+
+        def publish() -> None:
+            self._put_vip(spec.key, self._vip_info(st, spec))
+            for bid, value in later:
+                self.dp.put_backend(bid, value)
+            for k in [k for k in st.backend_ids if k not in new]:
+                bid = st.backend_ids.pop(k)
+                self.dp.put_backend(bid, backend_value(old_spec, old[k], active=False,
+                                                       vip_id=st.vip_id))
+                self._be_ids.give(bid)
+
+        log.extend(f"{spec.label}: removed backend {k}" for k in st.backend_ids if k not in new)
+        return log, publish
 
     def _remove_vip(self, key: tuple) -> None:
+        """After its entry and table are gone: mark its backends inactive, free ids."""
         st = self._vips.pop(key)
-        self._del_vip(key)
-        self.dp.drop_ring(st.vip_id)
         for k, bid in st.backend_ids.items():
             b = next(b for b in st.spec.backends if b.key == k)
             self.dp.put_backend(bid, backend_value(st.spec, b, active=False, vip_id=st.vip_id))
@@ -342,14 +397,18 @@ class LoadBalancer:
         self.dp.set_runtime(rt)
 
     def _write_addr_counts(self) -> None:
+        """vip_addrs = number of VIPs per address; writes only what changed."""
         counts: dict[IPAddress, int] = {}
         for spec in self.vips:
             counts[spec.address] = counts.get(spec.address, 0) + 1
+        written = getattr(self, "_addr_written", {})
         for addr, n in counts.items():
-            self.dp.put_vip_addr(vip_addr_key(addr), n)
+            if written.get(addr) != n:
+                self.dp.put_vip_addr(vip_addr_key(addr), n)
         for addr in getattr(self, "_addrs", set()) - set(counts):
             self.dp.put_vip_addr(vip_addr_key(addr), 0)
         self._addrs = set(counts)
+        self._addr_written = counts
 
     # adoption (restart / upgrade with the data plane kept) ---------------------------
     def adopt(self, desired: list[VipSpec], state: MapState) -> list[str]:
@@ -422,7 +481,7 @@ class LoadBalancer:
                        f"{len(spec.backends)} backends kept their ids")
         for key, spec in want.items():
             if key not in self._vips:
-                self._add_vip(spec)
+                self._add_vip(spec)()
                 log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
         # entries nobody adopted: inactive, so flows still naming them re-select or reset
         taken = {i for st in self._vips.values() for i in st.backend_ids.values()}

@@ -7,6 +7,7 @@ and address, backend address:port).
     xdplb_vip_packets_total{vip,address}        xdplb_backend_packets_total{vip,backend}
     xdplb_vip_bytes_total{vip,address}          xdplb_backend_bytes_total{vip,backend}
     xdplb_vip_new_flows_total{vip,address}      xdplb_backend_new_flows_total{vip,backend}
+    xdplb_vip_dropped_packets_total{vip,address}   xdplb_vip_dropped_bytes_total{vip,address}
     xdplb_packets_total{reason}                 xdplb_backend_up{vip,backend}  (1/0)
     xdplb_bytes_total{reason}                   xdplb_backend_weight{vip,backend}
     xdplb_health_checks_total{vip,backend,result}
@@ -26,7 +27,8 @@ class MetricsSnapshot:
 
     info: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, tuple[int, int]] = field(default_factory=dict)  # packets, bytes
-    # (vip name, address label, {"packets", "bytes", "new_flows"})
+    # (vip name, address label, {"packets", "bytes", "new_flows", "dropped_packets",
+    #  "dropped_bytes"})
     vips: list[tuple[str, str, dict[str, int]]] = field(default_factory=list)
     # (vip name, backend, counters, up, weight)
     backends: list[tuple[str, str, dict[str, int], bool, int]] = field(default_factory=list)
@@ -53,8 +55,8 @@ def _families(snap: MetricsSnapshot):
     yield by
 
     for what, doc in (("packets", "Packets"), ("bytes", "Bytes"), ("new_flows", "New flows")):
-        v = CounterMetricFamily(f"xdplb_vip_{what}", f"{doc} to and from a VIP",
-                                labels=["vip", "address"])
+        v = CounterMetricFamily(f"xdplb_vip_{what}", f"{doc} to and from a VIP (its current "
+                                "backends' plus what it dropped)", labels=["vip", "address"])
         for name, addr, c in snap.vips:
             v.add_metric([name, addr], c[what])
         yield v
@@ -63,6 +65,12 @@ def _families(snap: MetricsSnapshot):
         for vip, be, c, _, _ in snap.backends:
             b.add_metric([vip, be], c[what])
         yield b
+    for what in ("packets", "bytes"):
+        d = CounterMetricFamily(f"xdplb_vip_dropped_{what}", f"{what.capitalize()} to a VIP "
+                                "dropped for want of a backend", labels=["vip", "address"])
+        for name, addr, c in snap.vips:
+            d.add_metric([name, addr], c.get(f"dropped_{what}", 0))
+        yield d
 
     up = GaugeMetricFamily("xdplb_backend_up", "1 when the backend passes its health check "
                            "(or has none), 0 when pulled", labels=["vip", "backend"])

@@ -5,10 +5,10 @@ import ipaddress
 
 import pytest
 
+from xdplb._bpf.fake import FakeDataPlane
 from xdplb.config import parse_config
 from xdplb.daemon import specs_from_config
 from xdplb.lb import BackendSpec, LoadBalancer, VipSpec
-from xdplb._bpf.fake import FakeDataPlane
 
 pytestmark = pytest.mark.unit
 

@@ -47,6 +47,14 @@ class FakeDataPlane:
         self.rings[vip_id] = np.array(table, dtype=np.uint32)
         self.writes.append(("swap_ring", vip_id))
 
+    def swap_rings(self, tables):
+        for vip_id, table in tables.items():
+            self.swap_ring(vip_id, table)
+
+    def drop_rings(self, vip_ids):
+        for vip_id in vip_ids:
+            self.drop_ring(vip_id)
+
     def drop_ring(self, vip_id):
         self.rings.pop(vip_id, None)
         self.writes.append(("drop_ring", vip_id))

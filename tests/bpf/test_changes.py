@@ -1,0 +1,146 @@
+"""Backend set changes, scale and a full conntrack, through the real program."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+from scapy.all import IP, TCP, UDP, Ether, raw
+
+from xdplb._bpf.dataplane import Knobs, Sizes
+from xdplb._bpf.libbpf import XDP_DROP, XDP_PASS, XDP_TX
+from xdplb.lb import BackendSpec, VipSpec
+
+pytestmark = pytest.mark.bpf
+
+ip = ipaddress.ip_address
+VIP = ip("10.0.0.10")
+
+
+def backends(n: int) -> tuple[BackendSpec, ...]:
+    return tuple(BackendSpec(ip(f"10.0.1.{i}"), bytes.fromhex(f"deadbeef01{i:02x}"))
+                 for i in range(1, n + 1))
+
+
+def frame(sport: int, flags: str = "S", client: str = "10.0.0.1", dport: int = 8000) -> bytes:
+    return raw(Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+               / IP(src=client, dst=str(VIP)) / TCP(sport=sport, dport=dport, flags=flags))
+
+
+def send(dp, f: bytes) -> tuple[int, str | None]:
+    action, out, _ = dp.program.test_run(f)
+    return action, (Ether(out)[IP].dst if action == XDP_TX else None)
+
+
+def test_draining_keeps_existing_flows_and_sends_new_ones_elsewhere(balancer):
+    spec = VipSpec(VIP, 8000, backends=backends(4))
+    lb = balancer([spec])
+    dp = lb.dp
+    flows = {sport: send(dp, frame(sport))[1] for sport in range(20000, 20200)}
+    victim = ip("10.0.1.2")
+    on_victim = [s for s, b in flows.items() if b == str(victim)]
+    assert on_victim, "some flows use the backend to drain"
+    lb.set_backend(spec.key, victim, weight=0)
+    for sport, b in flows.items():  # established packets keep their backend
+        assert send(dp, frame(sport, "A")) == (XDP_TX, b)
+    new = [send(dp, frame(sport))[1] for sport in range(30000, 30200)]
+    assert str(victim) not in new and len(set(new)) == 3
+
+
+def test_a_removed_backends_flows_are_reselected_and_others_stay(balancer):
+    spec = VipSpec(VIP, 8000, backends=backends(4))
+    lb = balancer([spec])
+    dp = lb.dp
+    flows = {sport: send(dp, frame(sport))[1] for sport in range(20000, 20200)}
+    gone = ip("10.0.1.3")
+    lb.set_backend(spec.key, gone, remove=True)
+    before = dp.stats()["reselect"][0]
+    moved = 0
+    for sport, b in flows.items():
+        action, now = send(dp, frame(sport, "A"))
+        assert action == XDP_TX and now != str(gone)
+        if b == str(gone):
+            moved += 1
+        else:
+            assert now == b, "a flow whose backend stayed must not move"
+    assert moved and dp.stats()["reselect"][0] - before == moved
+
+
+def test_reset_policy_drops_a_removed_backends_flows(balancer):
+    spec = VipSpec(VIP, 8000, backends=backends(3), on_backend_removed="reset")
+    lb = balancer([spec])
+    dp = lb.dp
+    flows = {sport: send(dp, frame(sport))[1] for sport in range(20000, 20100)}
+    gone = ip("10.0.1.1")
+    lb.set_backend(spec.key, gone, remove=True)
+    for sport, b in flows.items():
+        action, now = send(dp, frame(sport, "A"))
+        if b == str(gone):
+            assert action == XDP_DROP
+        else:
+            assert (action, now) == (XDP_TX, b)
+    assert dp.stats()["drop_removed"][0] == sum(b == str(gone) for b in flows.values())
+
+
+def test_adding_a_backend_moves_no_existing_flow(balancer):
+    spec = VipSpec(VIP, 8000, backends=backends(3))
+    lb = balancer([spec])
+    dp = lb.dp
+    flows = {sport: send(dp, frame(sport))[1] for sport in range(20000, 20200)}
+    lb.apply([replace(spec, backends=backends(4))])
+    assert all(send(dp, frame(s, "A"))[1] == b for s, b in flows.items())
+    new = {send(dp, frame(s))[1] for s in range(30000, 30300)}
+    assert "10.0.1.4" in new
+
+
+def test_two_thousand_vips_each_reach_their_own_backend(balancer):
+    vips = []
+    for i in range(2000):
+        addr = ip(f"10.{1 + i // 250}.{i % 250}.1")
+        port = 0 if i % 10 == 0 else 1000 + i
+        proto = "udp" if i % 3 == 0 else "tcp"
+        be = BackendSpec(ip(f"172.16.{i // 250}.{i % 250}"), bytes.fromhex(f"deadbeef{i:04x}"))
+        vips.append(VipSpec(addr, port, proto, backends=(be,), ring_size=251))
+    lb = balancer(vips)
+    dp = lb.dp
+    for i in range(0, 2000, 37):
+        v = vips[i]
+        l4 = (UDP if v.protocol == "udp" else TCP)(sport=5555, dport=v.port or 4242)
+        f = raw(Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+                / IP(src="192.168.0.1", dst=str(v.address)) / l4)
+        action, out, _ = dp.program.test_run(f)
+        assert action == XDP_TX, v.label
+        assert Ether(out)[IP].dst == str(v.backends[0].address), v.label
+    # a port nobody balances on one of those addresses is the host's
+    f = raw(Ether() / IP(src="192.168.0.1", dst=str(vips[1].address)) / TCP(dport=22))
+    assert dp.program.test_run(f)[0] == XDP_PASS
+
+
+def test_a_full_conntrack_evicts_and_flows_keep_backend_and_nat_port(dataplane_pool):
+    """conntrack and nat_rev of 256 entries, 2000 flows: LRU evicts, yet a flow's next
+    packet lands on the same backend with the same NAT port (both derive from its hash)."""
+    from xdplb.testing.fixtures import configured
+
+    dp = dataplane_pool.get(Knobs(nat_port_min=10000, nat_port_max=60000))
+    # sizes are load-time: use a dedicated small data plane
+    from xdplb._bpf.dataplane import DataPlane
+
+    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256))
+    try:
+        with configured(small, [VipSpec(VIP, 8000, backends=backends(4))]):
+            first = {}
+            for i in range(2000):
+                action, out, _ = small.program.test_run(frame(20000 + i % 40000,
+                                                             client=f"10.9.{i // 250}.{i % 250}"))
+                assert action == XDP_TX
+                o = Ether(out)
+                first[i] = (o[IP].dst, o[TCP].sport)
+            assert len(small.maps["conntrack"]) <= 256
+            for i in range(0, 2000, 7):
+                action, out, _ = small.program.test_run(
+                    frame(20000 + i % 40000, "A", client=f"10.9.{i // 250}.{i % 250}"))
+                o = Ether(out)
+                assert action == XDP_TX and (o[IP].dst, o[TCP].sport) == first[i]
+    finally:
+        small.close()
+    assert dp is not None
