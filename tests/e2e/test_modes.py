@@ -119,14 +119,20 @@ def test_dsr_backends_answer_clients_directly(lab, tmp_path):
     assert not any(csum_errors(lab).values()), csum_errors(lab)
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.lab(backends=4, clients=3)
-def test_four_backends_three_clients_nat(lab, tmp_path):
+def test_four_backends_three_clients_nat(lab, tmp_path, family):
     serve_http(lab, tmp_path)
-    with running_lb(lab):
+    argv = None
+    url = "http://10.0.0.10:8000/whoami"
+    if family == 6:
+        argv = ["run", "veth6", *backends_argv(lab, 6), "--vip", lab.lb.ipv6]
+        url = f"http://[{lab.lb.ipv6}]:8000/whoami"
+    with running_lb(lab, argv=argv):
         served = collections.Counter()
         for c in lab.client_hosts:
             for _ in range(16):
-                r = lab.run(c.role, ["curl", "-s", "-m", "5", "http://10.0.0.10:8000/whoami"])
+                r = lab.run(c.role, ["curl", "-s", "-m", "5", "-g", url])
                 served[r.stdout or f"FAIL{r.returncode}"] += 1
     assert sum(served[h.role] for h in lab.backend_hosts) == 48, served
     assert len(served) == 4, served
