@@ -370,7 +370,7 @@ def method_section(micro: dict | None, live: dict | None) -> list[str]:
             ("- direct: the client loads both backends at once (one wrk per backend, the "
             "connections split), so the server capacity matches the LB paths. xdplb: "
             "`xdplb run veth6 10.0.0.2 de:ad:be:ef:00:02 10.0.0.3 de:ad:be:ef:00:03` in the "
-            "LB namespace (defaults: NAT ports 61000-65535). nftables: a table in the LB "
+            "LB namespace (default NAT ports 10000-32767). nftables: a table in the LB "
             "namespace with DNAT (numgen round robin) and SNAT to 10.0.0.10, "
             "`net.ipv4.ip_forward=1` and ICMP redirects off in that namespace only."),
             ("- Client, backends and LB share the machine's CPUs, so the LB's own cost shows "
