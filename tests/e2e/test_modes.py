@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from lbproc import running_lb
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from lbproc import running_lb, xdp_attached
 
 pytestmark = pytest.mark.e2e
@@ -76,8 +75,8 @@ def test_odd_even_and_multi_megabyte_files_arrive_byte_identical(lab, webroot):
     serve(lab, webroot)
     with running_lb(lab):
         for name in FILES:
-            r = lab.run("client", ["sh", "-c", f"curl -s -m 30 http://10.0.0.10:8000/{name} "
-                                   "| sha256sum"], timeout=60)
+            cmd = f"curl -s -m 30 http://10.0.0.10:8000/{name} | sha256sum"
+            r = lab.run("client", ["sh", "-c", cmd], timeout=60)
             want = hashlib.sha256((webroot / name).read_bytes()).hexdigest()
             assert r.stdout.split()[0] == want, f"{name} differs"
     assert not any(no_csum_errors(lab).values()), no_csum_errors(lab)
@@ -103,12 +102,11 @@ def test_two_clients_concurrently_are_all_answered(lab, webroot):
     want = hashlib.sha256((webroot / "odd2.bin").read_bytes()).hexdigest()
 
     def fetch(host):
-        return lab.run(host, ["sh", "-c", "curl -s -m 20 http://10.0.0.10:8000/odd2.bin "
-                              "| sha256sum"], timeout=60).stdout.split()[0]
+        cmd = "curl -s -m 20 http://10.0.0.10:8000/odd2.bin | sha256sum"
+        return lab.run(host, ["sh", "-c", cmd], timeout=60).stdout.split()[0]
 
-    with running_lb(lab):
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            digests = list(pool.map(fetch, [c for c in clients for _ in range(10)]))
+    with running_lb(lab), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        digests = list(pool.map(fetch, [c for c in clients for _ in range(10)]))
     assert digests == [want] * 20
     assert not any(no_csum_errors(lab).values()), no_csum_errors(lab)
 
@@ -116,13 +114,12 @@ def test_two_clients_concurrently_are_all_answered(lab, webroot):
 @pytest.mark.lab(clients=2)
 def test_two_clients_with_the_same_source_port_both_get_answers(lab, webroot):
     serve(lab, webroot, protocol="HTTP/1.1")
-    with running_lb(lab):
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            jobs = [pool.submit(curl, lab, c.role, "http://10.0.0.10:8000/big.bin",
-                                extra=("--local-port", "40000", "-o", "/dev/null", "-w",
-                                       "%{size_download}"))
-                    for c in lab.client_hosts]
-            sizes = [int(j.result().stdout or 0) for j in jobs]
+    with running_lb(lab), concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(curl, lab, c.role, "http://10.0.0.10:8000/big.bin",
+                            extra=("--local-port", "40000", "-o", "/dev/null", "-w",
+                                   "%{size_download}"))
+                for c in lab.client_hosts]
+        sizes = [int(j.result().stdout or 0) for j in jobs]
     assert sizes == [FILES["big.bin"]] * 2
 
 

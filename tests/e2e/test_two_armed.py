@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 
 import pytest
-
 from lbproc import running_lb
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import abi, libbpf
-from .libbpf import BPF_ANY, F_INNER_MAP, MAP_ARRAY, BpfError, BpfObject, Map, Program
+from .libbpf import F_INNER_MAP, MAP_ARRAY, BpfError, BpfObject, Map, Program
 
 PROG_NAME = "xdplb"
 

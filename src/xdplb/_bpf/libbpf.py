@@ -470,7 +470,7 @@ class BpfObject:
             _obj_close(self._obj)
             self._obj = None
 
-    def __enter__(self) -> BpfObject:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
