@@ -143,7 +143,7 @@ enum xdplb_stat {
 	ST_RESELECT,         /* flow's backend removed, re-selected */
 	ST_CSUM_FULL,        /* L4 checksum recomputed (CHECKSUM_PARTIAL frame) */
 	ST_PASS_TOO_LONG,    /* partial checksum over a segment too long to finish */
-	ST_PASS_NO_NEIGH,    /* fib lookup found no neighbour: rewritten, to stack */
+	ST_DROP_NO_NEIGH,    /* fib lookup found no neighbour (the control plane resolves it) */
 	ST_DROP_FIB,         /* fib lookup failed */
 	ST_ICMP_FWD,         /* ICMP error forwarded to a flow's backend */
 	ST_ICMP_REPLY,       /* ICMP error from a backend, reverse-translated */

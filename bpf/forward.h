@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* forward.h - next hop: configured MAC out of the ingress interface (XDP_TX),
  * or the kernel's FIB/neighbour table (bpf_fib_lookup) and a devmap redirect
- * for two-armed setups; unresolved neighbours fall back to the stack. */
+ * for two-armed setups; unresolved neighbours are dropped and counted. */
 #ifndef XDPLB_FORWARD_H
 #define XDPLB_FORWARD_H
 
@@ -57,7 +57,7 @@ static __always_inline int fib_forward(struct xdp_md *ctx, struct packet *pkt, c
 	fib.l4_protocol = pkt->key.proto;
 	fib.sport = sport;
 	fib.dport = dport;
-	fib.tot_len = pkt->l4_len;
+	fib.tot_len = pkt->l4_len + (pkt->l4_off - pkt->l3_off);
 	if (pkt->key.family == XDPLB_AF_INET) {
 		fib.family = AF_INET;
 		fib.ipv4_src = src[0];
@@ -67,10 +67,14 @@ static __always_inline int fib_forward(struct xdp_md *ctx, struct packet *pkt, c
 		__builtin_memcpy(fib.ipv6_src, src, 16);
 		__builtin_memcpy(fib.ipv6_dst, dst, 16);
 	}
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	/* OUTPUT: the rewritten packet leaves as if this host sent it (NAT: it did),
+	 * so the lookup does not depend on the namespace forwarding */
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		*stat = ST_PASS_NO_NEIGH; /* the stack resolves it and forwards */
-		return XDP_PASS;
+		/* a rewritten frame cannot go to the stack (its source is our own address);
+		 * the control plane keeps the neighbours of MAC-less backends resolved */
+		*stat = ST_DROP_NO_NEIGH;
+		return XDP_DROP;
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		*stat = ST_DROP_FIB;

@@ -317,6 +317,7 @@ class Controller:
         self.monitor.on_result = self._on_health_result
         max_vips, max_backends = _id_limits(dp, cfg)
         self.lb = LoadBalancer(dp, max_vips, max_backends)
+        self.neighbour_macs: dict = {}  # backend address -> MAC from the neighbour table
         self.info = dict(info or {})
         self.started = time.time()
         self.reloads = {"ok": 0, "error": 0}
@@ -341,7 +342,13 @@ class Controller:
         return changes
 
     def apply(self, why: str) -> list[str]:
-        changes = self.lb.apply(self.desired.specs(self.monitor.is_up))
+        specs = self.desired.specs(self.monitor.is_up)
+        if self.neighbour_macs:  # MAC-less backends: the neighbour table's answer
+            specs = [replace(v, backends=tuple(
+                replace(b, mac=self.neighbour_macs[b.address])
+                if b.mac is None and b.address in self.neighbour_macs else b
+                for b in v.backends)) for v in specs]
+        changes = self.lb.apply(specs)
         self._after(changes, why)
         return changes
 
@@ -905,6 +912,7 @@ class Daemon:
                          "'xdplb[metrics]')")
             else:
                 self.log("metrics", listen=f"{metrics[0]}:{metrics[1]}")
+        self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
                  vips=len(self.cfg.vips), backends=n_be, socket=str(sock),
@@ -919,9 +927,40 @@ class Daemon:
             server.close()
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+            self._neigh_task.cancel()
             await self.ctl.monitor.close()
             if self._exporter:
                 self._exporter.close()
+
+    async def _resolve_neighbours(self, every: float = 1.0) -> None:
+        """Backends configured without a MAC get the one the kernel's neighbour table
+        knows (written into the backend entry: no per-packet FIB lookup, and no need for
+        forwarding on the interface). A datagram to the discard port makes the kernel
+        resolve and refresh the entry (ARP/ND); a changed MAC is applied at once."""
+        from ._bpf.netlink import neighbour_macs
+
+        while True:
+            try:
+                await self._refresh_neighbours(neighbour_macs)
+            except Exception as e:  # keep resolving; say why once per round
+                self.log("neighbour_error", level="error", error=repr(e))
+            await asyncio.sleep(every)
+
+    async def _refresh_neighbours(self, neighbour_macs) -> None:
+        """One round: poke each MAC-less backend, apply what the table now knows (an
+        entry resolved by this round's poke shows up in the next round)."""
+        wanted = {b.address for spec in self.ctl.desired.specs() for b in spec.backends
+                  if b.mac is None}
+        for addr in wanted:
+            fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+            with contextlib.suppress(OSError), socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
+                s.sendto(b"", (str(addr), 9))
+        if wanted:  # pyroute2's sync API cannot run inside this event loop: a thread
+            known = await asyncio.to_thread(neighbour_macs, wanted)
+            if known != self.ctl.neighbour_macs:
+                self.ctl.neighbour_macs = known
+                self.ctl.apply("neighbour")
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -140,7 +140,7 @@ class Stat(enum.IntEnum):
     RESELECT = 11
     CSUM_FULL = 12
     PASS_TOO_LONG = 13
-    PASS_NO_NEIGH = 14
+    DROP_NO_NEIGH = 14
     DROP_FIB = 15
     ICMP_FWD = 16
     ICMP_REPLY = 17

@@ -34,3 +34,21 @@ def interface_kind(ifindex: int) -> str | None:
         links = ipr.get_links(ifindex)
         info = links[0].get_attr("IFLA_LINKINFO") if links else None
         return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def neighbour_macs(addresses) -> dict:
+    """address -> MAC (bytes) for those the neighbour table has a usable entry for."""
+    from pyroute2 import IPRoute
+
+    usable = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
+    out = {}
+    with IPRoute() as ipr:
+        for n in ipr.get_neighbours():
+            dst = n.get_attr("NDA_DST")
+            mac = n.get_attr("NDA_LLADDR")
+            if not dst or not mac or not n["state"] & usable:
+                continue
+            addr = ipaddress.ip_address(dst)
+            if addr in addresses:
+                out[addr] = bytes.fromhex(mac.replace(":", ""))
+    return out
