@@ -115,7 +115,7 @@ static __always_inline int xlate_count(int rc)
 }
 
 /* Does the L4 checksum field hold the CHECKSUM_PARTIAL form? Cheap enough to
- * ask inline before paying for a call. */
+ * ask inline before paying for a call. -1: cannot tell (header too deep). */
 static __always_inline int csum_partial_form(struct xdp_md *ctx, const struct packet *pkt)
 {
 	void *data_end = (void *)(long)ctx->data_end;
@@ -124,10 +124,10 @@ static __always_inline int csum_partial_form(struct xdp_md *ctx, const struct pa
 	__u16 *check;
 
 	if (off > 512)
-		return 0;
+		return -1;
 	check = (void *)(long)ctx->data + off;
 	if ((void *)(check + 1) > data_end)
-		return 0;
+		return -1;
 	return *check == csum_fold64(csum_pseudo(pkt->key.src, pkt->key.dst, nw, pkt->key.proto,
 						 pkt->l4_len));
 }
@@ -185,7 +185,14 @@ static __always_inline int rewrite_tuple(struct xdp_md *ctx, struct packet *pkt,
 /* DSR keeps the tuple, but a CHECKSUM_PARTIAL frame must still be finished. */
 static __always_inline int finish_csum(struct xdp_md *ctx, struct packet *pkt)
 {
-	if (!knobs.csum_fixup || !csum_partial_form(ctx, pkt))
+	int form;
+
+	if (!knobs.csum_fixup)
+		return 0;
+	form = csum_partial_form(ctx, pkt);
+	if (form < 0)
+		return -1; /* cannot tell: to the stack, never out unfinished */
+	if (!form)
 		return 0;
 	return xlate_count(xlate_packet(ctx, pkt, &pkt->key, 1));
 }

@@ -60,20 +60,19 @@ static __always_inline struct vip_info *lookup_vip(const struct flow_key *k)
 	vip = probe_vip(k, k->dport);
 	if (vip)
 		return vip;
-	if (runtime.wildcard_vips) {
-		vip = probe_vip(k, 0);
-		if (vip)
-			return vip;
-	}
-	if (!runtime.vip_spill)
-		return 0;
-
 	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
 	vk.port = k->dport;
 	vk.proto = k->proto;
 	vk.family = k->family;
-	vip = bpf_map_lookup_elem(&vips, &vk);
-	if (vip || !runtime.wildcard_vips)
+	if (runtime.vip_spill) { /* an exact VIP beats a wildcard, cached or not */
+		vip = bpf_map_lookup_elem(&vips, &vk);
+		if (vip)
+			return vip;
+	}
+	if (!runtime.wildcard_vips)
+		return 0;
+	vip = probe_vip(k, 0);
+	if (vip || !runtime.vip_spill)
 		return vip;
 	vk.port = 0;
 	return bpf_map_lookup_elem(&vips, &vk);

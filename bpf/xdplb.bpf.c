@@ -155,14 +155,13 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt,
 	return verdict(pkt, stat, action);
 }
 
-/* Could this be a backend's reply to a NAT port? NAT ports are never VIP ports
- * (alloc_nat_port skips them), so a VIP's own port is never taken for one. */
+/* Could this be a backend's reply to a NAT port? (VIP ports inside the NAT range
+ * pay one more lookup; new NAT ports are never VIP ports.) */
 static __always_inline int is_nat_reply(const struct packet *pkt)
 {
 	__u16 port = bpf_ntohs(pkt->key.dport);
 
-	return runtime.nat_vips && port >= knobs.nat_port_min && port <= knobs.nat_port_max &&
-	       !test_bit(runtime.port_bits, port);
+	return runtime.nat_vips && port >= knobs.nat_port_min && port <= knobs.nat_port_max;
 }
 
 /* An ICMP error sent to a VIP about a client's flow: to the flow's backend. */
@@ -224,7 +223,11 @@ __attribute__((noinline)) int process_icmp(struct xdp_md *ctx, struct packet *pk
 
 	if (!pkt)
 		return XDP_PASS;
-	if (parse_icmp_error(ctx, pkt, &e))
+	/* the error must be addressed to whoever sent the embedded packet: the VIP
+	 * (its reply to a client) or the SNAT address (its packet to a backend) */
+	if (parse_icmp_error(ctx, pkt, &e) || pkt->key.dst[0] != e.inner.src[0] ||
+	    pkt->key.dst[1] != e.inner.src[1] || pkt->key.dst[2] != e.inner.src[2] ||
+	    pkt->key.dst[3] != e.inner.src[3])
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	reverse_tuple(&fk, &e.inner);
 	fs = bpf_map_lookup_elem(&conntrack, &fk);

@@ -1,19 +1,109 @@
-"""Bit-exact Python reference of the data plane's decisions.
+"""Bit-exact Python reference of the data plane (bpf/xdplb.bpf.c and its headers).
 
-hash_flow mirrors bpf/hash.h, nat_port_candidates mirrors flow.h::alloc_nat_port,
-select_slot mirrors select.h. Words are read as the BPF program reads them:
-network-order bytes loaded little-endian.
+Two levels:
+
+* the primitives the rest of the code already uses: `hash_flow` (hash.h),
+  `select_slot` (select.h) and `nat_port_candidates` (flow.h::alloc_nat_port);
+* `Model`: the whole program as plain functions over plain data. It takes the
+  same frames as the XDP entry `xdplb` and returns the same verdict, the same
+  output frame byte for byte, and moves the same `stats` counters (and per-VIP /
+  per-backend counters), keeping its own conntrack and NAT tables::
+
+      m = Model.from_specs(vips, knobs)          # FakeDataPlane + LoadBalancer
+      action, out, stat = m.process(frame)       # XDP_TX, rewritten frame, Stat.FWD_NEW
+
+  Pipeline, each step mirrored from its header: `parse` (parse.h) -> classify
+  (select.h: the .bss pre-filter, the vip_slots array then the vips hash map when
+  some VIP spilled, exact VIP then port-0 wildcard; NAT replies by
+  port range and the nat table; ICMP errors as in process_icmp / icmp.h) -> flow
+  (flow.h: conntrack, NAT port allocation with its 8 candidates and the
+  free / same client / stale rules, removed backend -> re-select or reset) ->
+  rewrite (rewrite.h / csum.h: RFC 1624 incremental updates, the
+  CHECKSUM_PARTIAL detection and full recompute, UDP/IPv4 zero checksums) ->
+  next hop (forward.h::xmit_mac: configured MAC, XDP_TX out of the ingress
+  interface or XDP_REDIRECT through tx_ports / if_macs) -> counters (stats.h).
+
+Words are read as the BPF program reads them: memory bytes loaded little-endian
+(one's complement sums do not care about byte order, but the exact 16-bit
+results written back do, so the model computes in the same representation).
+
+What the model does NOT model:
+
+* time: the model has a clock (`Model.now`, jiffies, 0 by default) that never
+  moves by itself; every entry it creates is stamped `now`, so with the clock
+  left alone nothing is ever stale and "refresh" happens only when a FIN/RST
+  adds the closing flag. Tests against the kernel must use timeouts (and a
+  refresh interval) far longer than the test (e.g. Knobs(tcp_timeout_s=1e6,
+  ...)). Advancing `now` by hand gives the kernel's timeout rules, but
+  `last_seen` values are not compared with the kernel's.
+* bpf_fib_lookup: a backend without a configured MAC raises `Unmodelled`
+  (after the flow state was updated, as the program would have).
+* bpf_get_prandom_u32: when the 8 hash-derived NAT port candidates are all
+  busy, alloc_nat_port tries 8 random ones. The model draws those from
+  `Model.prandom` (a seeded PRNG by default, so the model stays deterministic
+  but its random picks are not the kernel's); a differential test can plug in
+  the kernel's choice (see tests/bpf/test_differential.py).
+* LRU eviction and failed map updates (ST_CT_FULL): the tables are unbounded.
+* trace events (ring buffer).
 """
 from __future__ import annotations
 
+import ctypes as C
 import ipaddress
+import random
 import struct
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ._bpf import abi
+from ._bpf.abi import Stat
 
 H_P1 = 0x9E3779B1
 H_P2 = 0x85EBCA77
 H_P3 = 0xC2B2AE3D
 M32 = 0xFFFFFFFF
 NAT_TRIES = 8
+
+# XDP actions
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+
+# parse.h
+PARSE_OK, PARSE_NOT_IP, PARSE_OTHER_L4, PARSE_FRAG, PARSE_MALFORMED = range(5)
+IPV6_EXT_MAX = 4
+_IPV6_EXT = (0, 43, 60, 44)  # hop-by-hop, routing, destination options, fragment
+TCPF_FIN, TCPF_SYN, TCPF_RST, TCPF_ACK = 0x01, 0x02, 0x04, 0x10
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
+
+CSUM_MAX_CHUNKS = 16  # csum.h: longest segment finished = 16 * 512 bytes
+ICMP_ERR_MAX_OFF = 256  # icmp.h
+XLATE_PARTIAL = 1
+
+__all__ = [
+    "XDP_ABORTED",
+    "XDP_DROP",
+    "XDP_PASS",
+    "XDP_REDIRECT",
+    "XDP_TX",
+    "FlowKey",
+    "FlowState",
+    "Model",
+    "NatState",
+    "Packet",
+    "Result",
+    "Stat",
+    "Unmodelled",
+    "addr_bit",
+    "csum_fold64",
+    "csum_replace",
+    "hash_flow",
+    "nat_port_candidates",
+    "parse",
+    "select_slot",
+]
+
+
+# --- hash.h / select.h / flow.h primitives ---------------------------------------------
 
 
 def _rotl(x: int, r: int) -> int:
@@ -29,14 +119,17 @@ def _words(addr) -> tuple[int, int, int, int]:
     return struct.unpack("<4I", raw)
 
 
-def hash_flow(src, dst, sport: int, dport: int, proto: int, seed: int) -> int:
-    """hash.h::hash_flow for a flow (addresses as strings/ip objects, ports host order)."""
+def _sw16(x: int) -> int:
+    """bpf_htons / bpf_ntohs on a little-endian machine."""
+    return ((x & 0xFF) << 8) | ((x >> 8) & 0xFF)
+
+
+def _hash_raw(src: bytes, dst: bytes, sport: int, dport: int, proto: int, seed: int) -> int:
+    """hash.h::hash_flow over a flow_key: 16-byte stored addresses, host-order ports."""
     h = (seed + H_P3) & M32
-    for w in _words(src) + _words(dst):
+    for w in struct.unpack("<8I", src + dst):
         h = _round(h, w)
-    sp = struct.unpack("<H", struct.pack(">H", sport))[0]
-    dp = struct.unpack("<H", struct.pack(">H", dport))[0]
-    h = _round(h, sp | (dp << 16))
+    h = _round(h, _sw16(sport) | (_sw16(dport) << 16))
     h = _round(h, proto)
     h ^= h >> 15
     h = (h * H_P2) & M32
@@ -46,11 +139,1033 @@ def hash_flow(src, dst, sport: int, dport: int, proto: int, seed: int) -> int:
     return h
 
 
+def hash_flow(src, dst, sport: int, dport: int, proto: int, seed: int) -> int:
+    """hash.h::hash_flow for a flow (addresses as strings/ip objects, ports host order)."""
+    return _hash_raw(_addr16(src), _addr16(dst), sport, dport, proto, seed)
+
+
 def select_slot(flow_hash: int, ring_size: int) -> int:
     return flow_hash % ring_size
 
 
 def nat_port_candidates(flow_hash: int, lo: int, hi: int) -> list[int]:
-    """The NAT ports (host order) a new flow tries, in order."""
+    """The hash-derived NAT ports (host order) a new flow tries first, in order (the
+    data plane skips VIP ports among them, then tries NAT_TRIES random ones)."""
     rng = hi - lo + 1
     return [lo + ((flow_hash + i * H_P1) & M32) % rng for i in range(NAT_TRIES)]
+
+
+def _addr16(addr) -> bytes:
+    if isinstance(addr, bytes | bytearray) and len(addr) == 16:
+        return bytes(addr)
+    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+
+
+def addr_bit(addr16: bytes) -> int:
+    """select.h::addr_bit of a stored 16-byte address."""
+    a, b, c, d = struct.unpack("<4I", addr16)
+    h = a ^ b ^ c ^ d
+    return (h ^ (h >> 16)) & 0xFFFF
+
+
+# --- csum.h --------------------------------------------------------------------------
+
+
+def csum_fold64(s: int) -> int:
+    """csum.h::csum_fold64: a 64-bit one's complement sum folded to 16 bits."""
+    s &= 0xFFFFFFFFFFFFFFFF
+    s = (s & 0xFFFFFFFF) + (s >> 32)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s & 0xFFFF
+
+
+def csum_replace(check: int, delta: int) -> int:
+    """csum.h::csum_replace (RFC 1624 eqn. 3), on raw (as loaded) 16-bit values."""
+    return ~csum_fold64(((~check) & 0xFFFF) + delta) & 0xFFFF
+
+
+def _csum_words(a16: bytes, nw: int) -> int:
+    return sum(struct.unpack_from(f"<{nw}I", a16))
+
+
+def _csum_words_neg(a16: bytes, nw: int) -> int:
+    return sum((~w) & M32 for w in struct.unpack_from(f"<{nw}I", a16))
+
+
+def _csum_pseudo(src: bytes, dst: bytes, nw: int, proto: int, l4_len: int) -> int:
+    return (_csum_words(src, nw) + _csum_words(dst, nw) + _sw16(proto & 0xFF)
+            + _sw16(l4_len & 0xFFFF))
+
+
+def _csum_frame(buf: bytearray, off: int, length: int) -> int:
+    """csum.h::csum_frame: sum of `length` bytes at `off` as little-endian words (a
+    trailing odd byte adds its value). Callers have already checked the bounds."""
+    even = length & ~1
+    s = sum(struct.unpack_from(f"<{even // 2}H", buf, off)) if even else 0
+    if length & 1:
+        s += buf[off + even]
+    return s
+
+
+def _rd16(b, o: int) -> int:
+    return b[o] | (b[o + 1] << 8)
+
+
+def _wr16(b: bytearray, o: int, v: int) -> None:
+    b[o] = v & 0xFF
+    b[o + 1] = (v >> 8) & 0xFF
+
+
+# --- plain data ----------------------------------------------------------------------
+
+
+class FlowKey(NamedTuple):
+    """struct flow_key: 16-byte stored addresses (IPv4 in the first 4), host-order ports."""
+
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    proto: int
+    family: int
+
+    @classmethod
+    def from_abi(cls, k) -> FlowKey:
+        return cls(bytes(k.src), bytes(k.dst), abi.ntohs(k.sport), abi.ntohs(k.dport),
+                   k.proto, k.family)
+
+    def to_abi(self):
+        """The key as the maps store it (abi.FlowKey)."""
+        return abi.FlowKey(src=abi.Addr.from_buffer_copy(self.src),
+                           dst=abi.Addr.from_buffer_copy(self.dst), sport=abi.htons(self.sport),
+                           dport=abi.htons(self.dport), proto=self.proto, family=self.family)
+
+    def reversed(self) -> FlowKey:
+        """icmp.h::reverse_tuple."""
+        return FlowKey(self.dst, self.src, self.dport, self.sport, self.proto, self.family)
+
+    def __repr__(self) -> str:
+        n = 4 if self.family == abi.AF_INET else 16
+        s = ipaddress.ip_address(self.src[:n])
+        d = ipaddress.ip_address(self.dst[:n])
+        return f"FlowKey({s}:{self.sport} -> {d}:{self.dport} proto {self.proto})"
+
+
+@dataclass
+class FlowState:
+    """struct flow_state (nat_port host order, 0 in DSR mode)."""
+
+    backend_id: int
+    nat_port: int
+    flags: int
+    last_seen: int = 0
+
+    @classmethod
+    def from_abi(cls, v) -> FlowState:
+        return cls(v.backend_id, abi.ntohs(v.nat_port), v.flags, v.last_seen)
+
+    def decision(self) -> tuple:
+        """Everything but the time stamp: what must equal the kernel's entry."""
+        return (self.backend_id, self.nat_port, self.flags)
+
+
+@dataclass
+class NatState:
+    """struct nat_state (ports host order)."""
+
+    client: bytes
+    vip: bytes
+    client_port: int
+    vip_port: int
+    client_mac: bytes
+    flags: int
+    vip_id: int
+    backend_id: int
+    client_ifindex: int
+    last_seen: int = 0
+
+    @classmethod
+    def from_abi(cls, v) -> NatState:
+        return cls(bytes(v.client), bytes(v.vip), abi.ntohs(v.client_port),
+                   abi.ntohs(v.vip_port), bytes(v.client_mac), v.flags, v.vip_id,
+                   v.backend_id, v.client_ifindex, v.last_seen)
+
+    def decision(self) -> tuple:
+        return (self.client, self.vip, self.client_port, self.vip_port, self.client_mac,
+                self.flags, self.vip_id, self.backend_id, self.client_ifindex)
+
+    def same_client(self, other: NatState) -> bool:
+        """flow.h::nat_same_client."""
+        return (self.client_port == other.client_port and self.vip_port == other.vip_port
+                and self.client == other.client and self.vip == other.vip)
+
+
+@dataclass
+class Packet:
+    """parse.h::struct packet."""
+
+    frame_len: int
+    ifindex: int
+    l3_off: int = 0
+    l4_off: int = 0
+    src: bytes = bytes(16)
+    dst: bytes = bytes(16)
+    sport: int = 0
+    dport: int = 0
+    proto: int = 0
+    family: int = 0
+    l4_len: int = 0
+    tcp_flags: int = 0
+
+    @property
+    def key(self) -> FlowKey:
+        return FlowKey(self.src, self.dst, self.sport, self.dport, self.proto, self.family)
+
+    @property
+    def nw(self) -> int:
+        return 1 if self.family == abi.AF_INET else 4
+
+
+class Result(NamedTuple):
+    action: int  # XDP_*
+    out: bytes  # the frame as the program leaves it
+    stat: Stat  # the `stats` counter of the verdict (others: Model.last_counters)
+
+
+class Unmodelled(NotImplementedError):
+    """The program would take a path the model does not follow (bpf_fib_lookup)."""
+
+
+# --- parse.h -------------------------------------------------------------------------
+
+
+def _be16(b, o: int) -> int:
+    return (b[o] << 8) | b[o + 1]
+
+
+def _parse_l4(pkt: Packet, frame: bytes, l4: int) -> int:
+    n = len(frame)
+    pkt.l4_off = l4
+    if pkt.proto == IPPROTO_TCP:
+        if l4 + 20 > n or pkt.l4_len < 20:
+            return PARSE_MALFORMED
+        pkt.sport, pkt.dport = _be16(frame, l4), _be16(frame, l4 + 2)
+        pkt.tcp_flags = frame[l4 + 13]
+        return PARSE_OK
+    if pkt.proto == IPPROTO_UDP:
+        if l4 + 8 > n or pkt.l4_len < 8:
+            return PARSE_MALFORMED
+        pkt.sport, pkt.dport = _be16(frame, l4), _be16(frame, l4 + 2)
+        return PARSE_OK
+    return PARSE_OTHER_L4
+
+
+def _parse_ipv4(pkt: Packet, frame: bytes, l3: int) -> int:
+    n = len(frame)
+    if l3 + 20 > n:
+        return PARSE_MALFORMED
+    ihl = (frame[l3] & 0x0F) * 4
+    tot = _be16(frame, l3 + 2)
+    if frame[l3] >> 4 != 4 or ihl < 20 or tot < ihl:
+        return PARSE_MALFORMED
+    if l3 + tot > n:
+        return PARSE_MALFORMED
+    pkt.family = abi.AF_INET
+    pkt.proto = frame[l3 + 9]
+    pkt.src = bytes(frame[l3 + 12:l3 + 16]) + bytes(12)
+    pkt.dst = bytes(frame[l3 + 16:l3 + 20]) + bytes(12)
+    if _be16(frame, l3 + 6) & 0x3FFF:
+        return PARSE_FRAG
+    pkt.l4_len = tot - ihl
+    return _parse_l4(pkt, frame, l3 + ihl)
+
+
+def _parse_ipv6(pkt: Packet, frame: bytes, l3: int) -> int:
+    n = len(frame)
+    if l3 + 40 > n:
+        return PARSE_MALFORMED
+    plen = _be16(frame, l3 + 4)
+    if frame[l3] >> 4 != 6 or l3 + 40 + plen > n:
+        return PARSE_MALFORMED
+    pkt.family = abi.AF_INET6
+    pkt.src = bytes(frame[l3 + 8:l3 + 24])
+    pkt.dst = bytes(frame[l3 + 24:l3 + 40])
+    nexthdr = frame[l3 + 6]
+    cursor = l3 + 40
+    for _ in range(IPV6_EXT_MAX):
+        if nexthdr not in _IPV6_EXT:
+            break
+        if cursor + 8 > n:
+            return PARSE_MALFORMED
+        if nexthdr == 44:
+            pkt.proto = frame[cursor]
+            return PARSE_FRAG
+        length = (frame[cursor + 1] + 1) * 8
+        nexthdr = frame[cursor]
+        cursor += length
+    pkt.proto = nexthdr
+    if nexthdr in _IPV6_EXT:
+        return PARSE_MALFORMED  # more extension headers than we skip
+    if cursor > l3 + 40 + plen:
+        return PARSE_MALFORMED
+    pkt.l4_len = plen - (cursor - (l3 + 40))
+    return _parse_l4(pkt, frame, cursor)
+
+
+def parse(frame: bytes, ifindex: int = 1) -> tuple[int, Packet]:
+    """parse.h::parse_packet: (PARSE_*, what was learnt)."""
+    n = len(frame)
+    pkt = Packet(frame_len=n, ifindex=ifindex)
+    if n < 14:
+        return PARSE_NOT_IP, pkt
+    proto = _be16(frame, 12)
+    l3 = 14
+    if proto in (ETH_P_8021Q, ETH_P_8021AD):
+        if 18 > n:
+            return PARSE_NOT_IP, pkt
+        proto = _be16(frame, 16)
+        l3 = 18
+    pkt.l3_off = l3
+    if proto == ETH_P_IP:
+        return _parse_ipv4(pkt, frame, l3), pkt
+    if proto == ETH_P_IPV6:
+        return _parse_ipv6(pkt, frame, l3), pkt
+    return PARSE_NOT_IP, pkt
+
+
+# --- configuration (the maps user space writes) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class VipRec:
+    vip_id: int
+    ring_size: int
+    snat: bytes
+    mode: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class BackendRec:
+    addr: bytes
+    mac: bytes
+    port: int  # host order, 0 = keep the VIP's port
+    family: int
+    flags: int
+    ifindex: int
+
+
+@dataclass
+class Config:
+    """Plain copy of vips, vip_addrs, backends, rings and the .bss switches."""
+
+    vips: dict[tuple, VipRec] = field(default_factory=dict)  # (addr16, port, proto, family)
+    vip_slots: dict[int, tuple] = field(default_factory=dict)  # index -> (vips key, VipRec)
+    vip_spill: int = 0
+    vip_addrs: set[tuple] = field(default_factory=set)  # (addr16, family)
+    backends: dict[int, BackendRec] = field(default_factory=dict)
+    rings: dict[int, object] = field(default_factory=dict)  # vip id -> sequence of ids
+    wildcard_vips: int = 0
+    nat_vips: int = 0
+    addr_bits: frozenset = frozenset()
+    port_bits: frozenset = frozenset()
+    tx_ports: frozenset = frozenset()  # ifindexes in the tx_ports devmap
+    if_macs: dict[int, bytes] = field(default_factory=dict)  # ifindex -> MAC
+
+    @classmethod
+    def from_source(cls, src) -> Config:
+        """From anything shaped like FakeDataPlane (vips, vip_addrs, backends, rings, rt)."""
+        c = cls()
+        for k, info in src.vips.items():
+            vk = abi.VipKey.from_buffer_copy(bytes(k))
+            c.vips[(bytes(vk.addr), abi.ntohs(vk.port), vk.proto, vk.family)] = VipRec(
+                info.vip_id, info.ring_size, bytes(info.snat_addr), info.mode, info.flags)
+        for idx, slot in getattr(src, "vip_slots", {}).items():
+            vk = slot.key
+            if vk.family:
+                info = slot.info
+                c.vip_slots[int(idx)] = (
+                    (bytes(vk.addr), abi.ntohs(vk.port), vk.proto, vk.family),
+                    VipRec(info.vip_id, info.ring_size, bytes(info.snat_addr), info.mode,
+                           info.flags))
+        for k, count in src.vip_addrs.items():
+            vk = abi.VipKey.from_buffer_copy(bytes(k))
+            if count and vk.port == 0 and vk.proto == 0:
+                c.vip_addrs.add((bytes(vk.addr), vk.family))
+        for i, be in src.backends.items():
+            c.backends[int(i)] = BackendRec(bytes(be.addr), bytes(be.mac), abi.ntohs(be.port),
+                                            be.family, be.flags, be.ifindex)
+        c.rings = {int(i): [int(x) for x in t] for i, t in src.rings.items()}
+        rt = src.rt
+        c.wildcard_vips, c.nat_vips = rt.wildcard_vips, rt.nat_vips
+        c.vip_spill = getattr(rt, "vip_spill", 0)
+        c.addr_bits = frozenset(_bits(rt.addr_bits))
+        c.port_bits = frozenset(_bits(rt.port_bits))
+        c.tx_ports = frozenset(int(i) for i in getattr(src, "tx_ports", {}))
+        c.if_macs = {int(i): bytes(m)[:6] for i, m in getattr(src, "if_macs", {}).items()}
+        return c
+
+
+def _bits(words) -> list[int]:
+    out = []
+    for i, w in enumerate(words):
+        while w:
+            low = w & -w
+            out.append(i * 64 + low.bit_length() - 1)
+            w ^= low
+    return out
+
+
+class _Snapshot:
+    """The configuration maps of a loaded DataPlane, read once (FakeDataPlane-shaped)."""
+
+    def __init__(self, dp):
+        self.vips = {bytes(k): v for k, v in dp.maps["vips"].items()}
+        self.vip_addrs = {bytes(k): int.from_bytes(bytes(v), "little")
+                          for k, v in dp.maps["vip_addrs"].items()}
+        self.backends = dp.backend_entries()
+        self.vip_slots = {}
+        if "vip_slots" in dp.maps:
+            from ._bpf.dataplane import _read_array
+
+            raw = _read_array(dp.maps["vip_slots"])
+            size = C.sizeof(abi.VipSlot)
+            for i in range(len(raw) // size):
+                slot = abi.VipSlot.from_buffer_copy(raw, i * size)
+                if slot.key.family:
+                    self.vip_slots[i] = slot
+        self.rings = {}
+        for info in self.vips.values():
+            t = _read_ring(dp, info.vip_id)
+            if t is not None:
+                self.rings[info.vip_id] = t
+        self.rt = dp.runtime()
+        self.tx_ports = {int.from_bytes(bytes(k)[:4], "little")
+                         for k in dp.maps["tx_ports"]} if "tx_ports" in dp.maps else set()
+        self.if_macs = {int.from_bytes(bytes(k)[:4], "little"): bytes(v)[:6]
+                        for k, v in dp.maps["if_macs"].items()} if "if_macs" in dp.maps else {}
+
+
+def _read_ring(dp, vip_id: int):
+    from ._bpf import libbpf
+    from ._bpf.dataplane import _read_array
+
+    raw = dp.maps["rings"].lookup(vip_id)
+    if raw is None:
+        return None
+    inner_id = int.from_bytes(raw[:4], "little")
+    fd = libbpf._check(libbpf._map_by_id(inner_id), f"opening ring map id {inner_id}")
+    inner = libbpf.Map(fd, f"ring{vip_id}", owned=True)
+    try:
+        data = _read_array(inner)
+        return list(struct.unpack(f"<{len(data) // 4}I", data))
+    finally:
+        inner.close()
+
+
+# --- the program ---------------------------------------------------------------------
+
+
+class Model:
+    """The data plane as plain Python: configuration, flow tables and counters.
+
+    `source` is FakeDataPlane-shaped (vips, vip_addrs, backends, rings, rt): the
+    configuration is re-read whenever the source's `writes` log grows, so a
+    LoadBalancer driving a FakeDataPlane reconfigures the model live.
+    `knobs`: anything with Knobs' attributes (hash_seed, nat_port_min/max,
+    frag_drop, csum_fixup, *_timeout_s, refresh_s); defaults = Knobs() defaults.
+    `prandom`: what bpf_get_prandom_u32 returns (called only when the hash-derived
+    NAT ports of a new flow are all busy); default a PRNG seeded with 0.
+    """
+
+    def __init__(self, source, knobs=None, hz: int = 1000):
+        self.source = source
+        self.lb = None
+        k = knobs
+        self.hash_seed = getattr(k, "hash_seed", 0x5EED1B0B) & M32
+        self.nat_port_min = getattr(k, "nat_port_min", 10000)
+        self.nat_port_max = getattr(k, "nat_port_max", 32767)
+        self.frag_drop = bool(getattr(k, "frag_drop", False))
+        self.csum_fixup = bool(getattr(k, "csum_fixup", True))
+        self.hz = hz
+        self.tcp_timeout = int(getattr(k, "tcp_timeout_s", 300.0) * hz)
+        self.closing_timeout = int(getattr(k, "closing_timeout_s", 10.0) * hz)
+        self.udp_timeout = int(getattr(k, "udp_timeout_s", 30.0) * hz)
+        self.refresh = max(1, int(getattr(k, "refresh_s", 1.0) * hz))
+        self.now = 0
+        self.conntrack: dict[FlowKey, FlowState] = {}
+        self.nat_rev: dict[FlowKey, NatState] = {}
+        self.stats = [[0, 0] for _ in range(abi.ST_MAX)]
+        self.vip_stats: dict[int, list[int]] = {}
+        self.be_stats: dict[int, list[int]] = {}
+        self.last_counters: dict[Stat, tuple[int, int]] = {}
+        self.prandom = _seeded_prandom(0)
+        self.random_picks = 0  # bpf_get_prandom_u32 calls so far
+        self._tx: dict[int, bytes] = {}
+        self._cfg: Config | None = None
+        self._cfg_version = -1
+
+    # construction ------------------------------------------------------------------
+    @classmethod
+    def from_specs(cls, vips, knobs=None, hz: int = 1000) -> Model:
+        """A model configured like a fresh DataPlane after LoadBalancer.apply(vips):
+        `model.lb` is that LoadBalancer (over a FakeDataPlane), for later changes."""
+        from ._bpf.fake import FakeDataPlane
+        from .lb import LoadBalancer
+
+        fake = FakeDataPlane()
+        lb = LoadBalancer(fake)
+        lb.apply(list(vips))
+        m = cls(fake, knobs, hz)
+        m.lb = lb
+        return m
+
+    @classmethod
+    def from_dataplane(cls, dp, knobs=None, hz: int | None = None) -> Model:
+        """A model of a loaded DataPlane's current configuration (read once; flow tables
+        start empty, whatever the kernel's hold)."""
+        snap = _Snapshot(dp)
+        return cls(snap, knobs, hz or snap.rt.hz or 1000)
+
+    @property
+    def config(self) -> Config:
+        version = len(getattr(self.source, "writes", ()))
+        if self._cfg is None or version != self._cfg_version:
+            self._cfg = Config.from_source(self.source)
+            self._cfg.tx_ports = self._cfg.tx_ports | set(self._tx)
+            self._cfg.if_macs.update(self._tx)
+            self._cfg_version = version
+        return self._cfg
+
+    def add_tx_port(self, ifindex: int, mac: bytes) -> None:
+        """Like DataPlane.add_tx_port: `ifindex` in tx_ports with `mac` in if_macs."""
+        self._tx[ifindex] = bytes(mac)
+        self._cfg = None
+
+    def reset_flows(self) -> None:
+        """Empty conntrack and nat_rev (like testing.fixtures.clear_flows)."""
+        self.conntrack.clear()
+        self.nat_rev.clear()
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Like DataPlane.stats(): counter name -> (packets, bytes)."""
+        return {s.name.lower(): tuple(self.stats[s]) for s in Stat}
+
+    # the entry point ----------------------------------------------------------------
+    def process(self, frame: bytes, ifindex: int = 1) -> Result:
+        """SEC("xdp") xdplb on one frame: (action, output frame, verdict counter).
+        `ifindex` is the ingress interface (BPF_PROG_TEST_RUN without a context:
+        the loopback device, 1)."""
+        self._cfg_now = self.config
+        self.last_counters = {}
+        buf = bytearray(frame)
+        res, pkt = parse(frame, ifindex)
+        if res == PARSE_OK:
+            if not self._maybe_vip(pkt) and not self._is_nat_reply(pkt):
+                action, stat = self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+            else:
+                action, stat = self._process_packet(buf, pkt)
+        elif res == PARSE_NOT_IP:
+            action, stat = self._verdict(pkt, Stat.PASS_NOT_IP, XDP_PASS)
+        elif res == PARSE_FRAG:
+            action, stat = self._handle_fragment(pkt)
+        elif res == PARSE_OTHER_L4:
+            if (pkt.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
+                    and addr_bit(pkt.dst) in self._cfg_now.addr_bits):
+                action, stat = self._process_icmp(buf, pkt)
+            else:
+                action, stat = self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+        else:
+            action, stat = self._verdict(pkt, Stat.PASS_MALFORMED, XDP_PASS)
+        return Result(action, bytes(buf), stat)
+
+    # counters -----------------------------------------------------------------------
+    def _count(self, stat: Stat, nbytes: int) -> None:
+        c = self.stats[stat]
+        c[0] += 1
+        c[1] += nbytes
+        p, b = self.last_counters.get(stat, (0, 0))
+        self.last_counters[stat] = (p + 1, b + nbytes)
+
+    def _verdict(self, pkt: Packet, stat: Stat, action: int) -> tuple[int, Stat]:
+        self._count(stat, pkt.frame_len)
+        return action, stat
+
+    @staticmethod
+    def _count_obj(table: dict, idx: int, nbytes: int, new: bool) -> None:
+        c = table.setdefault(idx, [0, 0, 0])
+        c[0] += 1
+        c[1] += nbytes
+        c[2] += int(new)
+
+    # select.h -----------------------------------------------------------------------
+    def _maybe_vip(self, pkt: Packet) -> bool:
+        cfg = self._cfg_now
+        return addr_bit(pkt.dst) in cfg.addr_bits and (
+            bool(cfg.wildcard_vips) or pkt.dport in cfg.port_bits)
+
+    def _is_nat_reply(self, pkt: Packet) -> bool:
+        cfg = self._cfg_now
+        return bool(cfg.nat_vips) and self.nat_port_min <= pkt.dport <= self.nat_port_max
+
+    def _probe_vip(self, k: FlowKey, port: int) -> VipRec | None:
+        """select.h::probe_vip: the direct-mapped vip_slots entry of (dst, port, proto)."""
+        a, b, c, d = struct.unpack("<4I", k.dst)
+        h = a ^ b ^ c ^ d ^ ((_sw16(port) << 16) | k.proto)
+        s = self._cfg_now.vip_slots.get(((h * 0x9E3779B1) & M32) >> 19)
+        if s is not None and s[0] == (k.dst, port, k.proto, k.family):
+            return s[1]
+        return None
+
+    def _lookup_vip(self, k: FlowKey) -> VipRec | None:
+        """select.h::lookup_vip: the exact VIP (array cache, then, only if some VIP did
+        not fit in it, the hash map), then the port-0 VIP the same way."""
+        cfg = self._cfg_now
+        vip = self._probe_vip(k, k.dport)
+        if vip is not None:
+            return vip
+        if cfg.vip_spill:
+            vip = cfg.vips.get((k.dst, k.dport, k.proto, k.family))
+            if vip is not None:
+                return vip
+        if not cfg.wildcard_vips:
+            return None
+        vip = self._probe_vip(k, 0)
+        if vip is not None or not cfg.vip_spill:
+            return vip
+        return cfg.vips.get((k.dst, 0, k.proto, k.family))
+
+    def _lookup_backend(self, bid: int) -> BackendRec | None:
+        be = self._cfg_now.backends.get(bid)
+        if be is None or not be.flags & abi.BE_F_ACTIVE:
+            return None
+        return be
+
+    def _select_backend(self, vip: VipRec, h: int) -> int:
+        if not vip.ring_size:
+            return abi.NO_BACKEND
+        ring = self._cfg_now.rings.get(vip.vip_id)
+        if ring is None:
+            return abi.NO_BACKEND
+        slot = h % vip.ring_size
+        return ring[slot] if slot < len(ring) else abi.NO_BACKEND
+
+    # xdplb.bpf.c --------------------------------------------------------------------
+    def _handle_fragment(self, pkt: Packet) -> tuple[int, Stat]:
+        if (pkt.dst, pkt.family) not in self._cfg_now.vip_addrs:
+            return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+        if self.frag_drop:
+            return self._verdict(pkt, Stat.DROP_FRAGMENT, XDP_DROP)
+        return self._verdict(pkt, Stat.PASS_FRAGMENT, XDP_PASS)
+
+    def _process_packet(self, buf: bytearray, pkt: Packet) -> tuple[int, Stat]:
+        # a reply to a NAT port first: a port-0 VIP on the SNAT address would
+        # otherwise take it for a new flow
+        if self._is_nat_reply(pkt):
+            ns = self.nat_rev.get(pkt.key)
+            if ns is not None:
+                return self._reverse_nat(buf, pkt, ns)
+        vip = self._lookup_vip(pkt.key) if self._maybe_vip(pkt) else None
+        if vip:
+            return self._balance(buf, pkt, vip)
+        return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+
+    # flow.h -------------------------------------------------------------------------
+    def _flow_timeout(self, proto: int, flags: int) -> int:
+        if flags & abi.FLOW_F_CLOSING:
+            return self.closing_timeout
+        return self.tcp_timeout if proto == IPPROTO_TCP else self.udp_timeout
+
+    @staticmethod
+    def _closing_flag(pkt: Packet) -> int:
+        return abi.FLOW_F_CLOSING if pkt.tcp_flags & (TCPF_FIN | TCPF_RST) else 0
+
+    @staticmethod
+    def _nat_key(pkt: Packet, vip: VipRec, be: BackendRec, nat_port: int) -> FlowKey:
+        return FlowKey(be.addr, vip.snat, be.port or pkt.dport, nat_port, pkt.proto, pkt.family)
+
+    def _alloc_nat_port(self, rk: FlowKey, ns: NatState, h: int) -> int:
+        rng = (self.nat_port_max - self.nat_port_min + 1) & M32
+        for i in range(2 * NAT_TRIES):
+            # hash-derived candidates first, then random ones
+            if i < NAT_TRIES:
+                pick = (h + i * H_P1) & M32
+            else:
+                pick = self.prandom() & M32
+                self.random_picks += 1
+            port = (self.nat_port_min + pick % rng) & 0xFFFF
+            if port in self._cfg_now.port_bits:
+                continue  # a VIP port: replies to it would look like new flows
+            k = rk._replace(dport=port)
+            cur = self.nat_rev.get(k)
+            if cur is None:
+                self.nat_rev[k] = _copy_ns(ns)
+                return port
+            if (not cur.same_client(ns)
+                    and ((self.now - cur.last_seen) & 0xFFFFFFFFFFFFFFFF)
+                    <= self._flow_timeout(rk.proto, cur.flags)):
+                continue  # live flow of another client
+            self.nat_rev[k] = _copy_ns(ns)
+            return port
+        return 0
+
+    def _refresh_nat(self, pkt: Packet, vip: VipRec, fs: FlowState, be: BackendRec,
+                     flags: int) -> bool:
+        cur = self.nat_rev.get(self._nat_key(pkt, vip, be, fs.nat_port))
+        if cur is None or not (cur.client_port == pkt.sport and cur.vip_port == pkt.dport
+                               and cur.client == pkt.src and cur.vip == pkt.dst):
+            return False
+        cur.last_seen = self.now
+        cur.flags = flags
+        return True
+
+    def _flow_backend(self, buf: bytearray, pkt: Packet, vip: VipRec
+                      ) -> tuple[BackendRec | None, FlowState | None, Stat]:
+        now = self.now
+        closing = self._closing_flag(pkt)
+        key = pkt.key
+        stateful = not (vip.flags & abi.VIP_F_UDP_STATELESS) or pkt.proto != IPPROTO_UDP
+        fs = self.conntrack.get(key) if stateful else None
+        if fs is not None:
+            be = self._lookup_backend(fs.backend_id)
+            if be is None and vip.flags & abi.VIP_F_RESET_REMOVED:
+                return None, None, Stat.DROP_REMOVED
+            if be is None:
+                self._count(Stat.RESELECT, 0)
+            elif (((now - fs.last_seen) & 0xFFFFFFFFFFFFFFFF) < self.refresh
+                  and (fs.flags | closing) == fs.flags):
+                return be, FlowState(fs.backend_id, fs.nat_port, fs.flags, fs.last_seen), \
+                    Stat.FWD_EST
+            elif vip.mode != abi.MODE_NAT or self._refresh_nat(pkt, vip, fs, be,
+                                                               fs.flags | closing):
+                fs.last_seen = now
+                fs.flags |= closing
+                return be, FlowState(fs.backend_id, fs.nat_port, fs.flags, fs.last_seen), \
+                    Stat.FWD_EST
+
+        h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
+        bid = self._select_backend(vip, h)
+        be = self._lookup_backend(bid)
+        if be is None:
+            return None, None, Stat.DROP_NO_BACKEND
+        out = FlowState(bid, 0, closing, now)
+        if vip.mode == abi.MODE_NAT:
+            ns = NatState(client=pkt.src, vip=pkt.dst, client_port=pkt.sport,
+                          vip_port=pkt.dport, client_mac=bytes(buf[6:12]), flags=closing,
+                          vip_id=vip.vip_id, backend_id=bid, client_ifindex=pkt.ifindex,
+                          last_seen=now)
+            out.nat_port = self._alloc_nat_port(self._nat_key(pkt, vip, be, 0), ns, h)
+            if not out.nat_port:
+                return None, None, Stat.DROP_NAT_FULL
+        if stateful:
+            self.conntrack[key] = FlowState(out.backend_id, out.nat_port, out.flags,
+                                            out.last_seen)
+        return be, out, Stat.FWD_NEW
+
+    def _balance(self, buf: bytearray, pkt: Packet, vip: VipRec) -> tuple[int, Stat]:
+        be, fs, stat = self._flow_backend(buf, pkt, vip)
+        if be is None:
+            self._count_obj(self.vip_stats, vip.vip_id, pkt.frame_len, False)
+            return self._verdict(pkt, stat, XDP_DROP)
+        if vip.mode == abi.MODE_NAT:
+            dst = be.addr
+            dport = be.port or pkt.dport
+            if self._rewrite_tuple(buf, pkt, vip.snat, dst, fs.nat_port, dport):
+                return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
+        elif self._finish_csum(buf, pkt):
+            return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
+        if be.flags & abi.BE_F_MAC:
+            action, stat = self._xmit_mac(buf, pkt, be.mac,
+                                          be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
+                                          stat)
+        else:
+            raise Unmodelled(f"backend {fs.backend_id} has no MAC: bpf_fib_lookup")
+        self._count_obj(self.be_stats, fs.backend_id, pkt.frame_len, stat == Stat.FWD_NEW)
+        return self._verdict(pkt, stat, action)
+
+    def _xmit_mac(self, buf: bytearray, pkt: Packet, mac: bytes, ifindex: int,
+                  stat: Stat) -> tuple[int, Stat]:
+        """forward.h::xmit_mac: (action, stat)."""
+        if not ifindex or ifindex == pkt.ifindex:
+            return _tx_to_mac(buf, mac), stat
+        src = self._cfg_now.if_macs.get(ifindex)
+        if src is None:
+            return XDP_DROP, Stat.TX_ERROR
+        buf[6:12] = src
+        buf[0:6] = mac
+        return (XDP_REDIRECT if ifindex in self._cfg_now.tx_ports else XDP_DROP), stat
+
+    def _reverse_nat(self, buf: bytearray, pkt: Packet, ns: NatState) -> tuple[int, Stat]:
+        closing = self._closing_flag(pkt)
+        now = self.now
+        if (((now - ns.last_seen) & 0xFFFFFFFFFFFFFFFF) >= self.refresh
+                or (ns.flags | closing) != ns.flags):
+            ns.last_seen = now
+            ns.flags |= closing
+        if self._rewrite_tuple(buf, pkt, ns.vip, ns.client, ns.vip_port, ns.client_port):
+            return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
+        action, stat = self._xmit_mac(buf, pkt, ns.client_mac, ns.client_ifindex, Stat.REPLY)
+        self._count_obj(self.be_stats, ns.backend_id, pkt.frame_len, False)
+        return self._verdict(pkt, stat, action)
+
+    # rewrite.h ----------------------------------------------------------------------
+    def _csum_partial_form(self, buf: bytearray, pkt: Packet) -> int:
+        """1: partial form, 0: not, -1: cannot tell (field too deep)."""
+        off = pkt.l4_off + (16 if pkt.proto == IPPROTO_TCP else 6)
+        if off > 512 or off + 2 > len(buf):
+            return -1
+        return int(_rd16(buf, off) == csum_fold64(
+            _csum_pseudo(pkt.src, pkt.dst, pkt.nw, pkt.proto, pkt.l4_len)))
+
+    def _rewrite4_fast(self, buf: bytearray, pkt: Packet, src: bytes, dst: bytes,
+                       sport: int, dport: int) -> int:
+        l3, l4 = pkt.l3_off, pkt.l4_off
+        if l3 > 64 or l4 > 128:
+            return -1
+        if l3 + 20 > len(buf) or l4 + 18 > len(buf):
+            return -1
+        s, d = struct.unpack_from("<I", src)[0], struct.unpack_from("<I", dst)[0]
+        os_, od = struct.unpack_from("<I", pkt.src)[0], struct.unpack_from("<I", pkt.dst)[0]
+        delta = ((~os_) & M32) + ((~od) & M32) + s + d
+        _wr16(buf, l3 + 10, csum_replace(_rd16(buf, l3 + 10), delta))
+        buf[l3 + 12:l3 + 16] = src[:4]
+        buf[l3 + 16:l3 + 20] = dst[:4]
+        ck = l4 + 16 if pkt.proto == IPPROTO_TCP else l4 + 6
+        if pkt.proto == IPPROTO_TCP or _rd16(buf, ck):
+            delta += (((~_sw16(pkt.sport)) & 0xFFFF) + ((~_sw16(pkt.dport)) & 0xFFFF)
+                      + _sw16(sport) + _sw16(dport))
+            c = csum_replace(_rd16(buf, ck), delta)
+            if pkt.proto == IPPROTO_UDP and c == 0:
+                c = 0xFFFF
+            _wr16(buf, ck, c)
+        _wr16(buf, l4, _sw16(sport))
+        _wr16(buf, l4 + 2, _sw16(dport))
+        return 0
+
+    def _xlate_packet(self, buf: bytearray, pkt: Packet, src: bytes, dst: bytes,
+                      sport: int, dport: int, keep: bool) -> int:
+        """rewrite.h::xlate_packet: 0, XLATE_PARTIAL, or -1 (untouched)."""
+        n = len(buf)
+        l3, l4, l4_len = pkt.l3_off, pkt.l4_off, pkt.l4_len
+        if l3 > 64 or l4 > 512:
+            return -1
+        v4 = pkt.family == abi.AF_INET
+        nw = pkt.nw
+        if l4 + 20 > n and (pkt.proto == IPPROTO_TCP or l4 + 8 > n):
+            return -1
+        ck = None
+        if pkt.proto == IPPROTO_TCP and l4 + 18 <= n:
+            ck = l4 + 16
+        elif pkt.proto == IPPROTO_UDP and l4 + 8 <= n and (not v4 or _rd16(buf, l4 + 6)):
+            ck = l4 + 6
+        delta = (_csum_words_neg(pkt.src, nw) + _csum_words_neg(pkt.dst, nw)
+                 + _csum_words(src, nw) + _csum_words(dst, nw))
+        partial = False
+        if ck is not None and self.csum_fixup:
+            pseudo = csum_fold64(_csum_pseudo(pkt.src, pkt.dst, nw, pkt.proto, l4_len))
+            partial = _rd16(buf, ck) == pseudo
+            if partial and l4_len > CSUM_MAX_CHUNKS * 512:
+                return -1
+        if keep and not partial:
+            return 0
+        if v4:
+            if l3 + 20 > n:
+                return -1
+            _wr16(buf, l3 + 10, csum_replace(_rd16(buf, l3 + 10), delta))
+            buf[l3 + 12:l3 + 16] = src[:4]
+            buf[l3 + 16:l3 + 20] = dst[:4]
+        else:
+            if l3 + 40 > n:
+                return -1
+            buf[l3 + 8:l3 + 24] = src
+            buf[l3 + 24:l3 + 40] = dst
+        if l4 + 4 > n:
+            return -1
+        _wr16(buf, l4, _sw16(sport))
+        _wr16(buf, l4 + 2, _sw16(dport))
+        if ck is None:
+            return 0
+        if partial:
+            _wr16(buf, ck, csum_fold64(_csum_pseudo(src, dst, nw, pkt.proto, l4_len)))
+            res = (~csum_fold64(_csum_frame(buf, l4, l4_len))) & 0xFFFF
+            if pkt.proto == IPPROTO_UDP and res == 0:
+                res = 0xFFFF
+            _wr16(buf, ck, res)
+            return XLATE_PARTIAL
+        delta += (((~_sw16(pkt.sport)) & 0xFFFF) + ((~_sw16(pkt.dport)) & 0xFFFF)
+                  + _sw16(sport) + _sw16(dport))
+        c = csum_replace(_rd16(buf, ck), delta)
+        if pkt.proto == IPPROTO_UDP and c == 0:
+            c = 0xFFFF
+        _wr16(buf, ck, c)
+        return 0
+
+    def _xlate_count(self, rc: int) -> int:
+        if rc == XLATE_PARTIAL:
+            self._count(Stat.CSUM_FULL, 0)
+        return -1 if rc < 0 else 0
+
+    def _rewrite_tuple(self, buf: bytearray, pkt: Packet, src: bytes, dst: bytes,
+                       sport: int, dport: int) -> int:
+        if (pkt.family == abi.AF_INET and pkt.l4_len >= 18
+                and not (self.csum_fixup and self._csum_partial_form(buf, pkt))):
+            return self._rewrite4_fast(buf, pkt, src, dst, sport, dport)
+        return self._xlate_count(self._xlate_packet(buf, pkt, src, dst, sport, dport, False))
+
+    def _finish_csum(self, buf: bytearray, pkt: Packet) -> int:
+        if not self.csum_fixup:
+            return 0
+        form = self._csum_partial_form(buf, pkt)
+        if form < 0:
+            return -1
+        if not form:
+            return 0
+        return self._xlate_count(self._xlate_packet(buf, pkt, pkt.src, pkt.dst, pkt.sport,
+                                                    pkt.dport, True))
+
+    # icmp.h / process_icmp ----------------------------------------------------------
+    def _process_icmp(self, buf: bytearray, pkt: Packet) -> tuple[int, Stat]:
+        e = _parse_icmp_error(buf, pkt)
+        if e is None or pkt.dst != e[0].src:  # must be sent to whoever sent the inner packet
+            return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+        inner, _il3, _il4 = e
+        fk = inner.reversed()
+        fs = self.conntrack.get(fk)
+        if fs is not None:
+            return self._icmp_to_backend(buf, pkt, e, fk, fs)
+        ns = self.nat_rev.get(fk)
+        if ns is not None:
+            return self._icmp_to_client(buf, pkt, e, ns)
+        return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+
+    def _icmp_to_backend(self, buf, pkt, e, fk: FlowKey, fs: FlowState) -> tuple[int, Stat]:
+        vip = self._lookup_vip(fk)
+        be = self._lookup_backend(fs.backend_id)
+        if vip is None or be is None:
+            return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
+        if vip.mode == abi.MODE_NAT:
+            new_inner = FlowKey(be.addr, vip.snat, be.port or fk.dport, fs.nat_port, 0, 0)
+            if _icmp_xlate(buf, pkt, e, pkt.src, be.addr, new_inner):
+                return self._verdict(pkt, Stat.PASS_MALFORMED, XDP_PASS)
+        if be.flags & abi.BE_F_MAC:
+            action, stat = self._xmit_mac(buf, pkt, be.mac,
+                                          be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
+                                          Stat.ICMP_FWD)
+        else:
+            raise Unmodelled(f"backend {fs.backend_id} has no MAC: bpf_fib_lookup")
+        return self._verdict(pkt, stat, action)
+
+    def _icmp_to_client(self, buf, pkt, e, ns: NatState) -> tuple[int, Stat]:
+        new_inner = FlowKey(ns.client, ns.vip, ns.client_port, ns.vip_port, 0, 0)
+        if _icmp_xlate(buf, pkt, e, ns.vip, ns.client, new_inner):
+            return self._verdict(pkt, Stat.PASS_MALFORMED, XDP_PASS)
+        action, stat = self._xmit_mac(buf, pkt, ns.client_mac, ns.client_ifindex,
+                                      Stat.ICMP_REPLY)
+        return self._verdict(pkt, stat, action)
+
+
+def _seeded_prandom(seed: int):
+    r = random.Random(seed)
+    return lambda: r.getrandbits(32)
+
+
+def _copy_ns(ns: NatState) -> NatState:
+    return NatState(ns.client, ns.vip, ns.client_port, ns.vip_port, ns.client_mac, ns.flags,
+                    ns.vip_id, ns.backend_id, ns.client_ifindex, ns.last_seen)
+
+
+def _tx_to_mac(buf: bytearray, mac: bytes) -> int:
+    """forward.h::tx_to_mac: the frame's destination MAC (ours) becomes its source."""
+    buf[6:12] = buf[0:6]
+    buf[0:6] = mac
+    return XDP_TX
+
+
+def _is_icmp_error(family: int, typ: int) -> bool:
+    if family == abi.AF_INET:
+        return typ in (3, 11, 12)
+    return 1 <= typ <= 4
+
+
+def _parse_icmp_error(buf: bytearray, pkt: Packet):
+    """icmp.h::parse_icmp_error: (inner tuple as embedded, inner l3 off, inner l4 off)
+    or None."""
+    n = len(buf)
+    off = pkt.l4_off
+    if off > ICMP_ERR_MAX_OFF:
+        return None
+    if off + 8 > n or not _is_icmp_error(pkt.family, buf[off]):
+        return None
+    off += 8
+    il3 = off
+    if pkt.family == abi.AF_INET:
+        if off + 20 > n:
+            return None
+        ihl = (buf[off] & 0x0F) * 4
+        if ihl < 20 or ihl > 60:
+            return None
+        proto = buf[off + 9]
+        src = bytes(buf[off + 12:off + 16]) + bytes(12)
+        dst = bytes(buf[off + 16:off + 20]) + bytes(12)
+        off += ihl
+    else:
+        if off + 40 > n:
+            return None
+        proto = buf[off + 6]
+        src = bytes(buf[off + 8:off + 24])
+        dst = bytes(buf[off + 24:off + 40])
+        off += 40
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        return None
+    if off > ICMP_ERR_MAX_OFF + 8 + 60:
+        return None
+    if off + 4 > n:
+        return None
+    inner = FlowKey(src, dst, _be16(buf, off), _be16(buf, off + 2), proto, pkt.family)
+    return inner, il3, off
+
+
+def _icmp_xlate(buf: bytearray, pkt: Packet, e, osrc: bytes, odst: bytes,
+                new: FlowKey) -> int:
+    """icmp.h::icmp_xlate: outer addresses -> osrc/odst, embedded tuple -> `new`."""
+    inner, il3, il4 = e
+    n = len(buf)
+    nw = pkt.nw
+    l3, l4 = pkt.l3_off, pkt.l4_off
+    if l3 > 64 or l4 > ICMP_ERR_MAX_OFF or il3 > ICMP_ERR_MAX_OFF + 8 \
+            or il4 > ICMP_ERR_MAX_OFF + 8 + 60:
+        return -1
+    if l4 + 4 > n or il4 + 4 > n:
+        return -1
+    d_out = (_csum_words_neg(pkt.src, nw) + _csum_words_neg(pkt.dst, nw)
+             + _csum_words(osrc, nw) + _csum_words(odst, nw))
+    d_in = (_csum_words_neg(inner.src, nw) + _csum_words_neg(inner.dst, nw)
+            + _csum_words(new.src, nw) + _csum_words(new.dst, nw))
+    d_icmp = (d_in + ((~_sw16(inner.sport)) & 0xFFFF) + ((~_sw16(inner.dport)) & 0xFFFF)
+              + _sw16(new.sport) + _sw16(new.dport))
+    if nw == 1:
+        if l3 + 20 > n or il3 + 20 > n:
+            return -1
+        _wr16(buf, l3 + 10, csum_replace(_rd16(buf, l3 + 10), d_out))
+        buf[l3 + 12:l3 + 16] = osrc[:4]
+        buf[l3 + 16:l3 + 20] = odst[:4]
+        old = _rd16(buf, il3 + 10)
+        new_ck = csum_replace(old, d_in)
+        _wr16(buf, il3 + 10, new_ck)
+        d_icmp += ((~old) & 0xFFFF) + new_ck
+        buf[il3 + 12:il3 + 16] = new.src[:4]
+        buf[il3 + 16:il3 + 20] = new.dst[:4]
+    else:
+        if l3 + 40 > n or il3 + 40 > n:
+            return -1
+        d_icmp += d_out  # ICMPv6 covers the outer pseudo-header
+        buf[l3 + 8:l3 + 24] = osrc
+        buf[l3 + 24:l3 + 40] = odst
+        buf[il3 + 8:il3 + 24] = new.src
+        buf[il3 + 24:il3 + 40] = new.dst
+    _wr16(buf, il4, _sw16(new.sport))
+    _wr16(buf, il4 + 2, _sw16(new.dport))
+    _wr16(buf, l4 + 2, csum_replace(_rd16(buf, l4 + 2), d_icmp))
+    return 0

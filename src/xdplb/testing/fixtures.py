@@ -105,7 +105,10 @@ def configured(dp: DataPlane, vips: list[VipSpec]) -> Iterator[LoadBalancer]:
         yield lb
     finally:
         lb.apply([])
-        dp.set_runtime(abi.LbRuntime())
+        rt, old = abi.LbRuntime(), dp.runtime()  # switches off, timeouts kept
+        for f in ("hz", "tcp_timeout", "closing_timeout", "udp_timeout", "refresh"):
+            setattr(rt, f, getattr(old, f))
+        dp.set_runtime(rt)
         clear_flows(dp)
 
 
