@@ -942,7 +942,7 @@ class Daemon:
         while True:
             try:
                 await self._refresh_neighbours(neighbour_macs)
-            except Exception as e:  # keep resolving; say why once per round
+            except (OSError, RuntimeError, ValueError) as e:  # keep resolving; say why
                 self.log("neighbour_error", level="error", error=repr(e))
             await asyncio.sleep(every)
 
