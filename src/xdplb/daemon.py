@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._proc import alive as _alive
 from .config import (
     Backend,
     Config,
@@ -1197,20 +1198,6 @@ def _stop_kept(instance: str, iface: str | None, pin_root: str) -> int:
                          f"and no pins under {pins}")
     print(f"stopped instance {instance}: " + ", ".join(done))
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _backend_table(args) -> dict:

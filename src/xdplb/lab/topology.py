@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
+from .._proc import alive as _alive
 from .plan import (
     BRIDGE,
     CLIENT_ROLE,
@@ -535,21 +536,6 @@ class Lab:
     def __repr__(self) -> str:
         return (f"Lab({self.name!r}, backends={self.n_backends}, clients={self.n_clients}, "
                 f"offloads={self.offloads!r}, ipv6={self.ipv6})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _ancestors() -> set[int]:
