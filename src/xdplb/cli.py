@@ -193,6 +193,13 @@ def cmd_demo(args) -> int:
     return run_demo(requests=args.requests, backends=args.backends)
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    _require_root("xdplb doctor")
+    return run_doctor(args.iface)
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -248,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--count", type=int, default=0, help="stop after N events")
     t.add_argument("--duration", type=float, default=0, help="stop after S seconds")
     t.set_defaults(func=cmd_trace)
+
+    dr = sub.add_parser("doctor", help="checks that explain 'it does not forward'")
+    dr.add_argument("iface", nargs="?")
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("demo", help="lab up, LB on, curl traffic, summary, lab down")
     d.add_argument("--requests", type=int, default=20)
