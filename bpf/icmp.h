@@ -9,8 +9,11 @@
 #define XDPLB_ICMP_H
 
 #include "csum.h"
+#include "forward.h"
 #include "maps.h"
 #include "parse.h"
+#include "select.h"
+#include "stats.h"
 
 #define ICMP_ERR_MAX_OFF 256 /* the ICMP header starts before this offset */
 
@@ -152,6 +155,81 @@ static __always_inline int icmp_xlate(struct xdp_md *ctx, const struct packet *p
 	iports[1] = in->dport;
 	*icmp_check = csum_replace(*icmp_check, d_icmp);
 	return 0;
+}
+
+/* An ICMP error sent to a VIP about a client's flow: to the flow's backend. */
+static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pkt,
+					   const struct icmp_err *e, const struct flow_key *fk,
+					   const struct flow_state *fs)
+{
+	struct vip_info *vip = lookup_vip(fk);
+	struct backend *be = lookup_backend(fs->backend_id);
+	__u32 stat = ST_ICMP_FWD;
+	int action;
+
+	if (!vip || !be)
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	if (vip->mode == XDPLB_MODE_NAT) {
+		/* the embedded packet as the backend sent it: backend -> snat:port */
+		struct flow_key in = {};
+
+		__builtin_memcpy(in.src, be->addr, sizeof(in.src));
+		__builtin_memcpy(in.dst, vip->snat_addr, sizeof(in.dst));
+		in.sport = be->port ? be->port : fk->dport;
+		in.dport = fs->nat_port;
+		if (icmp_xlate(ctx, pkt, e, pkt->key.src, be->addr, &in))
+			return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
+	}
+	if (be->flags & BE_F_MAC)
+		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
+	else
+		action = fib_forward(ctx, pkt, pkt->key.src, be->addr, 0, 0, &stat);
+	return verdict(pkt, stat, action);
+}
+
+/* An ICMP error a backend sent about a NAT flow: back to the client. */
+static __always_inline int icmp_to_client(struct xdp_md *ctx, struct packet *pkt,
+					  const struct icmp_err *e, const struct nat_state *ns)
+{
+	struct flow_key in = {}; /* the embedded packet as the client sent it */
+	__u32 stat = ST_ICMP_REPLY;
+	int action;
+
+	__builtin_memcpy(in.src, ns->client, sizeof(in.src));
+	__builtin_memcpy(in.dst, ns->vip, sizeof(in.dst));
+	in.sport = ns->client_port;
+	in.dport = ns->vip_port;
+	if (icmp_xlate(ctx, pkt, e, ns->vip, ns->client, &in))
+		return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
+	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
+	return verdict(pkt, stat, action);
+}
+
+/* ICMP to one of our addresses: an error about a balanced flow is sent on
+ * to whoever owns that flow; anything else is the host's. A global function. */
+__attribute__((noinline)) int process_icmp(struct xdp_md *ctx, struct packet *pkt)
+{
+	struct icmp_err e = {};
+	struct flow_state *fs;
+	struct nat_state *ns;
+	struct flow_key fk;
+
+	if (!pkt)
+		return XDP_PASS;
+	/* the error must be addressed to whoever sent the embedded packet: the VIP
+	 * (its reply to a client) or the SNAT address (its packet to a backend) */
+	if (parse_icmp_error(ctx, pkt, &e) || pkt->key.dst[0] != e.inner.src[0] ||
+	    pkt->key.dst[1] != e.inner.src[1] || pkt->key.dst[2] != e.inner.src[2] ||
+	    pkt->key.dst[3] != e.inner.src[3])
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	reverse_tuple(&fk, &e.inner);
+	fs = bpf_map_lookup_elem(&conntrack, &fk);
+	if (fs)
+		return icmp_to_backend(ctx, pkt, &e, &fk, fs);
+	ns = bpf_map_lookup_elem(&nat_rev, &fk);
+	if (ns)
+		return icmp_to_client(ctx, pkt, &e, ns);
+	return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 }
 
 #endif

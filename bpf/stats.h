@@ -4,6 +4,7 @@
 #define XDPLB_STATS_H
 
 #include "maps.h"
+#include "parse.h"
 
 static __always_inline void count_stat(__u32 idx, __u32 bytes)
 {
@@ -24,6 +25,13 @@ static __always_inline void count_obj(void *map, __u32 id, __u32 bytes, int new_
 		s->bytes += bytes;
 		s->new_flows += new_flow;
 	}
+}
+
+/* Count the packet under `stat` and return `action`. */
+static __always_inline int verdict(const struct packet *pkt, __u32 stat, int action)
+{
+	count_stat(stat, pkt->frame_len);
+	return action;
 }
 
 #endif
