@@ -144,3 +144,17 @@ def test_a_full_conntrack_evicts_and_flows_keep_backend_and_nat_port(dataplane_p
     finally:
         small.close()
     assert dp is not None
+
+
+def test_a_vip_with_1024_backends_spreads_new_flows_over_them(balancer):
+    bes = tuple(BackendSpec(ip(f"10.{1 + i // 250}.{i % 250}.2"),
+                            bytes.fromhex(f"deadbeef{i:04x}")) for i in range(1024))
+    lb = balancer([VipSpec(VIP, 8000, backends=bes)])
+    dp = lb.dp
+    seen = {}
+    for i in range(4000):
+        action, dst = send(dp, frame(20000 + i % 40000, client=f"10.200.{i // 250}.{i % 250}"))
+        assert action == XDP_TX
+        seen[dst] = seen.get(dst, 0) + 1
+    # 4000 flows over 1024 equal backends: most backends get some, none gets a big share
+    assert len(seen) > 900 and max(seen.values()) < 20, (len(seen), max(seen.values()))
