@@ -42,6 +42,7 @@ bench: build
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src/xdplb
 
 clean:
 	@$(MAKE) -s -C bpf clean

@@ -5,6 +5,7 @@ Every failure prints one line, `xdplb: <what>: <why>`, and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
+from typing import cast
 
 from . import __version__
 from .errors import UsageError, XdplbError
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

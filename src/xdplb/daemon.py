@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy
 import fcntl
+import io
 import ipaddress
 import json
 import os
@@ -26,10 +27,10 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ._proc import alive as _alive
 from .config import (
@@ -47,6 +48,11 @@ from .errors import UsageError, XdplbError
 from .health import HealthMonitor, HealthState, Target
 from .lb import BackendSpec, LoadBalancer, MapState, VipSpec, read_map_state
 from .metrics import MetricsSnapshot
+
+if TYPE_CHECKING:
+    from ._bpf.dataplane import DataPlane
+    from ._bpf.libbpf import Map
+    from .metrics import Exporter
 
 __all__ = [
     "Controller",
@@ -212,7 +218,7 @@ class Desired:
             (self.drained.add if on else self.drained.discard)((key, b.key))
             self._record(f"{'drain' if on else 'undrain'} {self.vips[key].name} {b.key}")
 
-    def set_weight(self, vip_ref: str | None, backend_ref: str, weight: int) -> None:
+    def set_weight(self, vip_ref: str | None, backend_ref: str, weight: object) -> None:
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 0xFFFF:
             raise RequestError(f"weight {weight!r} is out of range 0..65535")
         for key, b in self.select(vip_ref, backend_ref):
@@ -306,7 +312,7 @@ class Controller:
     (`sync_health`)."""
 
     def __init__(self, dp, cfg: Config, config_path: str | None = None,
-                 log: Log | None = None, monitor: HealthMonitor | None = None,
+                 log: Log | None = None, monitor: HealthMonitor[BKey] | None = None,
                  info: dict | None = None):
         self.dp = dp
         self.cfg = cfg
@@ -522,7 +528,7 @@ class Controller:
             return {"packets": 0, "bytes": 0, "new_flows": 0}
         return read(which, idx)
 
-    def _vip_counters(self, vid: int | None, backends: list[dict[str, int]]
+    def _vip_counters(self, vid: int | None, backends: Sequence[Mapping[str, Any]]
                       ) -> tuple[dict[str, int], dict[str, int]]:
         """(totals, dropped) of a VIP: the data plane counts forwarded traffic per backend
         and only what found no backend per VIP, so a VIP's totals are the sum of its
@@ -659,17 +665,17 @@ class Daemon:
         self.instance = cfg.lb.instance
         self.paths = Paths(opts.run_dir, self.instance)
         self.pins = pin_dir(opts.pin_root, self.instance)
-        self.dp = None
+        self.dp: DataPlane | None = None
         self.ctl: Controller | None = None
         self.keep = opts.keep
-        self._pidfile = None
+        self._pidfile: IO[str] | None = None
         self._owns_socket = False
         self._attached = False
         self._took_over = False
         self._pending_stop: bool | None = None  # keep flag of a stop asked during setup
         self._pending_reload = False
         self._stop_event: asyncio.Event | None = None
-        self._exporter = None
+        self._exporter: Exporter | None = None
 
     # lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -749,6 +755,7 @@ class Daemon:
             if holders:
                 raise XdplbError(f"{lb.interface} is served by another xdplb process (pid "
                                  f"{', '.join(map(str, holders))}); stop it first")
+            pinned: dict[str, Map]
             pinned, pinned_prog = ({}, 0)
             if os.path.isdir(self.pins):
                 pinned, pinned_prog = dpm.open_pinned(self.pins)
@@ -820,6 +827,7 @@ class Daemon:
         except AttachError as e:
             raise XdplbError(f"cannot attach XDP to {lb.interface}: {e}") from None
         self._attached = True
+        assert self.dp.program is not None  # loaded above
         prog_id = dpm.prog_id_of_fd(self.dp.program.fd)
         self.ctl.info["program_id"] = prog_id
         try:
@@ -874,6 +882,7 @@ class Daemon:
     def _on_hup(self) -> None:
         self.log("signal", signal="SIGHUP", action="reload")
         try:
+            assert self.ctl is not None  # set up before the event loop runs
             self.ctl.reload()
         except RequestError:
             pass  # logged by reload()
@@ -896,6 +905,7 @@ class Daemon:
         finally:
             os.umask(old_umask)
         self._owns_socket = True
+        assert self.ctl is not None  # set up before the event loop runs
         self.ctl.sync_health()
         metrics = self.opts.metrics or self.cfg.lb.metrics
         if metrics:
@@ -950,6 +960,7 @@ class Daemon:
     async def _refresh_neighbours(self, neighbour_macs) -> None:
         """One round: poke each MAC-less backend, apply what the table now knows (an
         entry resolved by this round's poke shows up in the next round)."""
+        assert self.ctl is not None  # set up before the event loop runs
         wanted = {b.address for spec in self.ctl.desired.specs() for b in spec.backends
                   if b.mac is None}
         for addr in wanted:
@@ -971,6 +982,7 @@ class Daemon:
             except (ValueError, TimeoutError, asyncio.LimitOverrunError) as e:
                 reply = {"ok": False, "error": f"bad request: {e}", "code": 2}
             else:
+                assert self.ctl is not None  # set up before the event loop runs
                 reply = self.ctl.handle(req)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
@@ -1361,7 +1373,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0

@@ -26,6 +26,7 @@ def xdplb_argv() -> list[str]:
 
 
 def _wait_for_line(p: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    assert p.stdout is not None and p.stderr is not None  # started with both piped
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,7 +58,7 @@ def run_demo(requests: int = 20, backends: int = 2) -> int:
         for line in _wait_for_line(lb, "Press Ctrl+C", 30):
             print(f"   | {line}")
         print(f"== client: {requests} x curl 10.0.0.10:8000/whoami")
-        served = collections.Counter()
+        served: collections.Counter[str] = collections.Counter()
         failed = 0
         for i in range(requests):
             r = lab.run("client", ["curl", "-s", "-m", "3", "http://10.0.0.10:8000/whoami"],

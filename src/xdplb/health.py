@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from .config import HealthCheck, IPAddress
 
@@ -22,6 +23,8 @@ __all__ = ["HealthMonitor", "HealthState", "Probe", "Target", "make_probe", "pro
 
 #: probe(address, port) -> (ok, detail); detail says why on failure ("connection refused")
 Probe = Callable[[IPAddress, int], Awaitable[tuple[bool, str]]]
+
+K = TypeVar("K", bound=Hashable)  # a target's key (the daemon's: (VIP key, backend key))
 
 
 @dataclass
@@ -135,29 +138,29 @@ class Target:
     check: HealthCheck
 
 
-class HealthMonitor:
+class HealthMonitor(Generic[K]):
     """One asyncio task per target; keeps each target's HealthState across `update()`s
     (reloads) and calls `on_change(key, state)` when a target flips."""
 
-    def __init__(self, on_change: Callable[[Hashable, HealthState], None],
+    def __init__(self, on_change: Callable[[K, HealthState], None],
                  probe_factory: Callable[[HealthCheck], Probe | None] = make_probe,
-                 on_result: Callable[[Hashable, bool, str], None] | None = None):
+                 on_result: Callable[[K, bool, str], None] | None = None):
         self.on_change = on_change
         self.on_result = on_result
         self.probe_factory = probe_factory
-        self.states: dict[Hashable, HealthState] = {}
-        self._targets: dict[Hashable, Target] = {}
-        self._tasks: dict[Hashable, asyncio.Task] = {}
+        self.states: dict[K, HealthState] = {}
+        self._targets: dict[K, Target] = {}
+        self._tasks: dict[K, asyncio.Task] = {}
 
-    def seed(self, key: Hashable, check: HealthCheck, up: bool) -> None:
+    def seed(self, key: K, check: HealthCheck, up: bool) -> None:
         """Start a target in a known state (e.g. down, as found by a restart)."""
         self.states[key] = HealthState(rise=check.rise, fall=check.fall, up=up)
 
-    def is_up(self, key: Hashable) -> bool:
+    def is_up(self, key: K) -> bool:
         st = self.states.get(key)
         return True if st is None else st.up
 
-    def update(self, targets: dict[Hashable, Target]) -> None:
+    def update(self, targets: dict[K, Target]) -> None:
         """Check exactly `targets` from now on (call from the event loop)."""
         for key in [k for k in self._targets if k not in targets]:
             self._stop(key)
@@ -179,13 +182,13 @@ class HealthMonitor:
             self._tasks[key] = asyncio.get_running_loop().create_task(
                 self._run(key, t, probe, st), name=f"health {key}")
 
-    def _stop(self, key: Hashable) -> None:
+    def _stop(self, key: K) -> None:
         task = self._tasks.pop(key, None)
         if task:
             task.cancel()
         self._targets.pop(key, None)
 
-    async def _run(self, key: Hashable, t: Target, probe: Probe, st: HealthState) -> None:
+    async def _run(self, key: K, t: Target, probe: Probe, st: HealthState) -> None:
         # spread the first probes over one interval so checks do not go out in bursts
         await asyncio.sleep(random.uniform(0, min(t.check.interval, 1.0)))
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as C
 import ipaddress
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -104,7 +105,7 @@ class IdPool:
     def give(self, i: int) -> None:
         self._free.append(i)
 
-    def reserve(self, used: set[int], stale: list[int] = ()) -> None:
+    def reserve(self, used: set[int], stale: Sequence[int] = ()) -> None:
         """Start from ids already in the maps (adoption): `used` stay taken; ids never
         used below the highest seen are free first, `stale` ones (inactive entries
         that old flows may still name) are reused last."""
@@ -217,7 +218,7 @@ class LoadBalancer:
             self._remove_vip(key)
             log.append(f"removed VIP {key[0]}:{key[1]}/{key[2]}")
         self._write_runtime(want.values())
-        self._staged_rings: dict[int, np.ndarray] = {}
+        self._staged_rings: dict[int, np.ndarray] | None = {}
         publish = []
         for key, spec in want.items():
             cur = self._vips.get(key)

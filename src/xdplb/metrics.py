@@ -60,11 +60,11 @@ def _families(snap: MetricsSnapshot):
         for name, addr, c in snap.vips:
             v.add_metric([name, addr], c[what])
         yield v
-        b = CounterMetricFamily(f"xdplb_backend_{what}", f"{doc} to and from a backend",
-                                labels=["vip", "backend"])
+        bf = CounterMetricFamily(f"xdplb_backend_{what}", f"{doc} to and from a backend",
+                                 labels=["vip", "backend"])
         for vip, be, c, _, _ in snap.backends:
-            b.add_metric([vip, be], c[what])
-        yield b
+            bf.add_metric([vip, be], c[what])
+        yield bf
     for what in ("packets", "bytes"):
         d = CounterMetricFamily(f"xdplb_vip_dropped_{what}", f"{what.capitalize()} to a VIP "
                                 "dropped for want of a backend", labels=["vip", "address"])

@@ -52,11 +52,15 @@ import ctypes as C
 import ipaddress
 import random
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from ._bpf import abi
 from ._bpf.abi import Stat
+
+if TYPE_CHECKING:
+    from .lb import LoadBalancer
 
 H_P1 = 0x9E3779B1
 H_P2 = 0x85EBCA77
@@ -466,7 +470,7 @@ class Config:
     vip_spill: int = 0
     vip_addrs: set[tuple] = field(default_factory=set)  # (addr16, family)
     backends: dict[int, BackendRec] = field(default_factory=dict)
-    rings: dict[int, object] = field(default_factory=dict)  # vip id -> sequence of ids
+    rings: dict[int, Sequence[int]] = field(default_factory=dict)  # vip id -> sequence of ids
     wildcard_vips: int = 0
     nat_vips: int = 0
     addr_bits: frozenset = frozenset()
@@ -582,7 +586,7 @@ class Model:
 
     def __init__(self, source, knobs=None, hz: int = 1000):
         self.source = source
-        self.lb = None
+        self.lb: LoadBalancer | None = None
         k = knobs
         self.hash_seed = getattr(k, "hash_seed", 0x5EED1B0B) & M32
         self.nat_port_min = getattr(k, "nat_port_min", 10000)
@@ -651,7 +655,7 @@ class Model:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """Like DataPlane.stats(): counter name -> (packets, bytes)."""
-        return {s.name.lower(): tuple(self.stats[s]) for s in Stat}
+        return {s.name.lower(): cast("tuple[int, int]", tuple(self.stats[s])) for s in Stat}
 
     # the entry point ----------------------------------------------------------------
     def process(self, frame: bytes, ifindex: int = 1) -> Result:
@@ -869,6 +873,7 @@ class Model:
         if be is None:
             self._count_obj(self.vip_stats, vip.vip_id, pkt.frame_len, False)
             return self._verdict(pkt, stat, XDP_DROP)
+        assert fs is not None  # _flow_backend returns a flow with every backend
         if vip.mode == abi.MODE_NAT:
             dst = be.addr
             dport = be.port or pkt.dport

@@ -104,11 +104,12 @@ class Service:
                 rt = self.dp.runtime()
                 rt.trace_rate = trace_rate
                 self.dp.set_runtime(rt)
-            ifaces = [(self.iface, self.ifindex)]
+            ifaces: list[tuple[str | None, int]] = [(self.iface, self.ifindex)]
             if self.egress_ifindex:
                 ifaces.append((self.opts.egress, self.egress_ifindex))
                 for _, idx in ifaces:
                     mac = interface_mac(idx)
+                    assert mac is not None  # an interface we found by name has a MAC
                     self.dp.add_tx_port(idx, bytes.fromhex(mac.replace(":", "")))
             for name, idx in ifaces:
                 try:

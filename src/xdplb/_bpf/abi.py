@@ -237,14 +237,16 @@ MIRRORS = {
 }
 
 
-def pack_addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> tuple[Addr, int]:
+def pack_addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str
+              ) -> tuple[C.Array[C.c_uint8], int]:
     """An address as stored in the maps (network order, IPv4 in the first 4 bytes)."""
     ip = ipaddress.ip_address(ip)
     raw = ip.packed.ljust(16, b"\0")
     return Addr.from_buffer_copy(raw), (AF_INET if ip.version == 4 else AF_INET6)
 
 
-def unpack_addr(addr: Addr, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def unpack_addr(addr: C.Array[C.c_uint8], family: int
+                ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raw = bytes(addr)
     return ipaddress.ip_address(raw[:4] if family == AF_INET else raw)
 

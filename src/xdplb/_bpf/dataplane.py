@@ -115,7 +115,8 @@ class DataPlane:
 
         path = path or object_path("xdplb")
         max_entries = (sizes or Sizes()).as_max_entries()
-        fds, notes = {}, []
+        fds: dict[str, int] = {}
+        notes: list[str] = []
         if reuse:
             fds, notes = reuse_plan(path, max_entries, reuse)
         obj = BpfObject(path, max_entries=max_entries, rodata=(knobs or Knobs()).pack(),
@@ -171,18 +172,21 @@ class DataPlane:
 
     # attach --------------------------------------------------------------------------
     def attach(self, ifindex: int, mode: str = "auto") -> None:
+        assert self.program is not None  # loaded, not from_interface()
         libbpf.xdp_attach(ifindex, self.program.fd, mode)
         self.attached.append((ifindex, mode))
 
     def replace_attached(self, ifindex: int, old_prog_fd: int, mode: str) -> None:
         """Atomically swap the program attached to `ifindex` (old_prog_fd) for ours:
         no packet sees the interface without a program."""
+        assert self.program is not None  # loaded, not from_interface()
         libbpf.xdp_attach(ifindex, self.program.fd, mode, replace_fd=old_prog_fd)
         self.attached.append((ifindex, mode))
 
     def detach_all(self) -> None:
         while self.attached:
             ifindex, mode = self.attached.pop()
+            assert self.program is not None  # only attach() fills self.attached
             libbpf.xdp_detach(ifindex, self.program.fd, mode)
 
     # configuration writes ------------------------------------------------------------
@@ -248,7 +252,9 @@ class DataPlane:
         self.maps["runtime"][0] = rt
 
     def runtime(self) -> abi.LbRuntime:
-        return abi.LbRuntime.from_buffer_copy(self.maps["runtime"].lookup(0))
+        raw = self.maps["runtime"].lookup(0)
+        assert raw is not None  # an array map: key 0 always exists
+        return abi.LbRuntime.from_buffer_copy(raw)
 
     def add_tx_port(self, ifindex: int, mac: bytes) -> None:
         """Let frames be redirected out of `ifindex` (two-armed), with `mac` as source."""
@@ -304,6 +310,7 @@ class DataPlane:
         """Pin every map and the program under `directory` (replacing stale pins)."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
         objs = {n: (m.fd, m.id) for n, m in self.maps.items()}
+        assert self.program is not None  # loaded, not from_interface()
         objs[PROG_PIN] = (self.program.fd, prog_id_of_fd(self.program.fd))
         for name, (fd, oid) in objs.items():
             path = os.path.join(directory, name)

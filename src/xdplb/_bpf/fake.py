@@ -8,7 +8,7 @@ from . import abi
 
 
 class FakeDataPlane:
-    def __init__(self):
+    def __init__(self) -> None:
         self.vips: dict[bytes, abi.VipInfo] = {}
         self.vip_slots: dict[int, abi.VipSlot] = {}
         self.vip_addrs: dict[bytes, int] = {}

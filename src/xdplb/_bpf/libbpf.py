@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import overload
 
 # --- errors -------------------------------------------------------------------------
 
@@ -26,6 +27,7 @@ class BpfError(OSError):
 
     def __str__(self) -> str:
         base = f"{self.strerror} ({os.strerror(self.errno)})" if self.errno else self.strerror
+        assert base is not None  # __init__ always sets the message
         return base + (": " + " | ".join(self.detail) if self.detail else "")
 
 
@@ -318,6 +320,11 @@ class Map:
     def clear(self) -> None:
         for k in list(self.keys()):
             self.delete(k)
+
+    @overload
+    def reduce(self, key, fields: None = None) -> int: ...
+    @overload
+    def reduce(self, key, fields: tuple[str, ...]) -> dict[str, int]: ...
 
     def reduce(self, key, fields: tuple[str, ...] | None = None) -> dict[str, int] | int:
         """Sum a per-CPU value over CPUs: a dict of the named fields, or an int."""

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from .._proc import alive as _alive
 from .plan import (
@@ -86,7 +86,7 @@ def _deferred_signals() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    sigs = (signal.SIGINT, signal.SIGTERM)
+    sigs: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
     old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in sigs}
     try:
         yield
@@ -315,8 +315,7 @@ class Lab:
             if p.returncode == 0:
                 self.lb_peer_mode, self.lb_peer_prog = "xdp", str(obj)
                 return
-            err = p.stderr.strip().splitlines()[-1:] or [f"exit {p.returncode}"]
-            err = err[0]
+            err = (p.stderr.strip().splitlines()[-1:] or [f"exit {p.returncode}"])[0]
         p = subprocess.run(["ip", "netns", "exec", sw, "ethtool", "-K", dev, "gro", "on"],
                            capture_output=True, text=True, check=False)
         if p.returncode != 0:
@@ -419,8 +418,10 @@ class Lab:
                     why = (f"exited with {p.returncode}" if p.poll() is not None
                            else f"not listening after {timeout:g}s")
                     p.xdplb_log.seek(0)  # type: ignore[attr-defined]
-                    tail = p.xdplb_log.read().decode(errors="replace").strip().splitlines()[-1:]
-                    raise LabError(f"http.server on {p.xdplb_host} port {port} {why}"
+                    tail = (p.xdplb_log.read()  # type: ignore[attr-defined]
+                            .decode(errors="replace").strip().splitlines()[-1:])
+                    host = p.xdplb_host  # type: ignore[attr-defined]
+                    raise LabError(f"http.server on {host} port {port} {why}"
                                    + (f": {tail[0]}" if tail else ""))
                 time.sleep(0.02)
         return procs
@@ -526,7 +527,7 @@ class Lab:
     def status(self) -> dict:
         """What exists right now: per namespace whether it exists and what runs in it, and
         which XDP program (if any) is attached on the LB's interface and its peer."""
-        out = {"name": self.name, "namespaces": {}, "xdp": {}}
+        out: dict[str, Any] = {"name": self.name, "namespaces": {}, "xdp": {}}
         for ns in self.namespaces:
             out["namespaces"][ns] = {"exists": netns_exists(ns), "pids": self.ns_pids(ns)}
         for ns, dev in ((self.lb.ns, self.lb.ifname), (self.switch_ns, self.lb_peer_ifname())):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -170,7 +170,7 @@ class Evict(NamedTuple):
 
 
 class RenderedStep(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index (a public field name)
     input: bytes
     action: int
     output: bytes
@@ -181,7 +181,7 @@ class RenderedStep(NamedTuple):
 @dataclass
 class Case:
     name: str  # a sentence: the test id
-    steps: list[Step | Evict]
+    steps: Sequence[Step | Evict]
     vips: list[VipSpec] = field(default_factory=tutorial_vips)
     seed_note: str = ""  # the SEED-NOTES.md defect this case covers
     knobs: Knobs | None = None  # None: the defaults

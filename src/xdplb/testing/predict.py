@@ -32,10 +32,12 @@ class Pick:
 
     @property
     def addr(self) -> str:
+        assert self.backend is not None  # a forwarded pick
         return str(self.backend.address)
 
     @property
     def mac(self) -> str:
+        assert self.backend is not None and self.backend.mac is not None  # forwarded, MAC set
         return ":".join(f"{b:02x}" for b in self.backend.mac)
 
 

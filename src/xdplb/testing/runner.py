@@ -26,6 +26,7 @@ def stats_delta(before: dict[str, tuple[int, int]],
 
 def run_step(dp: DataPlane, step: RenderedStep) -> StepResult:
     before = dp.stats()
+    assert dp.program is not None  # a loaded DataPlane
     action, out, _ns = dp.program.test_run(step.input, repeat=1)
     return StepResult(action, out, stats_delta(before, dp.stats()))
 
