@@ -204,9 +204,14 @@ def trace_events(iface: str, rate: int = 1, count: int = 0, duration: float = 0
         e = abi.TraceEvent.from_buffer_copy(raw)
         proto = {6: "tcp", 17: "udp"}.get(e.proto, str(e.proto))
         be = "-" if e.backend_id == abi.NO_BACKEND else f"#{e.backend_id}"
-        lines.append(f"{e.ts_ns / 1e9:.6f} {proto} client {_fmt_ep(e.src, e.family, e.sport)} "
-                     f"-> {_fmt_ep(e.dst, e.family, e.dport)} => "
-                     f"{_fmt_ep(e.out_dst, e.family, e.out_dport)} backend {be} "
+        src = _fmt_ep(e.src, e.family, e.sport)
+        dst = _fmt_ep(e.dst, e.family, e.dport)
+        out = _fmt_ep(e.out_dst, e.family, e.out_dport)
+        if e.stat == abi.Stat.REPLY:  # backend -> SNAT port, back to the client
+            what = f"reply backend {src} -> {dst} => client {out}"
+        else:
+            what = f"client {src} -> {dst} => {out} backend {be}"
+        lines.append(f"{e.ts_ns / 1e9:.6f} {proto} {what} "
                      f"{XDP_ACTIONS.get(e.verdict, e.verdict)} {names.get(e.stat, e.stat)} "
                      f"len {e.pkt_len}")
 
