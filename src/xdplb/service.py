@@ -25,6 +25,21 @@ def _ifindex(iface: str) -> int:
         raise XdplbError(f"unknown interface {iface!r} (in this network namespace)") from None
 
 
+def _busy_hint(ifindex: int, name: str | None) -> str:
+    """What to do when another program holds the interface."""
+    from ._bpf.libbpf import prog_name, xdp_prog_id
+
+    try:
+        pid = xdp_prog_id(ifindex)
+        owner = prog_name(pid) if pid else ""
+    except BpfError:
+        return ""
+    if owner == "xdplb":
+        return (f" (an xdplb is already attached, program id {pid}: stop it, or if its process "
+                f"was killed, `xdplb stop --iface {name}`)")
+    return f" (program id {pid} '{owner}' is attached: detach it first)" if pid else ""
+
+
 def parse_port_range(text: str) -> tuple[int, int]:
     try:
         lo_s, hi_s = text.split("-")
@@ -115,7 +130,8 @@ class Service:
                 try:
                     self.dp.attach(idx, self.opts.xdp_mode)
                 except AttachError as e:
-                    raise XdplbError(f"cannot attach XDP to {name}: {e}") from None
+                    raise XdplbError(f"cannot attach XDP to {name}: {e}{_busy_hint(idx, name)}"
+                                     ) from None
             self.started = True
         except BaseException:
             self.stop()

@@ -217,3 +217,21 @@ def test_trace_shows_client_vip_backend_and_verdict(lab, webroot):
     assert report["trace_rate"] == 0
     assert report["stats"]["fwd_new"][0] >= 3
     assert sum(b["new_flows"] for b in report["backends"]) >= 3
+
+
+def test_after_a_kill_9_the_program_stays_and_stop_detaches_it(lab, webroot):
+    """SIGKILL cannot be caught: XDP stays attached (traffic keeps flowing); a new run is
+    refused with the way out, and `xdplb stop --iface` detaches it."""
+    from xdplb.demo import xdplb_argv
+
+    serve(lab, webroot)
+    with running_lb(lab) as lb:
+        lb.kill()
+        lb.wait(10)
+    assert xdp_attached(lab, "lb", "veth6")
+    assert curl(lab, "client", "http://10.0.0.10:8000/whoami").stdout in ("h2", "h3")
+    r = lab.run("lb", xdplb_argv() + lab.run_argv()[1:], timeout=30)
+    assert r.returncode == 1 and "xdplb stop --iface veth6" in r.stderr, r.stderr
+    r = lab.run("lb", xdplb_argv() + ["stop", "--iface", "veth6"], timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not xdp_attached(lab, "lb", "veth6")
