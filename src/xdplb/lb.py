@@ -220,16 +220,19 @@ class LoadBalancer:
         self._write_runtime(want.values())
         self._staged_rings: dict[int, np.ndarray] | None = {}
         publish = []
-        for key, spec in want.items():
-            cur = self._vips.get(key)
-            if cur is None:
-                publish.append(self._add_vip(spec))
-                log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
-            elif cur.spec != spec:
-                changes, then = self._update_vip(cur, spec)
-                log.extend(changes)
-                publish.append(then)
-        self._flush_rings()
+        try:
+            for key, spec in want.items():
+                cur = self._vips.get(key)
+                if cur is None:
+                    publish.append(self._add_vip(spec))
+                    log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
+                elif cur.spec != spec:
+                    changes, then = self._update_vip(cur, spec)
+                    log.extend(changes)
+                    publish.append(then)
+            self._flush_rings()
+        finally:
+            self._staged_rings = None  # later single changes (adopt) publish at once
         for then in publish:
             then()
         self._write_addr_counts()
