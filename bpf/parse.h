@@ -43,6 +43,7 @@ struct packet {
 	__u32 frame_len;
 	__u32 ifindex;       /* ingress interface */
 	__u8 tcp_flags;      /* FIN/SYN/RST/ACK bits, 0 for UDP */
+	__u8 maybe_vip;      /* set by the entry: the VIP pre-filter's answer */
 };
 
 #define TCPF_FIN 0x01

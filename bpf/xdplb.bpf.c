@@ -36,7 +36,7 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 		if (ns)
 			return reverse_nat(ctx, pkt, ns);
 	}
-	vip = maybe_vip(pkt) ? lookup_vip(&pkt->key) : 0;
+	vip = pkt->maybe_vip ? lookup_vip(&pkt->key) : 0;
 	if (vip)
 		return balance(ctx, pkt, vip);
 	return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
@@ -62,7 +62,8 @@ int xdplb(struct xdp_md *ctx)
 	default:
 		return verdict(&pkt, ST_PASS_MALFORMED, XDP_PASS);
 	}
-	if (!maybe_vip(&pkt) && !is_nat_reply(&pkt))
+	pkt.maybe_vip = maybe_vip(&pkt);
+	if (!pkt.maybe_vip && !is_nat_reply(&pkt))
 		return verdict(&pkt, ST_PASS_NOT_VIP, XDP_PASS); /* the host's own traffic */
 	return process_packet(ctx, &pkt);
 }
