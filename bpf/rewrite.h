@@ -132,7 +132,9 @@ static __always_inline int csum_partial_form(struct xdp_md *ctx, const struct pa
 						 pkt->l4_len));
 }
 
-/* IPv4 with a complete L4 checksum (the common case): inline, constant cost. */
+/* IPv4 with a complete L4 checksum (the common case): inline, constant cost.
+ * Returns 0, -1 on error, or 1 (nothing written) when the checksum is in the
+ * CHECKSUM_PARTIAL form and must be finished by xlate_packet. */
 static __always_inline int rewrite4_fast(struct xdp_md *ctx, const struct packet *pkt, __u32 src,
 					 __u32 dst, __u16 sport, __u16 dport)
 {
@@ -141,6 +143,7 @@ static __always_inline int rewrite4_fast(struct xdp_md *ctx, const struct packet
 	__u32 l3_off = pkt->l3_off, l4_off = pkt->l4_off;
 	struct iphdr *iph;
 	__u16 *ports, *check;
+	int has_check;
 	__u64 delta;
 
 	if (l3_off > 64 || l4_off > 128)
@@ -149,12 +152,17 @@ static __always_inline int rewrite4_fast(struct xdp_md *ctx, const struct packet
 	ports = data + l4_off;
 	if ((void *)(iph + 1) > data_end || (void *)(ports + 9) > data_end)
 		return -1;
+	check = pkt->key.proto == IPPROTO_TCP ? ports + 8 : ports + 3;
+	has_check = pkt->key.proto == IPPROTO_TCP || *check;
+	if (has_check && knobs.csum_fixup &&
+	    *check == csum_fold64((__u64)pkt->key.src[0] + pkt->key.dst[0] +
+				  bpf_htons((__u16)pkt->key.proto) + bpf_htons((__u16)pkt->l4_len)))
+		return 1;
 	delta = (__u64)(__u32)~pkt->key.src[0] + (__u32)~pkt->key.dst[0] + src + dst;
 	iph->check = csum_replace(iph->check, delta);
 	iph->saddr = src;
 	iph->daddr = dst;
-	check = pkt->key.proto == IPPROTO_TCP ? ports + 8 : ports + 3;
-	if (pkt->key.proto == IPPROTO_TCP || *check) {
+	if (has_check) {
 		delta += (__u16)~pkt->key.sport + (__u16)~pkt->key.dport + sport + dport;
 		*check = csum_replace(*check, delta);
 		if (pkt->key.proto == IPPROTO_UDP && *check == 0)
@@ -172,9 +180,12 @@ static __always_inline int rewrite_tuple(struct xdp_md *ctx, struct packet *pkt,
 {
 	struct flow_key to;
 
-	if (pkt->key.family == XDPLB_AF_INET && pkt->l4_len >= 18 &&
-	    !(knobs.csum_fixup && csum_partial_form(ctx, pkt)))
-		return rewrite4_fast(ctx, pkt, src[0], dst[0], sport, dport);
+	if (pkt->key.family == XDPLB_AF_INET && pkt->l4_len >= 18) {
+		int rc = rewrite4_fast(ctx, pkt, src[0], dst[0], sport, dport);
+
+		if (rc <= 0)
+			return rc;
+	}
 	__builtin_memcpy(to.src, src, sizeof(to.src));
 	__builtin_memcpy(to.dst, dst, sizeof(to.dst));
 	to.sport = sport;
