@@ -26,6 +26,11 @@ def _die(msg: str, code: int = 1) -> int:
     return code
 
 
+def info(msg: str) -> None:
+    """An informational line on stderr (stdout stays the tutorial's)."""
+    print(f"xdplb: {msg}", file=sys.stderr, flush=True)
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise XdplbError(f"{what} needs root (CAP_BPF and CAP_NET_ADMIN); run it with sudo")
@@ -120,12 +125,13 @@ def cmd_run(args) -> int:
         print("XDP load balancer configured with backends:")
         for i, b in enumerate(backends, 1):
             print(f"Backend {i} - IP: {b.address}, MAC: {':'.join(f'{x:02x}' for x in b.mac)}")
-        print(f"Balancing {args.proto.upper()} {vip_addr} port(s) "
-              f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on {args.iface}; "
-              "other traffic goes to the host")
+        # stdout carries exactly the tutorial's lines; what xdplb adds goes to stderr
+        info(f"balancing {args.proto.upper()} {vip_addr} port(s) "
+             f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on {args.iface}; "
+             "other traffic goes to the host")
         if svc.interface_kind() == "veth":
-            print(f"Note: {args.iface} is a veth: XDP_TX frames reach its peer only if the peer "
-                  "has an XDP program (the lab attaches an XDP_PASS stub to veth7)")
+            info(f"{args.iface} is a veth: XDP_TX frames reach its peer only if the peer has an "
+                 "XDP program (the lab attaches an XDP_PASS stub to veth7)")
         print("Press Ctrl+C to exit...", flush=True)
         last = time.monotonic()
         while True:
@@ -141,7 +147,7 @@ def cmd_run(args) -> int:
         summary = svc.summary_line() if svc.started else ""
         svc.stop()
     if summary:
-        print(f"Detached from {args.iface}. {summary}", flush=True)
+        info(f"detached from {args.iface}; {summary}")
     return 0
 
 

@@ -79,11 +79,11 @@ def run_demo(requests: int = 20, backends: int = 2) -> int:
               + ", ".join(f"{r}={n}" for r, n in errors.items()))
         lb.send_signal(signal.SIGINT)
         try:
-            out, _ = lb.communicate(timeout=10)
+            out, err = lb.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             lb.kill()
-            out = ""
-        for line in out.splitlines():
+            out, err = "", ""
+        for line in (out + err).splitlines():  # its notes and exit summary are on stderr
             print(f"   | {line}")
         print(f"== LB exit status {lb.returncode}; lab down")
         ok = failed == 0 and lb.returncode == 0 and not any(errors.values())

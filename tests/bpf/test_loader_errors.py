@@ -27,7 +27,8 @@ def test_a_verifier_rejection_carries_the_relevant_log_lines(tmp_path, bpf_objec
     clang = shutil.which("clang-19") or shutil.which("clang")
     if not clang:
         pytest.skip("clang not installed")
-    arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout
+    arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True,
+                          check=True).stdout
     src = tmp_path / "bad.bpf.c"
     src.write_text(BAD)
     obj = tmp_path / "bad.bpf.o"
