@@ -157,11 +157,11 @@ def via_xdplb(lab, backends: list[str], port: int, xdplb_args=()) -> Iterator[di
                 info["stats"] = json.loads(st.stdout)
             p.send_signal(signal.SIGINT)
             try:
-                out, _ = p.communicate(timeout=15)
+                _, err = p.communicate(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-                out, _ = p.communicate()
-            info["summary"] = next((ln for ln in out.splitlines() if "Detached" in ln), "")
+                _, err = p.communicate()
+            info["summary"] = next((ln for ln in (err or "").splitlines() if "detached" in ln), "")
 
 
 def _nft_rules(lab, backends: list[str], port: int) -> str:
