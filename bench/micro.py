@@ -194,8 +194,7 @@ class Rig:
         self.dp = dp
 
         def reset() -> None:
-            dp.maps["conntrack"].clear()
-            dp.maps["nat_rev"].clear()
+            dp.clear_flows()
 
         expect = {"new": "TX", "est64": "TX", "est1514": "TX", "est1514_partial": "TX",
                   "reply64": "TX", "reply1514": "TX", "nonvip": "PASS"}
@@ -213,7 +212,7 @@ class Rig:
                                     for ip, m in BACKENDS))])
 
         def reset_dsr() -> None:
-            dsr.maps["conntrack"].clear()
+            dsr.clear_flows()
 
         self.xdplb_dsr = Subject("xdplb_dsr", "xdplb (DSR)", "xdplb", dsr.program,
                                  {"new": "TX", "est64": "TX", "est1514": "TX",

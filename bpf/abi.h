@@ -33,8 +33,13 @@ enum xdplb_mode {
 #define BE_F_MAC (1u << 1)       /* mac is valid; otherwise bpf_fib_lookup */
 #define BE_F_REDIRECT (1u << 2)  /* leave via ifindex (devmap) instead of XDP_TX */
 
-/* flow_state.flags */
+/* flow_entry.flags */
 #define FLOW_F_CLOSING (1u << 0) /* FIN or RST seen: short timeout */
+
+/* flow_entry.set_flags (meaningful on the first way of a NAT set) */
+#define SET_F_SPILL (1u << 0) /* a flow of this set's hash lives in the next set */
+
+#define FLOW_WAYS 4 /* entries per set of the flows table */
 
 /* A VIP: (address, port, protocol); port 0 = every port of that protocol. */
 struct vip_key {
@@ -70,6 +75,7 @@ struct backend {
 	__u16 pad;
 	__u32 ifindex; /* BE_F_REDIRECT: egress interface */
 	__u32 vip_id;  /* the VIP this backend serves (counters are per backend) */
+	__u32 snat_addr[4]; /* NAT mode: the VIP's source address towards it */
 };
 
 /* MAC address of an interface frames are redirected out of (two-armed). */
@@ -78,8 +84,8 @@ struct if_mac {
 	__u16 pad;
 };
 
-/* A flow as seen on the wire. Forward direction: client -> VIP.
- * Reply direction (nat table): backend -> snat address:nat port. */
+/* A flow as seen on the wire (client -> VIP, or backend -> SNAT address:port).
+ * Its first 38 bytes are laid out like a flow_entry's. */
 struct flow_key {
 	__u32 src[4];
 	__u32 dst[4];
@@ -90,28 +96,23 @@ struct flow_key {
 	__u16 pad;
 };
 
-struct flow_state {
+/* One tracked flow: a 64-byte entry (one cache line) of the `flows` table
+ * (flow.h). A NAT flow's port is its set: nat_port_min + index / FLOW_WAYS. */
+struct flow_entry {
+	__u32 src[4];        /* client address */
+	__u32 dst[4];        /* VIP address */
+	__u16 sport;         /* client port */
+	__u16 dport;         /* VIP port */
+	__u8 proto;
+	__u8 family;         /* 0: a way never used */
+	__u8 flags;          /* FLOW_F_* */
+	__u8 set_flags;      /* SET_F_*, kept when the way is reused */
+	__u32 last_seen;     /* jiffies (low 32 bits); with reply_tag, one 8-byte word */
+	__u32 reply_tag;     /* NAT: hash of the reply tuple (backend, its port, SNAT address) */
 	__u32 backend_id;
-	__u16 nat_port; /* network order; 0 in DSR mode */
-	__u8 flags;     /* FLOW_F_* */
-	__u8 pad;
-	__u64 last_seen; /* jiffies, refreshed at most every runtime.refresh */
-};
-
-/* Reply translation: what to put back on a backend's answer. */
-struct nat_state {
-	__u32 client[4];
-	__u32 vip[4];
-	__u16 client_port;
-	__u16 vip_port;
-	__u8 client_mac[6]; /* L2 source of the client's frames: where replies go */
-	__u8 flags;         /* FLOW_F_* */
-	__u8 pad;
-	__u32 vip_id;
-	__u32 backend_id;
-	__u32 client_ifindex; /* interface the client's frames came in on */
-	__u32 pad2;
-	__u64 last_seen;
+	__u32 client_ifindex; /* NAT: interface the client's frames came in on */
+	__u8 client_mac[6];  /* NAT: L2 source of the client's frames, where replies go */
+	__u16 pad;
 };
 
 /* Per-CPU counters. */
@@ -147,7 +148,7 @@ enum xdplb_stat {
 	ST_DROP_FIB,         /* fib lookup failed */
 	ST_ICMP_FWD,         /* ICMP error forwarded to a flow's backend */
 	ST_ICMP_REPLY,       /* ICMP error from a backend, reverse-translated */
-	ST_CT_FULL,          /* conntrack insert failed */
+	ST_CT_FULL,          /* conntrack set full: a live flow was evicted */
 	ST_TX_ERROR,         /* redirect failed */
 	ST__MAX,
 };
@@ -159,7 +160,8 @@ struct lb_knobs {
 	__u16 nat_port_max; /* host order, inclusive */
 	__u8 frag_drop;     /* 1: drop fragments to a VIP, 0: pass to the stack */
 	__u8 csum_fixup;    /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 ct_sets;      /* conntrack sets of the flows table, a power of two */
 };
 
 #define PORT_BITS_WORDS 1024 /* 65536 bits: one per destination port */
@@ -174,7 +176,7 @@ struct lb_runtime {
 	__u32 hz;            /* jiffies per second */
 	__u32 vip_spill;     /* VIPs not in vip_slots (collisions): 0 skips the hash map */
 	__u32 pad;
-	__u64 tcp_timeout;   /* idle time after which a NAT port may be reused */
+	__u64 tcp_timeout;   /* idle time after which a flow's entry may be reused (< 2^31) */
 	__u64 closing_timeout;
 	__u64 udp_timeout;
 	__u64 refresh;       /* last_seen is rewritten at most this often */

@@ -1,12 +1,24 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* flow.h - connection tracking and NAT port allocation.
+/* flow.h - the flow table: connection tracking and NAT in one array.
  *
- * conntrack: client 5-tuple -> backend (+ NAT port). LRU: when full, the least
- * recently used flow is evicted; a later packet of it is re-selected by the same
- * hash, so with an unchanged backend set it lands on the same backend and, in
- * NAT mode, on the same port (ports are chosen deterministically from the hash).
- * nat_rev: reply 5-tuple (backend -> snat:port) -> client. A port is taken when
- * its entry is free, stale (idle beyond its timeout) or already this flow's. */
+ * `flows` is set-associative: sets of FLOW_WAYS 64-byte entries, in two regions.
+ *  - NAT region, first: set s is NAT port nat_port_min + s. A NAT flow lives in
+ *    the set of its port, so a backend's reply (to snat:port) is found with one
+ *    array index and the client's packets through the flow hash: set
+ *    hash % nat_sets, or the next set when the first one was spilled from (it
+ *    had no way for the flow: full, its port a VIP port, or a live flow there
+ *    with the same reply tuple). A port serves up to FLOW_WAYS flows at once,
+ *    whose replies differ (backend, backend port or SNAT address: reply_tag).
+ *  - conntrack region (other modes): set hash & (ct_sets - 1).
+ * Ways fill in order and are never emptied (user space may clear the whole
+ * table), so a scan stops at the first never-used way. An entry idle beyond
+ * its timeout is stale: its flow still finds it, until a new flow reuses the
+ * way. A conntrack set with no free or stale way evicts a live flow (way by
+ * hash, counted ST_CT_FULL): its next packet is re-selected by Maglev, so it
+ * keeps its backend unless the backends changed. A NAT flow that finds no way
+ * in both its sets is dropped (ST_DROP_NAT_FULL). Ways are taken with a
+ * compare-and-swap on last_seen: two CPUs never take the same way.
+ * src/xdplb/model.py mirrors every rule here. */
 #ifndef XDPLB_FLOW_H
 #define XDPLB_FLOW_H
 
@@ -14,8 +26,9 @@
 #include "maps.h"
 #include "parse.h"
 #include "select.h"
+#include "stats.h"
 
-#define NAT_TRIES 8 /* hash-derived candidate ports per new flow (and as many random) */
+#define FLOW_NONE (-1)
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {
@@ -29,126 +42,280 @@ static __always_inline __u8 closing_flag(const struct packet *pkt)
 	return (pkt->tcp_flags & (TCPF_FIN | TCPF_RST)) ? FLOW_F_CLOSING : 0;
 }
 
-/* Does this reverse entry belong to the client flow `k`? */
-static __always_inline int nat_owned_by(const struct nat_state *ns, const struct flow_key *k)
+static __always_inline struct flow_entry *flow_at(__u32 idx)
 {
-	return ns->client_port == k->sport && ns->vip_port == k->dport &&
-	       ns->client[0] == k->src[0] && ns->client[1] == k->src[1] &&
-	       ns->client[2] == k->src[2] && ns->client[3] == k->src[3] &&
-	       ns->vip[0] == k->dst[0] && ns->vip[1] == k->dst[1] &&
-	       ns->vip[2] == k->dst[2] && ns->vip[3] == k->dst[3];
+	return bpf_map_lookup_elem(&flows, &idx);
 }
 
-/* Reply-direction key for a NAT flow to `be` from snat:nat_port. */
-static __always_inline void nat_key(struct flow_key *rk, const struct packet *pkt,
-				    const struct vip_info *vip, const struct backend *be,
-				    __u16 nat_port)
+static __always_inline __u32 nat_sets(void)
 {
-	__builtin_memcpy(rk->src, be->addr, sizeof(rk->src));
-	__builtin_memcpy(rk->dst, vip->snat_addr, sizeof(rk->dst));
-	rk->sport = be->port ? be->port : pkt->key.dport;
-	rk->dport = nat_port;
-	rk->proto = pkt->key.proto;
-	rk->family = pkt->key.family;
-	rk->pad = 0;
+	return (__u32)knobs.nat_port_max - knobs.nat_port_min + 1;
 }
 
-/* A NAT port request: the reply key (dport filled per candidate) and the
- * reverse entry to publish. */
-struct nat_req {
-	struct flow_key rk;
-	struct nat_state ns;
-	__u32 hash;
-	__u32 pad;
-	__u64 now;
+/* The NAT port (network order) of the entry at `idx` of the NAT region. */
+static __always_inline __u16 nat_port_of(__u32 idx)
+{
+	return bpf_htons(knobs.nat_port_min + idx / FLOW_WAYS);
+}
+
+static __always_inline int flow_stale(const struct flow_entry *e, __u32 now)
+{
+	return (__u32)(now - e->last_seen) > (__u32)flow_timeout(e->proto, e->flags);
+}
+
+static __always_inline int flow_match(const struct flow_entry *e, const struct flow_key *k)
+{
+	return e->src[0] == k->src[0] && e->dst[0] == k->dst[0] &&
+	       *(__u32 *)&e->sport == *(__u32 *)&k->sport && e->proto == k->proto &&
+	       e->family == k->family && e->src[1] == k->src[1] && e->src[2] == k->src[2] &&
+	       e->src[3] == k->src[3] && e->dst[1] == k->dst[1] && e->dst[2] == k->dst[2] &&
+	       e->dst[3] == k->dst[3];
+}
+
+/* Index of flow `k` in the set whose first entry is `first`, or FLOW_NONE;
+ * *spill: the set's SET_F_SPILL. */
+static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 *spill)
+{
+	int w;
+
+#pragma unroll
+	for (w = 0; w < FLOW_WAYS; w++) {
+		struct flow_entry *e = flow_at(first + w);
+
+		if (!e)
+			return FLOW_NONE;
+		if (w == 0)
+			*spill = e->set_flags & SET_F_SPILL;
+		if (!e->family)
+			return FLOW_NONE;
+		if (flow_match(e, k))
+			return first + w;
+	}
+	return FLOW_NONE;
+}
+
+/* The entry of flow `k` (flow hash `hash`) of a NAT VIP (nat != 0) or of
+ * another mode: its index, or FLOW_NONE. A global function. */
+__attribute__((noinline)) int flow_find(const struct flow_key *k, __u32 hash, __u32 nat)
+{
+	__u8 spill = 0;
+	__u32 s;
+	int idx;
+
+	if (!k)
+		return FLOW_NONE;
+	if (!nat)
+		return set_find(k, (nat_sets() + (hash & (knobs.ct_sets - 1))) * FLOW_WAYS, &spill);
+	s = hash % nat_sets();
+	idx = set_find(k, s * FLOW_WAYS, &spill);
+	if (idx != FLOW_NONE || !spill)
+		return idx;
+	s = s + 1 == nat_sets() ? 0 : s + 1;
+	return set_find(k, s * FLOW_WAYS, &spill);
+}
+
+/* A backend's reply on a NAT flow (`k`: backend -> SNAT address:NAT port):
+ * the flow's index, or FLOW_NONE. A global function. */
+__attribute__((noinline)) int nat_reply_find(const struct flow_key *k)
+{
+	__u32 port, first, tag;
+	int w;
+
+	if (!k)
+		return FLOW_NONE;
+	port = bpf_ntohs(k->dport);
+	if (port < knobs.nat_port_min || port > knobs.nat_port_max)
+		return FLOW_NONE;
+	first = (port - knobs.nat_port_min) * FLOW_WAYS;
+	tag = reply_tag(k->src, k->sport, k->dst, k->proto, knobs.hash_seed);
+	for (w = 0; w < FLOW_WAYS; w++) {
+		struct flow_entry *e = flow_at(first + w);
+		struct backend *be;
+
+		if (!e || !e->family)
+			return FLOW_NONE;
+		if (e->reply_tag != tag || e->proto != k->proto || e->family != k->family)
+			continue;
+		be = bpf_map_lookup_elem(&backends, &e->backend_id);
+		if (be && be->addr[0] == k->src[0] && be->addr[1] == k->src[1] &&
+		    be->addr[2] == k->src[2] && be->addr[3] == k->src[3] &&
+		    (be->port ? be->port : e->dport) == k->sport &&
+		    be->snat_addr[0] == k->dst[0] && be->snat_addr[1] == k->dst[1] &&
+		    be->snat_addr[2] == k->dst[2] && be->snat_addr[3] == k->dst[3])
+			return first + w;
+	}
+	return FLOW_NONE;
+}
+
+/* A new flow: the entry to publish and what its way is chosen by. */
+struct flow_new {
+	struct flow_entry e; /* key, flags, backend_id, reply_tag, client_* filled */
+	__u32 hash;          /* flow hash */
+	__u32 now;           /* jiffies */
 };
 
-static __always_inline int nat_same_client(const struct nat_state *a, const struct nat_state *b)
+/* Take the way at `idx` (last_seen `seen` when it was judged free) and publish
+ * `n` in it: 0, or -1 when another CPU took it first. The compare-and-swap is
+ * on last_seen and reply_tag (one aligned 8-byte word: 64-bit atomics are in
+ * every BPF instruction set version). */
+static __always_inline int flow_publish(__u32 idx, __u32 seen, const struct flow_new *n)
 {
-	return a->client_port == b->client_port && a->vip_port == b->vip_port &&
-	       a->client[0] == b->client[0] && a->client[1] == b->client[1] &&
-	       a->client[2] == b->client[2] && a->client[3] == b->client[3] &&
-	       a->vip[0] == b->vip[0] && a->vip[1] == b->vip[1] && a->vip[2] == b->vip[2] &&
-	       a->vip[3] == b->vip[3];
-}
+	struct flow_entry *e = flow_at(idx);
+	__u64 old, new;
 
-/* Pick a NAT port for a new flow and publish its reverse entry. Candidates are
- * derived from the flow hash, so a flow that lost its conntrack entry gets the
- * same port again. Returns the port (network order), 0 when all are busy.
- * A global function: verified once, its loop does not multiply the caller's
- * states. */
-__attribute__((noinline)) int alloc_nat_port(struct nat_req *r)
-{
-	__u32 range, i;
-
-	if (!r)
-		return 0;
-	range = (__u32)knobs.nat_port_max - knobs.nat_port_min + 1;
-	for (i = 0; i < 2 * NAT_TRIES; i++) {
-		/* hash-derived candidates first (a flow that lost its conntrack entry gets
-		 * its port back), then random ones (a retransmitted SYN does not retry the
-		 * same busy ports) */
-		__u32 pick = i < NAT_TRIES ? r->hash + i * H_P1 : bpf_get_prandom_u32();
-		__u16 host_port = knobs.nat_port_min + pick % range;
-		__u16 port = bpf_htons(host_port);
-		struct nat_state *cur;
-
-		if (test_bit(runtime.port_bits, host_port))
-			continue; /* a VIP port: replies to it would look like new flows */
-		r->rk.dport = port;
-		if (!bpf_map_update_elem(&nat_rev, &r->rk, &r->ns, BPF_NOEXIST))
-			return port;
-		cur = bpf_map_lookup_elem(&nat_rev, &r->rk);
-		if (cur && !nat_same_client(cur, &r->ns) &&
-		    r->now - cur->last_seen <= flow_timeout(r->rk.proto, cur->flags))
-			continue; /* live flow of another client */
-		if (!bpf_map_update_elem(&nat_rev, &r->rk, &r->ns, BPF_ANY))
-			return port;
-	}
+	if (!e)
+		return -1;
+	old = ((__u64)e->reply_tag << 32) | seen;
+	new = ((__u64)n->e.reply_tag << 32) | n->now;
+	if (__sync_val_compare_and_swap(
+		    (__u64 *)((void *)e + __builtin_offsetof(struct flow_entry, last_seen)), old,
+		    new) != old)
+		return -1;
+	__builtin_memcpy(e->src, n->e.src, sizeof(e->src));
+	__builtin_memcpy(e->dst, n->e.dst, sizeof(e->dst));
+	e->sport = n->e.sport;
+	e->dport = n->e.dport;
+	e->proto = n->e.proto;
+	e->flags = n->e.flags;
+	e->backend_id = n->e.backend_id;
+	e->client_ifindex = n->e.client_ifindex;
+	__builtin_memcpy(e->client_mac, n->e.client_mac, sizeof(e->client_mac));
+	e->family = n->e.family; /* last: a never-used way becomes visible whole */
 	return 0;
 }
 
-/* Prepare the NAT request of a new flow of `pkt` to backend `be`. */
-static __always_inline void nat_request(struct xdp_md *ctx, struct nat_req *r,
-					const struct packet *pkt,
-					const struct vip_info *vip, __u32 be_id,
-					const struct backend *be, __u32 hash, __u64 now)
+/* A way for new NAT flow `n` in the set starting at `first`: a stale way with
+ * the same reply tuple (replies must find one flow only), else the first
+ * never-used or stale way; FLOW_NONE when the set is full or a live flow has
+ * the same reply tuple. *seen: the way's last_seen. */
+static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, __u32 *seen)
 {
-	nat_key(&r->rk, pkt, vip, be, 0);
-	__builtin_memcpy(r->ns.client, pkt->key.src, sizeof(r->ns.client));
-	__builtin_memcpy(r->ns.vip, pkt->key.dst, sizeof(r->ns.vip));
-	r->ns.client_port = pkt->key.sport;
-	r->ns.vip_port = pkt->key.dport;
-	struct ethhdr *eth = (void *)(long)ctx->data;
+	int w, pick = FLOW_NONE, same = FLOW_NONE;
+	__u32 pick_seen = 0, same_seen = 0;
 
-	if ((void *)(eth + 1) <= (void *)(long)ctx->data_end)
-		__builtin_memcpy(r->ns.client_mac, eth->h_source, ETH_ALEN);
-	r->ns.vip_id = vip->vip_id;
-	r->ns.backend_id = be_id;
-	r->ns.client_ifindex = pkt->ifindex;
-	r->ns.flags = closing_flag(pkt);
-	r->ns.last_seen = now;
-	r->hash = hash;
-	r->now = now;
+	for (w = 0; w < FLOW_WAYS; w++) {
+		__u32 idx = first + w;
+		struct flow_entry *e = flow_at(idx);
+		int stale;
+
+		if (!e)
+			return FLOW_NONE;
+		stale = !e->family || flow_stale(e, n->now);
+		if (e->family && e->reply_tag == n->e.reply_tag) {
+			if (!stale)
+				return FLOW_NONE;
+			if (same == FLOW_NONE) {
+				same = idx;
+				same_seen = e->last_seen;
+			}
+		}
+		if (stale && pick == FLOW_NONE) {
+			pick = idx;
+			pick_seen = e->last_seen;
+		}
+		if (!e->family)
+			break;
+	}
+	if (same != FLOW_NONE) {
+		*seen = same_seen;
+		return same;
+	}
+	*seen = pick_seen;
+	return pick;
 }
 
-/* Keep a live NAT flow's reverse entry fresh and make sure it is still ours
- * (it may have been evicted, or reclaimed after an idle timeout). Returns 0 if
- * the flow must be re-established. Runs at most once a second per flow. */
-static __always_inline int refresh_nat(const struct packet *pkt, const struct vip_info *vip,
-				       struct flow_state *fs, const struct backend *be, __u64 now,
-				       __u8 flags)
+/* A way for new NAT flow `n`: its index (the port is its set), FLOW_NONE when
+ * both of its sets are full. A global function. */
+__attribute__((noinline)) int nat_claim(struct flow_new *n)
 {
-	struct nat_state *cur;
-	struct flow_key rk;
+	__u32 s, seen = 0, i, t;
+	int idx;
 
-	nat_key(&rk, pkt, vip, be, fs->nat_port);
-	cur = bpf_map_lookup_elem(&nat_rev, &rk);
-	if (!cur || !nat_owned_by(cur, &pkt->key))
-		return 0;
-	cur->last_seen = now;
-	cur->flags = flags;
-	return 1;
+	if (!n)
+		return FLOW_NONE;
+	s = n->hash % nat_sets();
+	for (i = 0; i < 2; i++) { /* the flow's set, then the next one */
+		struct flow_entry *first;
+
+		for (t = 0; t < 2; t++) { /* again if another CPU took the way first */
+			if (test_bit(runtime.port_bits, knobs.nat_port_min + s))
+				break; /* a VIP port: replies to it would look like new flows */
+			idx = nat_set_pick(n, s * FLOW_WAYS, &seen);
+			if (idx == FLOW_NONE)
+				break;
+			if (!flow_publish(idx, seen, n))
+				return idx;
+		}
+		first = flow_at(s * FLOW_WAYS);
+		if (!first || i)
+			return FLOW_NONE;
+		if (!(first->set_flags & SET_F_SPILL))
+			first->set_flags |= SET_F_SPILL;
+		s = s + 1 == nat_sets() ? 0 : s + 1;
+	}
+	return FLOW_NONE;
+}
+
+/* A flow whose backend was removed gives up its entry (re-selected as new):
+ * it matches no packet and is free to reuse. */
+static __always_inline void flow_retire(struct flow_entry *e, __u32 now)
+{
+	e->proto = 0;
+	e->last_seen = now - 0x80000000u;
+}
+
+/* A way for new conntrack flow `n`: the first never-used or stale way, else a
+ * live flow's (way by hash: evicted, counted). A global function. */
+__attribute__((noinline)) int ct_claim(struct flow_new *n)
+{
+	__u32 first, seen = 0, t;
+	int w, idx;
+
+	if (!n)
+		return FLOW_NONE;
+	first = (nat_sets() + (n->hash & (knobs.ct_sets - 1))) * FLOW_WAYS;
+	for (t = 0; t < 2; t++) {
+		idx = FLOW_NONE;
+		for (w = 0; w < FLOW_WAYS; w++) {
+			struct flow_entry *e = flow_at(first + w);
+
+			if (!e)
+				return FLOW_NONE;
+			if (!e->family || flow_stale(e, n->now)) {
+				idx = first + w;
+				seen = e->last_seen;
+				break;
+			}
+		}
+		if (idx == FLOW_NONE) {
+			struct flow_entry *e;
+
+			idx = first + (n->hash >> 30) % FLOW_WAYS;
+			e = flow_at(idx);
+			if (!e)
+				return FLOW_NONE;
+			seen = e->last_seen;
+			if (!flow_publish(idx, seen, n)) {
+				count_stat(ST_CT_FULL, 0);
+				return idx;
+			}
+			continue;
+		}
+		if (!flow_publish(idx, seen, n))
+			return idx;
+	}
+	return FLOW_NONE;
+}
+
+/* Keep a live flow's entry fresh: last_seen and the closing flag, rewritten at
+ * most every runtime.refresh (a clean cache line stays clean). */
+static __always_inline void flow_touch(struct flow_entry *e, __u32 now, __u8 closing)
+{
+	if ((__u32)(now - e->last_seen) >= (__u32)runtime.refresh ||
+	    (e->flags | closing) != e->flags) {
+		e->last_seen = now;
+		e->flags |= closing;
+	}
 }
 
 #endif

@@ -21,26 +21,41 @@ static __always_inline __u32 hash_round(__u32 h, __u32 w)
 	return rotl32(h + w * H_P2, 13) * H_P1;
 }
 
-static __always_inline __u32 hash_flow(const struct flow_key *k, __u32 seed)
+static __always_inline __u32 hash_tuple(const __u32 *src, const __u32 *dst, __u32 ports,
+					 __u8 proto, __u32 seed)
 {
 	__u32 h = seed + H_P3;
 
-	h = hash_round(h, k->src[0]);
-	h = hash_round(h, k->src[1]);
-	h = hash_round(h, k->src[2]);
-	h = hash_round(h, k->src[3]);
-	h = hash_round(h, k->dst[0]);
-	h = hash_round(h, k->dst[1]);
-	h = hash_round(h, k->dst[2]);
-	h = hash_round(h, k->dst[3]);
-	h = hash_round(h, (__u32)k->sport | ((__u32)k->dport << 16));
-	h = hash_round(h, k->proto);
+	h = hash_round(h, src[0]);
+	h = hash_round(h, src[1]);
+	h = hash_round(h, src[2]);
+	h = hash_round(h, src[3]);
+	h = hash_round(h, dst[0]);
+	h = hash_round(h, dst[1]);
+	h = hash_round(h, dst[2]);
+	h = hash_round(h, dst[3]);
+	h = hash_round(h, ports);
+	h = hash_round(h, proto);
 	h ^= h >> 15;
 	h *= H_P2;
 	h ^= h >> 13;
 	h *= H_P3;
 	h ^= h >> 16;
 	return h;
+}
+
+static __always_inline __u32 hash_flow(const struct flow_key *k, __u32 seed)
+{
+	return hash_tuple(k->src, k->dst, (__u32)k->sport | ((__u32)k->dport << 16), k->proto,
+			  seed);
+}
+
+/* Tag of a NAT flow's reply tuple, its port left out (the port is the set):
+ * hash_flow of (backend, its port) -> (SNAT address, port 0). */
+static __always_inline __u32 reply_tag(const __u32 *be, __u16 be_port, const __u32 *snat,
+				       __u8 proto, __u32 seed)
+{
+	return hash_tuple(be, snat, be_port, proto, seed);
 }
 
 #endif

@@ -9,6 +9,7 @@
 #define XDPLB_ICMP_H
 
 #include "csum.h"
+#include "flow.h"
 #include "forward.h"
 #include "maps.h"
 #include "parse.h"
@@ -160,14 +161,14 @@ static __always_inline int icmp_xlate(struct xdp_md *ctx, const struct packet *p
 /* An ICMP error sent to a VIP about a client's flow: to the flow's backend. */
 static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pkt,
 					   const struct icmp_err *e, const struct flow_key *fk,
-					   const struct flow_state *fs)
+					   const struct vip_info *vip, __u32 idx)
 {
-	struct vip_info *vip = lookup_vip(fk);
-	struct backend *be = lookup_backend(fs->backend_id);
+	struct flow_entry *f = flow_at(idx);
+	struct backend *be = f ? lookup_backend(f->backend_id) : 0;
 	__u32 stat = ST_ICMP_FWD;
 	int action;
 
-	if (!vip || !be)
+	if (!be)
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	if (vip->mode == XDPLB_MODE_NAT) {
 		/* the embedded packet as the backend sent it: backend -> snat:port */
@@ -176,7 +177,7 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pk
 		__builtin_memcpy(in.src, be->addr, sizeof(in.src));
 		__builtin_memcpy(in.dst, vip->snat_addr, sizeof(in.dst));
 		in.sport = be->port ? be->port : fk->dport;
-		in.dport = fs->nat_port;
+		in.dport = nat_port_of(idx);
 		if (icmp_xlate(ctx, pkt, e, pkt->key.src, be->addr, &in))
 			return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
 	}
@@ -189,19 +190,24 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pk
 
 /* An ICMP error a backend sent about a NAT flow: back to the client. */
 static __always_inline int icmp_to_client(struct xdp_md *ctx, struct packet *pkt,
-					  const struct icmp_err *e, const struct nat_state *ns)
+					  const struct icmp_err *e, __u32 idx)
 {
 	struct flow_key in = {}; /* the embedded packet as the client sent it */
-	__u32 stat = ST_ICMP_REPLY;
+	struct flow_entry *f = flow_at(idx);
+	__u32 stat = ST_ICMP_REPLY, client[4], vip[4];
 	int action;
 
-	__builtin_memcpy(in.src, ns->client, sizeof(in.src));
-	__builtin_memcpy(in.dst, ns->vip, sizeof(in.dst));
-	in.sport = ns->client_port;
-	in.dport = ns->vip_port;
-	if (icmp_xlate(ctx, pkt, e, ns->vip, ns->client, &in))
+	if (!f)
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	__builtin_memcpy(client, f->src, sizeof(client));
+	__builtin_memcpy(vip, f->dst, sizeof(vip));
+	__builtin_memcpy(in.src, client, sizeof(in.src));
+	__builtin_memcpy(in.dst, vip, sizeof(in.dst));
+	in.sport = f->sport;
+	in.dport = f->dport;
+	if (icmp_xlate(ctx, pkt, e, vip, client, &in))
 		return verdict(pkt, ST_PASS_MALFORMED, XDP_PASS);
-	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
+	action = xmit_mac(ctx, f->client_mac, f->client_ifindex, &stat);
 	return verdict(pkt, stat, action);
 }
 
@@ -210,9 +216,9 @@ static __always_inline int icmp_to_client(struct xdp_md *ctx, struct packet *pkt
 __attribute__((noinline)) int process_icmp(struct xdp_md *ctx, struct packet *pkt)
 {
 	struct icmp_err e = {};
-	struct flow_state *fs;
-	struct nat_state *ns;
+	struct vip_info *vip;
 	struct flow_key fk;
+	int idx;
 
 	if (!pkt)
 		return XDP_PASS;
@@ -223,12 +229,15 @@ __attribute__((noinline)) int process_icmp(struct xdp_md *ctx, struct packet *pk
 	    pkt->key.dst[3] != e.inner.src[3])
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	reverse_tuple(&fk, &e.inner);
-	fs = bpf_map_lookup_elem(&conntrack, &fk);
-	if (fs)
-		return icmp_to_backend(ctx, pkt, &e, &fk, fs);
-	ns = bpf_map_lookup_elem(&nat_rev, &fk);
-	if (ns)
-		return icmp_to_client(ctx, pkt, &e, ns);
+	vip = lookup_vip(&fk);
+	if (vip) {
+		idx = flow_find(&fk, hash_flow(&fk, knobs.hash_seed), vip->mode == XDPLB_MODE_NAT);
+		if (idx != FLOW_NONE)
+			return icmp_to_backend(ctx, pkt, &e, &fk, vip, idx);
+	}
+	idx = nat_reply_find(&fk);
+	if (idx != FLOW_NONE)
+		return icmp_to_client(ctx, pkt, &e, idx);
 	return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 }
 

@@ -14,71 +14,95 @@
 #include "stats.h"
 #include "trace.h"
 
-/* The flow's backend: kept from conntrack, else chosen by Maglev. */
-static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct packet *pkt, struct vip_info *vip,
-						    struct flow_state *out, __u32 *stat)
-{
-	__u64 now = bpf_jiffies64();
-	__u8 closing = closing_flag(pkt);
-	struct flow_state *fs = 0;
-	struct backend *be;
-	__u32 hash;
+/* What a client's packet goes to. */
+struct flow_pick {
+	__u32 backend_id;
+	__u16 nat_port; /* network order; 0 unless NAT */
+	__u16 pad;
+};
 
-	if (!(vip->flags & VIP_F_UDP_STATELESS) || pkt->key.proto != IPPROTO_UDP)
-		fs = bpf_map_lookup_elem(&conntrack, &pkt->key);
-	if (fs) {
-		be = lookup_backend(fs->backend_id);
-		if (!be && (vip->flags & VIP_F_RESET_REMOVED)) {
+/* The flow's backend: kept from the flow table, else chosen by Maglev (and, in
+ * NAT mode, a NAT port taken). out: backend id and NAT port. */
+static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct packet *pkt,
+						    struct vip_info *vip, struct flow_pick *out,
+						    __u32 *stat)
+{
+	__u32 now = bpf_jiffies64(), nat = vip->mode == XDPLB_MODE_NAT;
+	__u32 hash = hash_flow(&pkt->key, knobs.hash_seed);
+	__u8 closing = closing_flag(pkt);
+	struct flow_entry *e = 0;
+	struct flow_new n = {};
+	struct backend *be;
+	int idx = FLOW_NONE;
+
+	if (!(vip->flags & VIP_F_UDP_STATELESS) || pkt->key.proto != IPPROTO_UDP) {
+		idx = flow_find(&pkt->key, hash, nat);
+		e = idx == FLOW_NONE ? 0 : flow_at(idx);
+	}
+	if (e) {
+		be = lookup_backend(e->backend_id);
+		if (be) {
+			flow_touch(e, now, closing);
+			out->backend_id = e->backend_id;
+			out->nat_port = nat ? nat_port_of(idx) : 0;
+			*stat = ST_FWD_EST;
+			return be;
+		}
+		if (vip->flags & VIP_F_RESET_REMOVED) {
 			*stat = ST_DROP_REMOVED;
 			return 0;
 		}
-		if (!be) {
-			count_stat(ST_RESELECT, 0);
-		} else if (now - fs->last_seen < runtime.refresh && (fs->flags | closing) == fs->flags) {
-			*out = *fs;
-			*stat = ST_FWD_EST;
-			return be;
-		} else if (vip->mode != XDPLB_MODE_NAT ||
-			   refresh_nat(pkt, vip, fs, be, now, fs->flags | closing)) {
-			fs->last_seen = now;
-			fs->flags |= closing;
-			*out = *fs;
-			*stat = ST_FWD_EST;
-			return be;
-		}
+		count_stat(ST_RESELECT, 0);
 	}
 
-	hash = hash_flow(&pkt->key, knobs.hash_seed);
 	out->backend_id = select_backend(vip, hash);
 	be = lookup_backend(out->backend_id);
 	if (!be) {
 		*stat = ST_DROP_NO_BACKEND;
 		return 0;
 	}
-	out->nat_port = 0;
-	if (vip->mode == XDPLB_MODE_NAT) {
-		struct nat_req req = {};
-
-		nat_request(ctx, &req, pkt, vip, out->backend_id, be, hash, now);
-		out->nat_port = alloc_nat_port(&req);
-		if (!out->nat_port) {
-			*stat = ST_DROP_NAT_FULL;
-			return 0;
-		}
-	}
-	out->flags = closing;
-	out->last_seen = now;
 	*stat = ST_FWD_NEW;
-	if (!(vip->flags & VIP_F_UDP_STATELESS) || pkt->key.proto != IPPROTO_UDP)
-		if (bpf_map_update_elem(&conntrack, &pkt->key, out, BPF_ANY))
-			count_stat(ST_CT_FULL, 0);
+	out->nat_port = 0;
+	if (e && !nat) { /* re-selected: the entry stays, with its new backend */
+		e->backend_id = out->backend_id;
+		flow_touch(e, now, closing);
+		return be;
+	}
+	if (e)
+		flow_retire(e, now); /* NAT: its reply tuple changes, so must its way */
+	if ((vip->flags & VIP_F_UDP_STATELESS) && pkt->key.proto == IPPROTO_UDP)
+		return be;
+	__builtin_memcpy(&n.e, &pkt->key, __builtin_offsetof(struct flow_key, pad));
+	n.e.flags = closing;
+	n.e.backend_id = out->backend_id;
+	n.hash = hash;
+	n.now = now;
+	if (!nat) {
+		ct_claim(&n);
+		return be;
+	}
+	n.e.reply_tag = reply_tag(be->addr, be->port ? be->port : pkt->key.dport, vip->snat_addr,
+				  pkt->key.proto, knobs.hash_seed);
+	n.e.client_ifindex = pkt->ifindex;
+	{
+		struct ethhdr *eth = (void *)(long)ctx->data;
+
+		if ((void *)(eth + 1) <= (void *)(long)ctx->data_end)
+			__builtin_memcpy(n.e.client_mac, eth->h_source, ETH_ALEN);
+	}
+	idx = nat_claim(&n);
+	if (idx == FLOW_NONE) {
+		*stat = ST_DROP_NAT_FULL;
+		return 0;
+	}
+	out->nat_port = nat_port_of(idx);
 	return be;
 }
 
 /* Client -> VIP. */
 static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struct vip_info *vip)
 {
-	struct flow_state fs = {};
+	struct flow_pick fs = {};
 	__u32 stat, vip_id = vip->vip_id;
 	struct backend *be = flow_backend(ctx, pkt, vip, &fs, &stat);
 	const __u32 *dst = pkt->key.dst;
@@ -111,35 +135,34 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 	return verdict(pkt, stat, action);
 }
 
-/* Backend -> snat:port, a reply on a NAT flow: translate back to the client. */
-static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt,
-				       struct nat_state *ns)
+/* Backend -> snat:port, a reply on the NAT flow at `idx`: back to the client. */
+static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt, __u32 idx)
 {
-	__u32 stat = ST_REPLY, client[4], vip[4];
-	__u8 closing = closing_flag(pkt);
+	struct flow_entry *e = flow_at(idx);
+	__u32 stat = ST_REPLY, client[4], vip[4], be_id;
 	__u16 cport, vport;
+	struct backend *be;
 	int action;
-	__u64 now;
 
-	now = bpf_jiffies64();
-	if (now - ns->last_seen >= runtime.refresh || (ns->flags | closing) != ns->flags) {
-		ns->last_seen = now;
-		ns->flags |= closing;
-	}
-	__builtin_memcpy(client, ns->client, sizeof(client));
-	__builtin_memcpy(vip, ns->vip, sizeof(vip));
-	cport = ns->client_port;
-	vport = ns->vip_port;
+	if (!e)
+		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
+	flow_touch(e, bpf_jiffies64(), closing_flag(pkt));
+	__builtin_memcpy(client, e->src, sizeof(client));
+	__builtin_memcpy(vip, e->dst, sizeof(vip));
+	cport = e->sport;
+	vport = e->dport;
+	be_id = e->backend_id;
 	if (rewrite_tuple(ctx, pkt, vip, client, vport, cport))
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
-	action = xmit_mac(ctx, ns->client_mac, ns->client_ifindex, &stat);
-	count_obj(&be_stats, ns->backend_id, pkt->frame_len, 0);
-	trace_decision(pkt, client, cport, ns->vip_id, ns->backend_id, action, stat);
+	action = xmit_mac(ctx, e->client_mac, e->client_ifindex, &stat);
+	count_obj(&be_stats, be_id, pkt->frame_len, 0);
+	be = bpf_map_lookup_elem(&backends, &be_id);
+	trace_decision(pkt, client, cport, be ? be->vip_id : 0, be_id, action, stat);
 	return verdict(pkt, stat, action);
 }
 
 /* Could this be a backend's reply to a NAT port? (VIP ports inside the NAT range
- * pay one more lookup; new NAT ports are never VIP ports.) */
+ * pay one more probe; NAT ports are never VIP ports.) */
 static __always_inline int is_nat_reply(const struct packet *pkt)
 {
 	__u16 port = bpf_ntohs(pkt->key.dport);

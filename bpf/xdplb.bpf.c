@@ -31,10 +31,10 @@ __attribute__((noinline)) int process_packet(struct xdp_md *ctx, struct packet *
 	/* a reply to a NAT port first: a port-0 VIP on the SNAT address would
 	 * otherwise take it for a new flow */
 	if (is_nat_reply(pkt)) {
-		struct nat_state *ns = bpf_map_lookup_elem(&nat_rev, &pkt->key);
+		int idx = nat_reply_find(&pkt->key);
 
-		if (ns)
-			return reverse_nat(ctx, pkt, ns);
+		if (idx != FLOW_NONE)
+			return reverse_nat(ctx, pkt, idx);
 	}
 	vip = pkt->maybe_vip ? lookup_vip(&pkt->key) : 0;
 	if (vip)

@@ -136,8 +136,9 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True, vip_id: int
     if b.ifindex:
         flags |= abi.BE_F_REDIRECT
     port = abi.htons(b.port) if vip.mode == "nat" and b.port else 0
+    snat, _ = abi.pack_addr(vip.snat or vip.address)
     return abi.Backend(addr=addr, mac=mac, port=port, family=family, flags=flags,
-                       ifindex=b.ifindex, vip_id=vip_id)
+                       ifindex=b.ifindex, vip_id=vip_id, snat_addr=snat)
 
 
 class LoadBalancer:

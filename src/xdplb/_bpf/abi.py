@@ -21,6 +21,8 @@ BE_F_MAC = 1 << 1
 BE_F_REDIRECT = 1 << 2
 
 FLOW_F_CLOSING = 1 << 0
+SET_F_SPILL = 1 << 0
+FLOW_WAYS = 4
 
 Addr = C.c_uint8 * 16
 
@@ -64,6 +66,7 @@ class Backend(C.Structure):
         ("pad", C.c_uint16),
         ("ifindex", C.c_uint32),
         ("vip_id", C.c_uint32),
+        ("snat_addr", Addr),
     ]
 
 
@@ -83,30 +86,24 @@ class FlowKey(C.Structure):
     ]
 
 
-class FlowState(C.Structure):
-    _fields_ = [
-        ("backend_id", C.c_uint32),
-        ("nat_port", C.c_uint16),
-        ("flags", C.c_uint8),
-        ("pad", C.c_uint8),
-        ("last_seen", C.c_uint64),
-    ]
+class FlowEntry(C.Structure):
+    """One entry (64 bytes) of the `flows` table (bpf/flow.h)."""
 
-
-class NatState(C.Structure):
     _fields_ = [
-        ("client", Addr),
-        ("vip", Addr),
-        ("client_port", C.c_uint16),
-        ("vip_port", C.c_uint16),
-        ("client_mac", C.c_uint8 * 6),
+        ("src", Addr),
+        ("dst", Addr),
+        ("sport", C.c_uint16),
+        ("dport", C.c_uint16),
+        ("proto", C.c_uint8),
+        ("family", C.c_uint8),
         ("flags", C.c_uint8),
-        ("pad", C.c_uint8),
-        ("vip_id", C.c_uint32),
+        ("set_flags", C.c_uint8),
+        ("last_seen", C.c_uint32),
+        ("reply_tag", C.c_uint32),
         ("backend_id", C.c_uint32),
         ("client_ifindex", C.c_uint32),
-        ("pad2", C.c_uint32),
-        ("last_seen", C.c_uint64),
+        ("client_mac", C.c_uint8 * 6),
+        ("pad", C.c_uint16),
     ]
 
 
@@ -158,7 +155,8 @@ class LbKnobs(C.Structure):
         ("nat_port_max", C.c_uint16),
         ("frag_drop", C.c_uint8),
         ("csum_fixup", C.c_uint8),
-        ("pad", C.c_uint8 * 6),
+        ("pad", C.c_uint8 * 2),
+        ("ct_sets", C.c_uint32),
     ]
 
 
@@ -227,8 +225,7 @@ MIRRORS = {
     "backend": Backend,
     "if_mac": IfMac,
     "flow_key": FlowKey,
-    "flow_state": FlowState,
-    "nat_state": NatState,
+    "flow_entry": FlowEntry,
     "counter": Counter,
     "obj_stats": ObjStats,
     "lb_knobs": LbKnobs,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import errno
+import mmap
 import os
 import socket
 import time
@@ -27,18 +28,18 @@ class Sizes:
 
     max_vips: int = 4096
     max_backends: int = 65536
-    conntrack: int = 1 << 20
+    conntrack: int = 1 << 20  # flows of non-NAT VIPs (NAT flows: ports x FLOW_WAYS)
 
-    def as_max_entries(self) -> dict[str, int]:
+    def as_max_entries(self, knobs: Knobs | None = None) -> dict[str, int]:
+        k = knobs or Knobs()
         return {
+            "flows": (k.nat_sets() + k.ct_sets_for(self.conntrack)) * abi.FLOW_WAYS,
             "vips": self.max_vips,
             "vip_addrs": self.max_vips,
             "rings": self.max_vips,
             "vip_stats": self.max_vips,
             "backends": self.max_backends,
             "be_stats": self.max_backends,
-            "conntrack": self.conntrack,
-            "nat_rev": self.conntrack,
         }
 
 
@@ -56,14 +57,28 @@ class Knobs:
     closing_timeout_s: float = 10.0
     udp_timeout_s: float = 30.0
     refresh_s: float = 1.0
+    ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
 
-    def pack(self) -> bytes:
+    def nat_sets(self) -> int:
+        """Sets of the NAT region of `flows`: one per NAT port."""
+        return self.nat_port_max - self.nat_port_min + 1
+
+    def ct_sets_for(self, conntrack: int) -> int:
+        """Sets of the conntrack region: `ct_sets`, else enough for `conntrack` flows
+        (a power of two)."""
+        if self.ct_sets:
+            return self.ct_sets
+        want = max(1, -(-conntrack // abi.FLOW_WAYS))
+        return 1 << (want - 1).bit_length()
+
+    def pack(self, ct_sets: int | None = None) -> bytes:
         k = abi.LbKnobs(
             hash_seed=self.hash_seed & 0xFFFFFFFF,
             nat_port_min=self.nat_port_min,
             nat_port_max=self.nat_port_max,
             frag_drop=int(self.frag_drop),
             csum_fixup=int(self.csum_fixup),
+            ct_sets=ct_sets or self.ct_sets_for(Sizes().conntrack),
         )
         return bytes(k)
 
@@ -73,6 +88,8 @@ class Knobs:
         rt.closing_timeout = int(self.closing_timeout_s * hz)
         rt.udp_timeout = int(self.udp_timeout_s * hz)
         rt.refresh = max(1, int(self.refresh_s * hz))
+        for name in ("tcp_timeout", "closing_timeout", "udp_timeout"):
+            setattr(rt, name, min(getattr(rt, name), 0x7FFFFFFF))  # flow ages are 32-bit
 
 
 _TYPES = {
@@ -80,8 +97,7 @@ _TYPES = {
     "vip_slots": (C.c_uint32, abi.VipSlot),
     "vip_addrs": (abi.VipKey, C.c_uint32),
     "backends": (C.c_uint32, abi.Backend),
-    "conntrack": (abi.FlowKey, abi.FlowState),
-    "nat_rev": (abi.FlowKey, abi.NatState),
+    "flows": (C.c_uint32, abi.FlowEntry),
     "stats": (C.c_uint32, abi.Counter),
     "vip_stats": (C.c_uint32, abi.ObjStats),
     "be_stats": (C.c_uint32, abi.ObjStats),
@@ -100,6 +116,7 @@ class DataPlane:
             if name in maps:
                 maps[name].key_type, maps[name].value_type = kt, vt
         self._rings: dict[int, Map] = {}
+        self._flows_mm: mmap.mmap | None = None
         self.attached: list[tuple[int, str]] = []
         self.reused: list[str] = []  # maps shared with the instance this one replaced
         self.reuse_notes: list[str] = []  # why some state did not carry over
@@ -114,12 +131,14 @@ class DataPlane:
         from . import object_path
 
         path = path or object_path("xdplb")
-        max_entries = (sizes or Sizes()).as_max_entries()
+        sizes, knobs = sizes or Sizes(), knobs or Knobs()
+        ct_sets = knobs.ct_sets_for(sizes.conntrack)
+        max_entries = sizes.as_max_entries(knobs)
         fds: dict[str, int] = {}
         notes: list[str] = []
         if reuse:
             fds, notes = reuse_plan(path, max_entries, reuse)
-        obj = BpfObject(path, max_entries=max_entries, rodata=(knobs or Knobs()).pack(),
+        obj = BpfObject(path, max_entries=max_entries, rodata=knobs.pack(ct_sets),
                         reuse_maps={(".bss" if n == "runtime" else n): fd
                                     for n, fd in fds.items()})
         try:
@@ -131,7 +150,7 @@ class DataPlane:
             dp.reused = sorted(fds)
             dp.reuse_notes = notes
             rt = dp.runtime()
-            (knobs or Knobs()).timeouts(rt, kernel_hz(obj.program("xdplb_clock")))
+            knobs.timeouts(rt, kernel_hz(obj.program("xdplb_clock")))
             dp.set_runtime(rt)
             return dp
         except Exception:
@@ -163,6 +182,10 @@ class DataPlane:
         for m in self._rings.values():
             m.close()
         self._rings.clear()
+        if self._flows_mm is not None:
+            with contextlib.suppress(BufferError):  # a caller still holds a view
+                self._flows_mm.close()
+            self._flows_mm = None
         if self._obj:
             self._obj.close()
             self._obj = None
@@ -305,6 +328,47 @@ class DataPlane:
         finally:
             inner.close()
 
+    # flow table ----------------------------------------------------------------------
+    def flow_table(self) -> np.ndarray:
+        """The `flows` map as a writable numpy record array (FLOW_DTYPE), mapped
+        into this process: reading it costs no syscall, writing to it is seen by
+        the data plane at once."""
+        m = self.maps["flows"]
+        if self._flows_mm is None:
+            size = m.max_entries * m.value_size
+            size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._flows_mm = mmap.mmap(m.fd, size, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+        return np.frombuffer(self._flows_mm, dtype=FLOW_DTYPE, count=m.max_entries)
+
+    def clear_flows(self, nat: bool = True, conntrack: bool = True) -> None:
+        """Forget the flows of the NAT region, of the conntrack region, or both."""
+        t = self.flow_table()
+        k = read_knobs(self.maps[KNOBS_PIN]) if KNOBS_PIN in self.maps else None
+        split = (k.nat_port_max - k.nat_port_min + 1) * abi.FLOW_WAYS if k else 0
+        zero = np.zeros(1, dtype=FLOW_DTYPE)
+        if nat:
+            t[:split] = zero
+        if conntrack:
+            t[split:] = zero
+
+    def flow_counts(self) -> dict[str, int]:
+        """Entries of the flow table: size, used (ever written) and live (not idle
+        beyond their timeout), for the NAT and the conntrack region."""
+        t = self.flow_table()
+        k = read_knobs(self.maps[KNOBS_PIN]) if KNOBS_PIN in self.maps else None
+        nat = (k.nat_port_max - k.nat_port_min + 1) * abi.FLOW_WAYS if k else 0
+        rt = self.runtime()
+        now = jiffies_now(rt.hz or 1000)
+        used = (t["family"] != 0) & (t["proto"] != 0)
+        age = (np.uint32(now) - t["last_seen"]).astype(np.uint64)
+        tmo = np.where((t["flags"] & abi.FLOW_F_CLOSING) != 0, rt.closing_timeout,
+                       np.where(t["proto"] == 6, rt.tcp_timeout, rt.udp_timeout))
+        live = used & (age <= tmo)
+        return {"nat_size": nat, "nat_used": int(used[:nat].sum()),
+                "nat_live": int(live[:nat].sum()), "ct_size": len(t) - nat,
+                "ct_used": int(used[nat:].sum()), "ct_live": int(live[nat:].sum())}
+
     # pinning -------------------------------------------------------------------------
     def pin(self, directory: str) -> None:
         """Pin every map and the program under `directory` (replacing stale pins)."""
@@ -333,14 +397,14 @@ class DataPlane:
         return True
 
 
-MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "conntrack", "nat_rev", "stats",
+MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "stats",
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 # State that must carry over for an in-place restart or upgrade: flows and the ids they
 # name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
 # changed.
-STATE_MAPS = ("conntrack", "nat_rev", "vips", "vip_addrs", "backends", "rings")
+STATE_MAPS = ("flows", "vips", "vip_addrs", "backends", "rings")
 # Derived state the control plane rebuilds on adopt(): never shared, so no stale entry of a
 # VIP removed while the daemon was down can survive an upgrade.
 FRESH_MAPS = ("vip_slots",)
@@ -401,6 +465,10 @@ def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]
             if not same_layout:
                 raise UpgradeError(errno.EINVAL, f"map {name} changed layout ({_diff(got, new)}); "
                                    "its state cannot carry over")
+            if got.max_entries != new.max_entries and name == "flows":
+                raise UpgradeError(errno.EINVAL, f"map flows has {got.max_entries} entries, "
+                                   f"the new instance's NAT range and conntrack size make "
+                                   f"{new.max_entries}; its state cannot carry over")
             if got.max_entries != new.max_entries:
                 notes.append(f"{name}: keeps {got.max_entries} entries (configured "
                              f"{new.max_entries}: takes effect after a full stop)")
@@ -517,6 +585,16 @@ def prog_holders(prog_id: int) -> list[int]:
     return out
 
 
+FLOW_DTYPE = np.dtype({
+    "names": [f[0] for f in abi.FlowEntry._fields_],
+    "formats": [("<u4", 4) if f[0] in ("src", "dst") else
+                ("u1", 6) if f[0] == "client_mac" else
+                {C.c_uint8: "u1", C.c_uint16: "<u2", C.c_uint32: "<u4"}[f[1]]
+                for f in abi.FlowEntry._fields_],
+    "offsets": [getattr(abi.FlowEntry, f[0]).offset for f in abi.FlowEntry._fields_],
+    "itemsize": C.sizeof(abi.FlowEntry)})
+
+
 def _read_array(m: Map) -> bytes:
     """All values of an array map, with bpf_map_lookup_batch (one call per 64k)."""
 
@@ -552,6 +630,12 @@ def _read_array(m: Map) -> bytes:
 
 
 _HZ: int | None = None
+
+
+def jiffies_now(hz: int) -> int:
+    """The kernel's jiffies (low 32 bits), from CLOCK_MONOTONIC: both count from boot,
+    jiffies from -300 s (INITIAL_JIFFIES); a few jiffies off at most."""
+    return int((time.clock_gettime(time.CLOCK_MONOTONIC) - 300) * hz) & 0xFFFFFFFF
 
 
 def kernel_hz(clock: Program) -> int:

@@ -163,8 +163,8 @@ class Step(NamedTuple):
 
 
 class Evict(NamedTuple):
-    """Not a frame: the flows' conntrack entries are lost (LRU eviction); NAT reverse
-    entries stay. Runners clear the `conntrack` map; benchmarks and pcap export skip it."""
+    """Not a frame: the conntrack region's flows (not NAT flows) are lost (evicted).
+    Runners clear that region; benchmarks and pcap export skip it."""
 
     note: str = "conntrack entries evicted"
 

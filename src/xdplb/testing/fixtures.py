@@ -7,13 +7,13 @@ Use from a conftest: ``from xdplb.testing.fixtures import *``.
 ``dataplane_pool``   session: one loaded DataPlane per knob set (loading costs ~0.5 s),
                      handed out clean.
 ``dataplane``        function: a clean DataPlane with the default knobs: no VIPs, empty
-                     conntrack and NAT tables. Counters are not reset: compare deltas.
+                     flow table. Counters are not reset: compare deltas.
 ``balancer``         function: ``balancer(vips, knobs=None) -> LoadBalancer`` configured on a
                      clean DataPlane (``lb.dp``) and unconfigured after the test.
 
 "Clean" means what a fresh load gives for everything a packet can reach: the VIPs are
 removed through the LoadBalancer that made them (rings dropped, backends inactive,
-runtime switches off) and the conntrack and nat_rev maps are emptied, so no flow state
+runtime switches off) and the flow table is emptied, so no flow state
 leaks from one test into the next. Stale entries of the `backends` array stay, but
 nothing refers to them.
 """
@@ -88,9 +88,8 @@ class DataPlanePool:
 
 
 def clear_flows(dp: DataPlane) -> None:
-    """Empty the flow tables (conntrack, nat_rev)."""
-    dp.maps["conntrack"].clear()
-    dp.maps["nat_rev"].clear()
+    """Empty the flow table (both regions)."""
+    dp.clear_flows()
 
 
 @contextlib.contextmanager

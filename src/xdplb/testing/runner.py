@@ -64,7 +64,7 @@ def run_case(dp: DataPlane, case: Case) -> list[str]:
     failures = []
     for step in case.rendered:
         if isinstance(step, Evict):
-            dp.maps["conntrack"].clear()
+            dp.clear_flows(nat=False)
             continue
         errs = problems(step, run_step(dp, step))
         if errs:
