@@ -64,7 +64,7 @@ struct {
  * entries without a syscall per entry. Sized by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, (32767 - 10000 + 1 + 65536) * FLOW_WAYS);
+	__uint(max_entries, (32767 - 10000 + 1 + 262144) * FLOW_WAYS);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct flow_entry);
@@ -123,7 +123,7 @@ const volatile struct lb_knobs knobs = {
 	.nat_port_max = 32767,
 	.frag_drop = 0,
 	.csum_fixup = 1,
-	.ct_sets = 65536,
+	.ct_sets = 262144,
 };
 volatile struct lb_runtime runtime;
 

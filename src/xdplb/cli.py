@@ -167,6 +167,9 @@ def cmd_stats(args) -> int:
     for name, (pk, by) in report["stats"].items():
         if pk:
             print(f"    {name:<18} {pk:>12} pkts {by:>14} bytes")
+    f = report["flows"]
+    print(f"  flow table: NAT {f['nat_live']} live / {f['nat_used']} used / {f['nat_size']} "
+          f"entries, conntrack {f['ct_live']} / {f['ct_used']} / {f['ct_size']}")
     for v in report["vips"]:
         print(f"  VIP {v['vip']} ({v['mode']}): {v['packets']} pkts, {v['new_flows']} flows")
     for b in report["backends"]:

@@ -113,12 +113,12 @@ def _check_counters(ifindex: int) -> list[Finding]:
         dp.close()
     hints = {
         "drop_no_backend": "a VIP without usable backends (all drained, pulled or removed)",
-        "drop_nat_full": "NAT ports exhausted: widen --nat-ports / nat_ports",
+        "drop_nat_full": "NAT ports exhausted (4 flows per port, one per backend tuple): widen --nat-ports / nat_ports",
         "drop_fib": "bpf_fib_lookup failed: give backend MACs, or enable forwarding",
         "drop_no_neigh": "backend neighbour unresolved",
         "tx_error": "redirect target missing from tx_ports (two-armed setup)",
         "pass_too_long": "partial checksums on segments too long to finish",
-        "ct_full": "conntrack inserts failing",
+        "ct_full": "conntrack sets full: live flows evicted (raise --conntrack / conntrack_size)",
     }
     for name, why in hints.items():
         n = st.get(name, (0, 0))[0]

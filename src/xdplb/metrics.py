@@ -34,6 +34,7 @@ class MetricsSnapshot:
     backends: list[tuple[str, str, dict[str, int], bool, int]] = field(default_factory=list)
     checks: dict[tuple[str, str, str], int] = field(default_factory=dict)  # vip, be, result
     reloads: dict[str, int] = field(default_factory=dict)  # result -> count
+    flows: dict[str, int] = field(default_factory=dict)  # DataPlane.flow_counts()
 
 
 def _families(snap: MetricsSnapshot):
@@ -87,6 +88,19 @@ def _families(snap: MetricsSnapshot):
     for (vip, be, result), n in snap.checks.items():
         checks.add_metric([vip, be, result], n)
     yield checks
+
+    if snap.flows:
+        size = GaugeMetricFamily("xdplb_flow_table_size", "Entries of the flow table",
+                                 labels=["region"])
+        fill = GaugeMetricFamily("xdplb_flow_table_entries", "Flow table entries in use "
+                                 "(live: not idle beyond their timeout)",
+                                 labels=["region", "state"])
+        for region in ("nat", "ct"):
+            size.add_metric([region], snap.flows.get(f"{region}_size", 0))
+            for state in ("used", "live"):
+                fill.add_metric([region, state], snap.flows.get(f"{region}_{state}", 0))
+        yield size
+        yield fill
 
     reloads = CounterMetricFamily("xdplb_reloads", "Configuration reloads", labels=["result"])
     for result, n in snap.reloads.items():

@@ -2,26 +2,44 @@
 
 Two levels:
 
-* the primitives the rest of the code already uses: `hash_flow` (hash.h),
-  `select_slot` (select.h) and `nat_port_candidates` (flow.h::alloc_nat_port);
+* the primitives the rest of the code already uses: `hash_flow` and `reply_tag`
+  (hash.h), `select_slot` (select.h) and `nat_port_candidates` (flow.h: the two
+  NAT ports a new flow may get);
 * `Model`: the whole program as plain functions over plain data. It takes the
   same frames as the XDP entry `xdplb` and returns the same verdict, the same
   output frame byte for byte, and moves the same `stats` counters (and per-VIP /
-  per-backend counters), keeping its own conntrack and NAT tables::
+  per-backend counters), keeping its own copy of the `flows` table::
 
       m = Model.from_specs(vips, knobs)          # FakeDataPlane + LoadBalancer
       action, out, stat = m.process(frame)       # XDP_TX, rewritten frame, Stat.FWD_NEW
 
   Pipeline, each step mirrored from its header: `parse` (parse.h) -> classify
   (select.h: the .bss pre-filter, the vip_slots array then the vips hash map when
-  some VIP spilled, exact VIP then port-0 wildcard; NAT replies by
-  port range and the nat table; ICMP errors as in process_icmp / icmp.h) -> flow
-  (flow.h: conntrack, NAT port allocation with its 8 candidates and the
-  free / same client / stale rules, removed backend -> re-select or reset) ->
-  rewrite (rewrite.h / csum.h: RFC 1624 incremental updates, the
-  CHECKSUM_PARTIAL detection and full recompute, UDP/IPv4 zero checksums) ->
-  next hop (forward.h::xmit_mac: configured MAC, XDP_TX out of the ingress
-  interface or XDP_REDIRECT through tx_ports / if_macs) -> counters (stats.h).
+  some VIP spilled, exact VIP then port-0 wildcard; NAT replies by port range
+  and nat_reply_find; ICMP errors as in process_icmp / icmp.h) -> flow (flow.h,
+  lb.h::flow_backend) -> rewrite (rewrite.h / csum.h: RFC 1624 incremental
+  updates, the CHECKSUM_PARTIAL detection and full recompute, UDP/IPv4 zero
+  checksums) -> next hop (forward.h::xmit_mac: configured MAC, XDP_TX out of the
+  ingress interface or XDP_REDIRECT through tx_ports / if_macs) -> counters
+  (stats.h).
+
+The flow table (`Model.flows`: index -> `FlowEntry`, an absent index is a
+never-used, all-zero entry) has the kernel's geometry: FLOW_WAYS ways per set,
+first the NAT region (`nat_sets` sets, set s <=> NAT port nat_port_min + s),
+then the conntrack region (`ct_sets` sets, a power of two) of the other modes.
+Every rule of flow.h is followed: lookups scan a set's ways in order and stop
+at the first never-used way; a NAT flow lives in set hash % nat_sets or, when
+that set's first way has SET_F_SPILL, in the next one; a new NAT flow takes a
+stale way with its own reply tag, else the first never-used or stale way, of
+its set and then of the next set (VIP ports skipped, a live flow with the same
+reply tag makes a set unusable), else is dropped (ST_DROP_NAT_FULL); a new
+conntrack flow takes the first never-used or stale way, else evicts way
+(hash >> 30) % FLOW_WAYS (ST_CT_FULL); a NAT flow whose backend was removed is
+retired (proto 0, stale) and claims a way as a new flow, a conntrack flow is
+re-selected in place; replies are found by port (the set), reply tag, protocol,
+family and the flow's backend (address, port, SNAT address). `Model.table()`
+and `flow_entries()` (over DataPlane.flow_table()) give comparable views of the
+model's and the kernel's tables.
 
 Words are read as the BPF program reads them: memory bytes loaded little-endian
 (one's complement sums do not care about byte order, but the exact 16-bit
@@ -31,26 +49,21 @@ What the model does NOT model:
 
 * time: the model has a clock (`Model.now`, jiffies, 0 by default) that never
   moves by itself; every entry it creates is stamped `now`, so with the clock
-  left alone nothing is ever stale and "refresh" happens only when a FIN/RST
-  adds the closing flag. Tests against the kernel must use timeouts (and a
-  refresh interval) far longer than the test (e.g. Knobs(tcp_timeout_s=1e6,
-  ...)). Advancing `now` by hand gives the kernel's timeout rules, but
-  `last_seen` values are not compared with the kernel's.
+  left alone nothing is ever stale (but retired entries) and "refresh" happens
+  only when a FIN/RST adds the closing flag. Tests against the kernel must use
+  timeouts (and a refresh interval) far longer than the test (e.g.
+  Knobs(tcp_timeout_s=1e6, ...)), and compare entries without `last_seen`
+  (FlowEntry.decision()): the kernel's is real jiffies. Advancing `now` by hand
+  gives the kernel's timeout rules (ages are 32-bit, as in flow.h).
 * bpf_fib_lookup: a backend without a configured MAC raises `Unmodelled`
   (after the flow state was updated, as the program would have).
-* bpf_get_prandom_u32: when the 8 hash-derived NAT port candidates are all
-  busy, alloc_nat_port tries 8 random ones. The model draws those from
-  `Model.prandom` (a seeded PRNG by default, so the model stays deterministic
-  but its random picks are not the kernel's); a differential test can plug in
-  the kernel's choice (see tests/bpf/test_differential.py).
-* LRU eviction and failed map updates (ST_CT_FULL): the tables are unbounded.
+* concurrency: the compare-and-swap of flow_publish never fails here (one CPU).
 * trace events (ring buffer).
 """
 from __future__ import annotations
 
 import ctypes as C
 import ipaddress
-import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,7 +79,9 @@ H_P1 = 0x9E3779B1
 H_P2 = 0x85EBCA77
 H_P3 = 0xC2B2AE3D
 M32 = 0xFFFFFFFF
-NAT_TRIES = 8
+FLOW_WAYS = abi.FLOW_WAYS
+SET_F_SPILL = abi.SET_F_SPILL
+AGE_MAX = 0x7FFFFFFF  # timeouts are capped like Knobs.timeouts: flow ages are 32-bit
 
 # XDP actions
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -89,10 +104,9 @@ __all__ = [
     "XDP_PASS",
     "XDP_REDIRECT",
     "XDP_TX",
+    "FlowEntry",
     "FlowKey",
-    "FlowState",
     "Model",
-    "NatState",
     "Packet",
     "Result",
     "Stat",
@@ -100,9 +114,11 @@ __all__ = [
     "addr_bit",
     "csum_fold64",
     "csum_replace",
+    "flow_entries",
     "hash_flow",
     "nat_port_candidates",
     "parse",
+    "reply_tag",
     "select_slot",
 ]
 
@@ -148,15 +164,24 @@ def hash_flow(src, dst, sport: int, dport: int, proto: int, seed: int) -> int:
     return _hash_raw(_addr16(src), _addr16(dst), sport, dport, proto, seed)
 
 
+def reply_tag(be_addr, be_port: int, snat, proto: int, seed: int) -> int:
+    """hash.h::reply_tag: the tag of a NAT flow's reply tuple (backend address, its port
+    (host order), SNAT address), i.e. hash_flow of (backend, port) -> (SNAT, port 0)."""
+    return _hash_raw(_addr16(be_addr), _addr16(snat), be_port, 0, proto, seed)
+
+
 def select_slot(flow_hash: int, ring_size: int) -> int:
     return flow_hash % ring_size
 
 
 def nat_port_candidates(flow_hash: int, lo: int, hi: int) -> list[int]:
-    """The hash-derived NAT ports (host order) a new flow tries first, in order (the
-    data plane skips VIP ports among them, then tries NAT_TRIES random ones)."""
-    rng = hi - lo + 1
-    return [lo + ((flow_hash + i * H_P1) & M32) % rng for i in range(NAT_TRIES)]
+    """The NAT ports (host order) a new flow may get, in order: the port of its set
+    (flow hash % number of NAT ports) and of the next set (flow.h::nat_claim; the data
+    plane skips a set whose port is a VIP port, or whose ways are all taken or held by
+    a live flow with the same reply tuple)."""
+    n = (hi - lo + 1) & M32
+    s = flow_hash % n
+    return [lo + s, lo + (0 if s + 1 == n else s + 1)]
 
 
 def _addr16(addr) -> bytes:
@@ -258,52 +283,76 @@ class FlowKey(NamedTuple):
 
 
 @dataclass
-class FlowState:
-    """struct flow_state (nat_port host order, 0 in DSR mode)."""
+class FlowEntry:
+    """struct flow_entry, one way of the `flows` table (ports host order, addresses
+    16 bytes as stored, MAC 6 bytes). All zero: a way never used."""
 
-    backend_id: int
-    nat_port: int
-    flags: int
-    last_seen: int = 0
+    src: bytes = bytes(16)
+    dst: bytes = bytes(16)
+    sport: int = 0
+    dport: int = 0
+    proto: int = 0
+    family: int = 0  # 0: a way never used
+    flags: int = 0  # FLOW_F_*
+    set_flags: int = 0  # SET_F_* (the first way of a NAT set), kept when the way is reused
+    last_seen: int = 0  # jiffies, low 32 bits
+    reply_tag: int = 0  # NAT: reply_tag() of the flow's reply tuple; 0 otherwise
+    backend_id: int = 0
+    client_ifindex: int = 0  # NAT: ingress interface of the client's frames
+    client_mac: bytes = bytes(6)  # NAT: their Ethernet source
+
+    FIELDS = ("src", "dst", "sport", "dport", "proto", "family", "flags", "set_flags",
+              "reply_tag", "backend_id", "client_ifindex", "client_mac")
 
     @classmethod
-    def from_abi(cls, v) -> FlowState:
-        return cls(v.backend_id, abi.ntohs(v.nat_port), v.flags, v.last_seen)
+    def from_abi(cls, v) -> FlowEntry:
+        """From an abi.FlowEntry or a record of DataPlane.flow_table() (FLOW_DTYPE)."""
+        def raw(x) -> bytes:
+            return x.tobytes() if hasattr(x, "tobytes") else bytes(x)
+
+        return cls(raw(_get(v, "src")), raw(_get(v, "dst")),
+                   abi.ntohs(int(_get(v, "sport"))), abi.ntohs(int(_get(v, "dport"))),
+                   int(_get(v, "proto")), int(_get(v, "family")), int(_get(v, "flags")),
+                   int(_get(v, "set_flags")), int(_get(v, "last_seen")),
+                   int(_get(v, "reply_tag")), int(_get(v, "backend_id")),
+                   int(_get(v, "client_ifindex")), raw(_get(v, "client_mac"))[:6])
+
+    @property
+    def key(self) -> FlowKey:
+        return FlowKey(self.src, self.dst, self.sport, self.dport, self.proto, self.family)
 
     def decision(self) -> tuple:
         """Everything but the time stamp: what must equal the kernel's entry."""
-        return (self.backend_id, self.nat_port, self.flags)
+        return tuple(getattr(self, f) for f in self.FIELDS)
+
+    def is_zero(self) -> bool:
+        """Nothing but (maybe) last_seen set: as good as never used."""
+        return self.decision() == _ZERO_DECISION
 
 
-@dataclass
-class NatState:
-    """struct nat_state (ports host order)."""
+_ZERO_DECISION = FlowEntry().decision()
 
-    client: bytes
-    vip: bytes
-    client_port: int
-    vip_port: int
-    client_mac: bytes
-    flags: int
-    vip_id: int
-    backend_id: int
-    client_ifindex: int
-    last_seen: int = 0
 
-    @classmethod
-    def from_abi(cls, v) -> NatState:
-        return cls(bytes(v.client), bytes(v.vip), abi.ntohs(v.client_port),
-                   abi.ntohs(v.vip_port), bytes(v.client_mac), v.flags, v.vip_id,
-                   v.backend_id, v.client_ifindex, v.last_seen)
+def _is_record(v) -> bool:
+    return not hasattr(v, "_fields_")
 
-    def decision(self) -> tuple:
-        return (self.client, self.vip, self.client_port, self.vip_port, self.client_mac,
-                self.flags, self.vip_id, self.backend_id, self.client_ifindex)
 
-    def same_client(self, other: NatState) -> bool:
-        """flow.h::nat_same_client."""
-        return (self.client_port == other.client_port and self.vip_port == other.vip_port
-                and self.client == other.client and self.vip == other.vip)
+def _get(v, name: str):
+    return v[name] if _is_record(v) else getattr(v, name)
+
+
+def flow_entries(table) -> dict[int, FlowEntry]:
+    """The entries of a `flows` table (DataPlane.flow_table(): a FLOW_DTYPE array) that
+    hold anything but a time stamp: index -> FlowEntry, comparable with Model.flows."""
+    import numpy as np
+
+    words = np.ascontiguousarray(table).view("<u8").reshape(len(table), -1)
+    ls = abi.FlowEntry.last_seen.offset // 8  # last_seen shares a word with reply_tag
+    keep = np.zeros(len(table), dtype=bool)
+    for w in range(words.shape[1]):
+        col = words[:, w]
+        keep |= ((col >> np.uint64(32)) != 0) if w == ls else (col != 0)
+    return {int(i): FlowEntry.from_abi(table[i]) for i in np.flatnonzero(keep)}
 
 
 @dataclass
@@ -459,6 +508,10 @@ class BackendRec:
     family: int
     flags: int
     ifindex: int
+    snat: bytes = bytes(16)  # the VIP's source address towards it (replies are sent to it)
+
+
+_NO_BACKEND_REC = BackendRec(bytes(16), bytes(6), 0, 0, 0, 0)  # an array entry never written
 
 
 @dataclass
@@ -500,7 +553,8 @@ class Config:
                 c.vip_addrs.add((bytes(vk.addr), vk.family))
         for i, be in src.backends.items():
             c.backends[int(i)] = BackendRec(bytes(be.addr), bytes(be.mac), abi.ntohs(be.port),
-                                            be.family, be.flags, be.ifindex)
+                                            be.family, be.flags, be.ifindex,
+                                            bytes(be.snat_addr))
         c.rings = {int(i): [int(x) for x in t] for i, t in src.rings.items()}
         rt = src.rt
         c.wildcard_vips, c.nat_vips = rt.wildcard_vips, rt.nat_vips
@@ -572,16 +626,24 @@ def _read_ring(dp, vip_id: int):
 # --- the program ---------------------------------------------------------------------
 
 
+class FlowPick(NamedTuple):
+    """lb.h::flow_backend's outcome for a client's packet (Model.pick)."""
+
+    stat: Stat  # FWD_NEW, FWD_EST or the drop (DROP_NO_BACKEND, _NAT_FULL, _REMOVED)
+    backend_id: int  # abi.NO_BACKEND when none was selected
+    nat_port: int  # host order; 0 unless NAT and forwarded
+    index: int | None  # the flow's entry in the table, None if it has none
+
+
 class Model:
-    """The data plane as plain Python: configuration, flow tables and counters.
+    """The data plane as plain Python: configuration, flow table and counters.
 
     `source` is FakeDataPlane-shaped (vips, vip_addrs, backends, rings, rt): the
     configuration is re-read whenever the source's `writes` log grows, so a
     LoadBalancer driving a FakeDataPlane reconfigures the model live.
-    `knobs`: anything with Knobs' attributes (hash_seed, nat_port_min/max,
+    `knobs`: anything with Knobs' attributes (hash_seed, nat_port_min/max, ct_sets,
     frag_drop, csum_fixup, *_timeout_s, refresh_s); defaults = Knobs() defaults.
-    `prandom`: what bpf_get_prandom_u32 returns (called only when the hash-derived
-    NAT ports of a new flow are all busy); default a PRNG seeded with 0.
+    `ct_sets` 0 (or absent) means what the loader derives from Sizes().conntrack.
     """
 
     def __init__(self, source, knobs=None, hz: int = 1000):
@@ -591,22 +653,20 @@ class Model:
         self.hash_seed = getattr(k, "hash_seed", 0x5EED1B0B) & M32
         self.nat_port_min = getattr(k, "nat_port_min", 10000)
         self.nat_port_max = getattr(k, "nat_port_max", 32767)
+        self.ct_sets = int(getattr(k, "ct_sets", 0) or _default_ct_sets())
         self.frag_drop = bool(getattr(k, "frag_drop", False))
         self.csum_fixup = bool(getattr(k, "csum_fixup", True))
         self.hz = hz
-        self.tcp_timeout = int(getattr(k, "tcp_timeout_s", 300.0) * hz)
-        self.closing_timeout = int(getattr(k, "closing_timeout_s", 10.0) * hz)
-        self.udp_timeout = int(getattr(k, "udp_timeout_s", 30.0) * hz)
+        self.tcp_timeout = min(int(getattr(k, "tcp_timeout_s", 300.0) * hz), AGE_MAX)
+        self.closing_timeout = min(int(getattr(k, "closing_timeout_s", 10.0) * hz), AGE_MAX)
+        self.udp_timeout = min(int(getattr(k, "udp_timeout_s", 30.0) * hz), AGE_MAX)
         self.refresh = max(1, int(getattr(k, "refresh_s", 1.0) * hz))
         self.now = 0
-        self.conntrack: dict[FlowKey, FlowState] = {}
-        self.nat_rev: dict[FlowKey, NatState] = {}
+        self.flows: dict[int, FlowEntry] = {}  # index -> entry; absent: never used
         self.stats = [[0, 0] for _ in range(abi.ST_MAX)]
         self.vip_stats: dict[int, list[int]] = {}
         self.be_stats: dict[int, list[int]] = {}
         self.last_counters: dict[Stat, tuple[int, int]] = {}
-        self.prandom = _seeded_prandom(0)
-        self.random_picks = 0  # bpf_get_prandom_u32 calls so far
         self._tx: dict[int, bytes] = {}
         self._cfg: Config | None = None
         self._cfg_version = -1
@@ -628,10 +688,25 @@ class Model:
 
     @classmethod
     def from_dataplane(cls, dp, knobs=None, hz: int | None = None) -> Model:
-        """A model of a loaded DataPlane's current configuration (read once; flow tables
-        start empty, whatever the kernel's hold)."""
+        """A model of a loaded DataPlane's current configuration (read once; the flow
+        table starts empty, whatever the kernel's holds). The object's load-time knobs
+        (hash seed, NAT range, ct_sets, fragment and checksum policies) and run-time
+        timeouts replace `knobs`' when they can be read."""
+        from ._bpf.dataplane import KNOBS_PIN, read_knobs
+
         snap = _Snapshot(dp)
-        return cls(snap, knobs, hz or snap.rt.hz or 1000)
+        m = cls(snap, knobs, hz or snap.rt.hz or 1000)
+        loaded = read_knobs(dp.maps[KNOBS_PIN]) if KNOBS_PIN in dp.maps else None
+        if loaded is not None:
+            m.hash_seed = loaded.hash_seed
+            m.nat_port_min, m.nat_port_max = loaded.nat_port_min, loaded.nat_port_max
+            m.frag_drop, m.csum_fixup = bool(loaded.frag_drop), bool(loaded.csum_fixup)
+            m.ct_sets = loaded.ct_sets or m.ct_sets
+        rt = snap.rt
+        if rt.hz and rt.refresh:
+            m.tcp_timeout, m.closing_timeout = rt.tcp_timeout, rt.closing_timeout
+            m.udp_timeout, m.refresh = rt.udp_timeout, rt.refresh
+        return m
 
     @property
     def config(self) -> Config:
@@ -648,14 +723,63 @@ class Model:
         self._tx[ifindex] = bytes(mac)
         self._cfg = None
 
-    def reset_flows(self) -> None:
-        """Empty conntrack and nat_rev (like testing.fixtures.clear_flows)."""
-        self.conntrack.clear()
-        self.nat_rev.clear()
-
     def counters(self) -> dict[str, tuple[int, int]]:
         """Like DataPlane.stats(): counter name -> (packets, bytes)."""
         return {s.name.lower(): cast("tuple[int, int]", tuple(self.stats[s])) for s in Stat}
+
+    # the flow table ----------------------------------------------------------------
+    @property
+    def nat_sets(self) -> int:
+        """Sets of the NAT region: one per NAT port (flow.h::nat_sets)."""
+        return (self.nat_port_max - self.nat_port_min + 1) & M32
+
+    @property
+    def size(self) -> int:
+        """Entries of the `flows` table (its max_entries)."""
+        return (self.nat_sets + self.ct_sets) * FLOW_WAYS
+
+    def nat_port_of(self, idx: int) -> int:
+        """The NAT port (host order) of the entry at `idx` of the NAT region."""
+        return (self.nat_port_min + idx // FLOW_WAYS) & 0xFFFF
+
+    def reset_flows(self, nat: bool = True, conntrack: bool = True) -> None:
+        """Forget the flows of the NAT region, of the conntrack region, or both (like
+        DataPlane.clear_flows; testing.fixtures.clear_flows clears both)."""
+        split = self.nat_sets * FLOW_WAYS
+        for idx in [i for i in self.flows if (i < split and nat) or (i >= split and conntrack)]:
+            del self.flows[idx]
+
+    def table(self) -> dict[int, tuple]:
+        """index -> FlowEntry.decision() of every entry holding anything but a time
+        stamp: compare with {i: e.decision() for i, e in flow_entries(...).items()}."""
+        return {i: e.decision() for i, e in sorted(self.flows.items()) if not e.is_zero()}
+
+    def find_flow(self, key: FlowKey, nat: bool | None = None) -> int | None:
+        """The index of client flow `key` (flow.h::flow_find) of a NAT VIP (nat=True) or
+        of another mode (nat=False; None: the mode of the VIP `key` is addressed to)."""
+        self._cfg_now = self.config
+        if nat is None:
+            vip = self._lookup_vip(key)
+            if vip is None:
+                return None
+            nat = vip.mode == abi.MODE_NAT
+        h = _hash_raw(key.src, key.dst, key.sport, key.dport, key.proto, self.hash_seed)
+        return self._flow_find(key, h, nat)
+
+    def pick(self, key: FlowKey, client_mac: bytes = bytes(6), ifindex: int = 1,
+             tcp_flags: int = 0) -> FlowPick:
+        """lb.h::flow_backend for a client's packet with tuple `key` (to a VIP), without
+        a frame: the flow table changes as the packet would change it, and the counters
+        it moves on the way (RESELECT, CT_FULL) move, not the verdict's. KeyError when
+        `key` is addressed to no VIP."""
+        self._cfg_now = self.config
+        self.last_counters = {}
+        vip = self._lookup_vip(key)
+        if vip is None:
+            raise KeyError(f"{key!r} is not addressed to a VIP")
+        pkt = Packet(0, ifindex, src=key.src, dst=key.dst, sport=key.sport, dport=key.dport,
+                     proto=key.proto, family=key.family, tcp_flags=tcp_flags)
+        return self._flow_backend(pkt, vip, bytes(client_mac))
 
     # the entry point ----------------------------------------------------------------
     def process(self, frame: bytes, ifindex: int = 1) -> Result:

@@ -174,7 +174,8 @@ def attached_report(iface: str) -> dict:
         from ._bpf.libbpf import xdp_prog_id
 
         report = {"iface": iface, "prog_id": xdp_prog_id(ifindex), "stats": dp.stats(),
-                  "trace_rate": dp.runtime().trace_rate, "vips": [], "backends": []}
+                  "trace_rate": dp.runtime().trace_rate, "flows": dp.flow_counts(),
+                  "vips": [], "backends": []}
         backends = []
         for i in range(dp.maps["backends"].max_entries):
             be = dp.maps["backends"].get(i)

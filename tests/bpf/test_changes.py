@@ -116,34 +116,73 @@ def test_two_thousand_vips_each_reach_their_own_backend(balancer):
     assert dp.program.test_run(f)[0] == XDP_PASS
 
 
-def test_a_full_conntrack_evicts_and_flows_keep_backend_and_nat_port(dataplane_pool):
-    """conntrack and nat_rev of 256 entries, 2000 flows: LRU evicts, yet a flow's next
-    packet lands on the same backend with the same NAT port (both derive from its hash)."""
-    from xdplb.testing.fixtures import configured
-
-    dp = dataplane_pool.get(Knobs(nat_port_min=10000, nat_port_max=60000))
-    # sizes are load-time: use a dedicated small data plane
+def test_a_full_conntrack_region_evicts_and_evicted_flows_keep_their_backend():
+    """DSR flows in a conntrack region of 256 entries (64 sets of 4), 2000 flows: live
+    flows are evicted (counted ct_full), yet a flow's next packet lands on the same
+    backend (Maglev on the same hash, backends unchanged)."""
     from xdplb._bpf.dataplane import DataPlane
+    from xdplb.testing.fixtures import configured
 
     small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256))
     try:
-        with configured(small, [VipSpec(VIP, 8000, backends=backends(4))]):
+        with configured(small, [VipSpec(VIP, 8000, mode="dsr", backends=backends(4))]):
+            before = small.stats()["ct_full"][0]
             first = {}
             for i in range(2000):
-                action, out, _ = small.program.test_run(frame(20000 + i % 40000,
-                                                             client=f"10.9.{i // 250}.{i % 250}"))
+                f = frame(20000 + i % 40000, client=f"10.9.{i // 250}.{i % 250}")
+                action, out, _ = small.program.test_run(f)
                 assert action == XDP_TX
-                o = Ether(out)
-                first[i] = (o[IP].dst, o[TCP].sport)
-            assert len(small.maps["conntrack"]) <= 256
+                first[i] = Ether(out).dst
+            evicted = small.stats()["ct_full"][0] - before
+            counts = small.flow_counts()
+            assert counts["ct_size"] == 256 and counts["ct_used"] == 256
+            assert evicted == 2000 - 256, evicted  # every insert into a full set evicts
             for i in range(0, 2000, 7):
                 action, out, _ = small.program.test_run(
                     frame(20000 + i % 40000, "A", client=f"10.9.{i // 250}.{i % 250}"))
-                o = Ether(out)
-                assert action == XDP_TX and (o[IP].dst, o[TCP].sport) == first[i]
+                assert action == XDP_TX and Ether(out).dst == first[i]
     finally:
         small.close()
-    assert dp is not None
+
+
+def test_a_full_nat_region_drops_new_flows_and_keeps_the_others():
+    """NAT ports 10000-10015: 16 sets of 4 ways, each port shared by at most one flow per
+    backend. New flows beyond that are dropped (drop_nat_full, nothing else moves);
+    every forwarded flow keeps its backend and port and its replies reach its client."""
+    from xdplb._bpf.dataplane import DataPlane
+    from xdplb.testing.fixtures import configured
+
+    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
+                           knobs=Knobs(nat_port_min=10000, nat_port_max=10015))
+    try:
+        with configured(small, [VipSpec(VIP, 8000, backends=backends(4))]):
+            before = small.stats()
+            kept, dropped = {}, 0
+            for i in range(300):
+                action, out, _ = small.program.test_run(frame(20000 + i, client="10.9.0.1"))
+                if action == XDP_DROP:
+                    dropped += 1
+                    continue
+                assert action == XDP_TX
+                o = Ether(out)
+                assert 10000 <= o[TCP].sport <= 10015
+                kept[20000 + i] = (o[IP].dst, o[TCP].sport)
+            after = small.stats()
+            assert dropped == after["drop_nat_full"][0] - before["drop_nat_full"][0] > 0
+            assert len(kept) == after["fwd_new"][0] - before["fwd_new"][0] <= 64
+            assert len(set(kept.values())) == len(kept)  # no two flows share a reply tuple
+            assert small.flow_counts()["nat_used"] == len(kept)
+            for sport, (be, port) in kept.items():
+                action, out, _ = small.program.test_run(frame(sport, "A", client="10.9.0.1"))
+                o = Ether(out)
+                assert action == XDP_TX and (o[IP].dst, o[TCP].sport) == (be, port)
+                reply = raw(Ether(src="de:ad:be:ef:01:01", dst="de:ad:be:ef:00:10")
+                            / IP(src=be, dst=str(VIP)) / TCP(sport=8000, dport=port, flags="A"))
+                action, out, _ = small.program.test_run(reply)
+                o = Ether(out)
+                assert action == XDP_TX and (o[IP].dst, o[TCP].dport) == ("10.9.0.1", sport)
+    finally:
+        small.close()
 
 
 def test_a_vip_with_1024_backends_spreads_new_flows_over_them(balancer):

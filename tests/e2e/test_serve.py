@@ -322,7 +322,7 @@ def test_keep_restart_keeps_the_program_attached_and_the_download_intact(lab, tm
     assert xdp_attached(lab, "lb", "veth6")
     with serving(lab, config, run_dir) as second:
         line = second.wait_log("event=took_over")
-        assert "conntrack" in line and "backends" in line, line
+        assert "flows" in line and "backends" in line, line
         assert any("2 of 2 backends kept their ids" in ln for ln in second.lines), second.lines
         assert download.poll() is None, "the download spans the restart"
         assert set(curls(lab, 10)) == {"h2", "h3"}
@@ -423,7 +423,7 @@ def test_pins_carry_the_state_within_one_mount_namespace(lab, tmp_path, run_dir)
     r = lab.run("lb", ["sh", "-c", PINS_SCRIPT], env=env, timeout=30)
     assert r.returncode == 0, (r.stderr, *(p.read_text() for p in tmp_path.glob("log*")))
     pins = (tmp_path / "pins1").read_text().split()
-    assert {"conntrack", "nat_rev", "backends", "vips", "rings", "runtime", "prog"} <= set(pins)
+    assert {"flows", "backends", "vips", "rings", "runtime", "prog"} <= set(pins)
     assert (tmp_path / "pins2").read_text().split() == pins, "--keep leaves the pins"
     assert "maps_from=pins" in (tmp_path / "log2").read_text()
     assert "removed /sys/fs/bpf/xdplb/" in (tmp_path / "stop").read_text()

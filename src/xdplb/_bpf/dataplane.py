@@ -170,6 +170,8 @@ class DataPlane:
         for name in list(maps):
             if name.endswith(".bss"):
                 maps["runtime"] = maps.pop(name)
+            elif name.endswith(".rodata"):
+                maps[KNOBS_PIN] = maps.pop(name)
         return cls(maps)
 
     def close(self, detach: bool = True) -> None:
