@@ -141,7 +141,7 @@ class Rig:
         self.closers: list[Callable[[], None]] = []
         self.subjects: list[Subject] = []
         try:
-            floors = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty", "xdp_tx"))
+            floors = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty", "xdp_tx", "xdp_flow"))
             self.closers.append(floors.close)
             tut = BpfObject(BUILD / "tutorial_peer.bpf.o").load(("tutorial_lb",
                                                                  "tutorial_lb_rev2"))
@@ -159,6 +159,12 @@ class Rig:
                         repeat_ok=idem),
                 Subject("tx", "MAC swap + XDP_TX", "floor", floors.program("xdp_tx"),
                         dict.fromkeys(all_cases, "TX"), repeat_ok=idem),
+                Subject("flow", "MAC swap + XDP_TX + one flow-table access", "floor",
+                        floors.program("xdp_flow"), dict.fromkeys(all_cases, "TX"),
+                        reset=lambda: _zero_array(floors.map("flow_floor")),
+                        note="one 64-byte entry of a 16 MiB array (1<<18 entries, the size of "
+                             "xdplb's conntrack region here) at a hash of the 5-tuple, "
+                             "written for a new flow: a stateful balancer's least cost"),
                 self.xdplb,
                 self.xdplb_dsr,
                 Subject("tutorial", "tutorial (as printed, no printk)", "peer",
@@ -238,6 +244,20 @@ class Rig:
                 self.closers.pop()()
             except (OSError, ValueError) as e:  # keep releasing the rest
                 print(f"bench: cleanup: {e}", file=sys.stderr)
+
+
+def _zero_array(m) -> None:
+    """Forget the flow floor's flows (between rounds, like the balancers')."""
+    import mmap
+
+    size = -(-m.max_entries * m.value_size // mmap.PAGESIZE) * mmap.PAGESIZE
+    try:
+        with mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_WRITE) as mm:
+            mm.write(bytes(size))
+    except OSError:  # not mmapable: one update per entry
+        zero = bytes(m.value_size)
+        for i in range(m.max_entries):
+            m.update(i, zero)
 
 
 def _check_plain(case: str, fin: bytes, fout: bytes) -> dict:

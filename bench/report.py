@@ -30,10 +30,10 @@ REFERENCE = [
     ("tutorial as printed", "with its nine bpf_printk", "~5.3 us"),
 ]
 
-PROG_ORDER = ["empty", "tx", "xdplb", "xdplb_dsr", "tutorial", "tutorial_rev2", "katran"]
-SHORT = {"empty": "empty", "tx": "tx floor", "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
+PROG_ORDER = ["empty", "tx", "flow", "xdplb", "xdplb_dsr", "tutorial", "tutorial_rev2", "katran"]
+SHORT = {"empty": "empty", "tx": "tx floor", "flow": "flow floor", "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
          "tutorial": "tutorial", "tutorial_rev2": "tutorial rev2", "katran": "Katran"}
-COLORS = {"empty": "#bbbbbb", "tx": "#888888", "xdplb": "#1f77b4", "xdplb_dsr": "#17becf",
+COLORS = {"empty": "#bbbbbb", "tx": "#888888", "flow": "#555555", "xdplb": "#1f77b4", "xdplb_dsr": "#17becf",
           "tutorial": "#ff7f0e", "tutorial_rev2": "#d62728", "katran": "#2ca02c"}
 PATH_LABEL = {"direct": "direct to the backends", "xdplb": "through xdplb",
               "nft": "through nftables DNAT+SNAT"}

@@ -512,7 +512,7 @@ class _Parser:
             nat_ports=t.get(
                 "nat_ports", _port_range, 'a string like "61000-65535"', DEFAULT_NAT_PORTS
             ),
-            conntrack_size=t.integer("conntrack_size", 1024, 1 << 28, DEFAULT_CONNTRACK_SIZE),
+            conntrack_size=t.integer("conntrack_size", 1024, 1 << 25, DEFAULT_CONNTRACK_SIZE),
             max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULT_MAX_VIPS),
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULT_MAX_BACKENDS),
             frag_policy=t.choice("frag_policy", ("pass", "drop"), "pass"),

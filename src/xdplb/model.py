@@ -106,6 +106,7 @@ __all__ = [
     "XDP_TX",
     "FlowEntry",
     "FlowKey",
+    "FlowPick",
     "Model",
     "Packet",
     "Result",
@@ -632,7 +633,7 @@ class FlowPick(NamedTuple):
     stat: Stat  # FWD_NEW, FWD_EST or the drop (DROP_NO_BACKEND, _NAT_FULL, _REMOVED)
     backend_id: int  # abi.NO_BACKEND when none was selected
     nat_port: int  # host order; 0 unless NAT and forwarded
-    index: int | None  # the flow's entry in the table, None if it has none
+    idx: int | None  # the index of the flow's entry in the table, None if it has none
 
 
 class Model:
@@ -892,9 +893,9 @@ class Model:
         # a reply to a NAT port first: a port-0 VIP on the SNAT address would
         # otherwise take it for a new flow
         if self._is_nat_reply(pkt):
-            ns = self.nat_rev.get(pkt.key)
-            if ns is not None:
-                return self._reverse_nat(buf, pkt, ns)
+            idx = self._nat_reply_find(pkt.key)
+            if idx is not None:
+                return self._reverse_nat(buf, pkt, idx)
         vip = self._lookup_vip(pkt.key) if self._maybe_vip(pkt) else None
         if vip:
             return self._balance(buf, pkt, vip)
@@ -910,98 +911,187 @@ class Model:
     def _closing_flag(pkt: Packet) -> int:
         return abi.FLOW_F_CLOSING if pkt.tcp_flags & (TCPF_FIN | TCPF_RST) else 0
 
+    def _at(self, idx: int) -> FlowEntry:
+        """flow_at for reading: a way never written reads as zeros (not stored)."""
+        e = self.flows.get(idx)
+        return e if e is not None else FlowEntry()
+
+    def _at_w(self, idx: int) -> FlowEntry:
+        """flow_at for writing."""
+        e = self.flows.get(idx)
+        if e is None:
+            e = self.flows[idx] = FlowEntry()
+        return e
+
+    def _flow_stale(self, e: FlowEntry, now: int) -> bool:
+        return ((now - e.last_seen) & M32) > (self._flow_timeout(e.proto, e.flags) & M32)
+
     @staticmethod
-    def _nat_key(pkt: Packet, vip: VipRec, be: BackendRec, nat_port: int) -> FlowKey:
-        return FlowKey(be.addr, vip.snat, be.port or pkt.dport, nat_port, pkt.proto, pkt.family)
+    def _flow_match(e: FlowEntry, k: FlowKey) -> bool:
+        return (e.src == k.src and e.dst == k.dst and e.sport == k.sport
+                and e.dport == k.dport and e.proto == k.proto and e.family == k.family)
 
-    def _alloc_nat_port(self, rk: FlowKey, ns: NatState, h: int) -> int:
-        rng = (self.nat_port_max - self.nat_port_min + 1) & M32
-        for i in range(2 * NAT_TRIES):
-            # hash-derived candidates first, then random ones
-            if i < NAT_TRIES:
-                pick = (h + i * H_P1) & M32
-            else:
-                pick = self.prandom() & M32
-                self.random_picks += 1
-            port = (self.nat_port_min + pick % rng) & 0xFFFF
-            if port in self._cfg_now.port_bits:
-                continue  # a VIP port: replies to it would look like new flows
-            k = rk._replace(dport=port)
-            cur = self.nat_rev.get(k)
-            if cur is None:
-                self.nat_rev[k] = _copy_ns(ns)
-                return port
-            if (not cur.same_client(ns)
-                    and ((self.now - cur.last_seen) & 0xFFFFFFFFFFFFFFFF)
-                    <= self._flow_timeout(rk.proto, cur.flags)):
-                continue  # live flow of another client
-            self.nat_rev[k] = _copy_ns(ns)
-            return port
-        return 0
+    def _set_find(self, k: FlowKey, first: int) -> tuple[int | None, int]:
+        """(index of `k` in the set starting at `first` or None, the set's SET_F_SPILL)."""
+        spill = 0
+        for w in range(FLOW_WAYS):
+            e = self._at(first + w)
+            if w == 0:
+                spill = e.set_flags & SET_F_SPILL
+            if not e.family:
+                return None, spill
+            if self._flow_match(e, k):
+                return first + w, spill
+        return None, spill
 
-    def _refresh_nat(self, pkt: Packet, vip: VipRec, fs: FlowState, be: BackendRec,
-                     flags: int) -> bool:
-        cur = self.nat_rev.get(self._nat_key(pkt, vip, be, fs.nat_port))
-        if cur is None or not (cur.client_port == pkt.sport and cur.vip_port == pkt.dport
-                               and cur.client == pkt.src and cur.vip == pkt.dst):
-            return False
-        cur.last_seen = self.now
-        cur.flags = flags
-        return True
+    def _flow_find(self, k: FlowKey, h: int, nat: bool) -> int | None:
+        if not nat:
+            return self._set_find(k, (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS)[0]
+        n = self.nat_sets
+        s = h % n
+        idx, spill = self._set_find(k, s * FLOW_WAYS)
+        if idx is not None or not spill:
+            return idx
+        s = 0 if s + 1 == n else s + 1
+        return self._set_find(k, s * FLOW_WAYS)[0]
 
-    def _flow_backend(self, buf: bytearray, pkt: Packet, vip: VipRec
-                      ) -> tuple[BackendRec | None, FlowState | None, Stat]:
-        now = self.now
+    def _nat_reply_find(self, k: FlowKey) -> int | None:
+        port = k.dport
+        if port < self.nat_port_min or port > self.nat_port_max:
+            return None
+        first = (port - self.nat_port_min) * FLOW_WAYS
+        tag = _hash_raw(k.src, k.dst, k.sport, 0, k.proto, self.hash_seed)
+        backends = self._cfg_now.backends
+        for w in range(FLOW_WAYS):
+            e = self._at(first + w)
+            if not e.family:
+                return None
+            if e.reply_tag != tag or e.proto != k.proto or e.family != k.family:
+                continue
+            be = backends.get(e.backend_id, _NO_BACKEND_REC)  # active or not
+            if be.addr == k.src and (be.port or e.dport) == k.sport and be.snat == k.dst:
+                return first + w
+        return None
+
+    def _flow_publish(self, idx: int, n: FlowEntry, now: int) -> None:
+        e = self._at_w(idx)
+        e.src, e.dst, e.sport, e.dport = n.src, n.dst, n.sport, n.dport
+        e.proto, e.flags, e.backend_id = n.proto, n.flags, n.backend_id
+        e.client_ifindex, e.client_mac = n.client_ifindex, n.client_mac
+        e.family = n.family
+        e.last_seen, e.reply_tag = now, n.reply_tag  # set_flags kept
+
+    def _nat_set_pick(self, n: FlowEntry, first: int, now: int) -> int | None:
+        pick = same = None
+        for w in range(FLOW_WAYS):
+            idx = first + w
+            e = self._at(idx)
+            stale = not e.family or self._flow_stale(e, now)
+            if e.family and e.reply_tag == n.reply_tag:
+                if not stale:
+                    return None  # a live flow has this reply tuple
+                if same is None:
+                    same = idx
+            if stale and pick is None:
+                pick = idx
+            if not e.family:
+                break
+        return same if same is not None else pick
+
+    def _nat_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
+        ns = self.nat_sets
+        s = h % ns
+        for i in range(2):  # the flow's set, then the next one
+            if ((self.nat_port_min + s) & M32) not in self._cfg_now.port_bits:
+                idx = self._nat_set_pick(n, s * FLOW_WAYS, now)
+                if idx is not None:
+                    self._flow_publish(idx, n, now)
+                    return idx
+            if i:
+                return None
+            self._at_w(s * FLOW_WAYS).set_flags |= SET_F_SPILL
+            s = 0 if s + 1 == ns else s + 1
+        return None
+
+    def _ct_claim(self, n: FlowEntry, h: int, now: int) -> int:
+        first = (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS
+        for w in range(FLOW_WAYS):
+            e = self._at(first + w)
+            if not e.family or self._flow_stale(e, now):
+                self._flow_publish(first + w, n, now)
+                return first + w
+        idx = first + (h >> 30) % FLOW_WAYS  # a live flow is evicted
+        self._flow_publish(idx, n, now)
+        self._count(Stat.CT_FULL, 0)
+        return idx
+
+    def _flow_touch(self, e: FlowEntry, now: int, closing: int) -> None:
+        if ((now - e.last_seen) & M32) >= (self.refresh & M32) or (e.flags | closing) != e.flags:
+            e.last_seen = now
+            e.flags |= closing
+
+    @staticmethod
+    def _flow_retire(e: FlowEntry, now: int) -> None:
+        e.proto = 0
+        e.last_seen = (now - 0x80000000) & M32
+
+    # lb.h ---------------------------------------------------------------------------
+    def _flow_backend(self, pkt: Packet, vip: VipRec, client_mac: bytes) -> FlowPick:
+        now = self.now & M32
+        nat = vip.mode == abi.MODE_NAT
+        h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
         closing = self._closing_flag(pkt)
         key = pkt.key
-        stateful = not (vip.flags & abi.VIP_F_UDP_STATELESS) or pkt.proto != IPPROTO_UDP
-        fs = self.conntrack.get(key) if stateful else None
-        if fs is not None:
-            be = self._lookup_backend(fs.backend_id)
-            if be is None and vip.flags & abi.VIP_F_RESET_REMOVED:
-                return None, None, Stat.DROP_REMOVED
-            if be is None:
-                self._count(Stat.RESELECT, 0)
-            elif (((now - fs.last_seen) & 0xFFFFFFFFFFFFFFFF) < self.refresh
-                  and (fs.flags | closing) == fs.flags):
-                return be, FlowState(fs.backend_id, fs.nat_port, fs.flags, fs.last_seen), \
-                    Stat.FWD_EST
-            elif vip.mode != abi.MODE_NAT or self._refresh_nat(pkt, vip, fs, be,
-                                                               fs.flags | closing):
-                fs.last_seen = now
-                fs.flags |= closing
-                return be, FlowState(fs.backend_id, fs.nat_port, fs.flags, fs.last_seen), \
-                    Stat.FWD_EST
+        stateless = bool(vip.flags & abi.VIP_F_UDP_STATELESS) and pkt.proto == IPPROTO_UDP
+        idx = None if stateless else self._flow_find(key, h, nat)
+        e = self.flows[idx] if idx is not None else None
+        if e is not None and idx is not None:
+            be = self._lookup_backend(e.backend_id)
+            if be is not None:
+                self._flow_touch(e, now, closing)
+                return FlowPick(Stat.FWD_EST, e.backend_id,
+                                self.nat_port_of(idx) if nat else 0, idx)
+            if vip.flags & abi.VIP_F_RESET_REMOVED:
+                return FlowPick(Stat.DROP_REMOVED, e.backend_id, 0, idx)
+            self._count(Stat.RESELECT, 0)
 
-        h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
         bid = self._select_backend(vip, h)
         be = self._lookup_backend(bid)
         if be is None:
-            return None, None, Stat.DROP_NO_BACKEND
-        out = FlowState(bid, 0, closing, now)
-        if vip.mode == abi.MODE_NAT:
-            ns = NatState(client=pkt.src, vip=pkt.dst, client_port=pkt.sport,
-                          vip_port=pkt.dport, client_mac=bytes(buf[6:12]), flags=closing,
-                          vip_id=vip.vip_id, backend_id=bid, client_ifindex=pkt.ifindex,
-                          last_seen=now)
-            out.nat_port = self._alloc_nat_port(self._nat_key(pkt, vip, be, 0), ns, h)
-            if not out.nat_port:
-                return None, None, Stat.DROP_NAT_FULL
-        if stateful:
-            self.conntrack[key] = FlowState(out.backend_id, out.nat_port, out.flags,
-                                            out.last_seen)
-        return be, out, Stat.FWD_NEW
+            return FlowPick(Stat.DROP_NO_BACKEND, bid, 0, idx)
+        if e is not None and not nat:  # re-selected: the entry stays, with its new backend
+            e.backend_id = bid
+            self._flow_touch(e, now, closing)
+            return FlowPick(Stat.FWD_NEW, bid, 0, idx)
+        if e is not None:
+            self._flow_retire(e, now)  # NAT: its reply tuple changes, so must its way
+        if stateless:
+            return FlowPick(Stat.FWD_NEW, bid, 0, None)
+        n = FlowEntry(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, pkt.family,
+                      flags=closing, backend_id=bid)
+        if not nat:
+            return FlowPick(Stat.FWD_NEW, bid, 0, self._ct_claim(n, h, now))
+        n.reply_tag = _hash_raw(be.addr, vip.snat, be.port or pkt.dport, 0, pkt.proto,
+                                self.hash_seed)
+        n.client_ifindex = pkt.ifindex
+        n.client_mac = client_mac
+        new = self._nat_claim(n, h, now)
+        if new is None:
+            return FlowPick(Stat.DROP_NAT_FULL, bid, 0, None)
+        return FlowPick(Stat.FWD_NEW, bid, self.nat_port_of(new), new)
 
     def _balance(self, buf: bytearray, pkt: Packet, vip: VipRec) -> tuple[int, Stat]:
-        be, fs, stat = self._flow_backend(buf, pkt, vip)
+        fp = self._flow_backend(pkt, vip, bytes(buf[6:12]))
+        stat = fp.stat
+        be = self._lookup_backend(fp.backend_id) if stat in (Stat.FWD_NEW, Stat.FWD_EST) \
+            else None
         if be is None:
             self._count_obj(self.vip_stats, vip.vip_id, pkt.frame_len, False)
             return self._verdict(pkt, stat, XDP_DROP)
-        assert fs is not None  # _flow_backend returns a flow with every backend
         if vip.mode == abi.MODE_NAT:
             dst = be.addr
             dport = be.port or pkt.dport
-            if self._rewrite_tuple(buf, pkt, vip.snat, dst, fs.nat_port, dport):
+            if self._rewrite_tuple(buf, pkt, vip.snat, dst, fp.nat_port, dport):
                 return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         elif self._finish_csum(buf, pkt):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
@@ -1010,8 +1100,8 @@ class Model:
                                           be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
                                           stat)
         else:
-            raise Unmodelled(f"backend {fs.backend_id} has no MAC: bpf_fib_lookup")
-        self._count_obj(self.be_stats, fs.backend_id, pkt.frame_len, stat == Stat.FWD_NEW)
+            raise Unmodelled(f"backend {fp.backend_id} has no MAC: bpf_fib_lookup")
+        self._count_obj(self.be_stats, fp.backend_id, pkt.frame_len, stat == Stat.FWD_NEW)
         return self._verdict(pkt, stat, action)
 
     def _xmit_mac(self, buf: bytearray, pkt: Packet, mac: bytes, ifindex: int,
@@ -1026,17 +1116,13 @@ class Model:
         buf[0:6] = mac
         return (XDP_REDIRECT if ifindex in self._cfg_now.tx_ports else XDP_DROP), stat
 
-    def _reverse_nat(self, buf: bytearray, pkt: Packet, ns: NatState) -> tuple[int, Stat]:
-        closing = self._closing_flag(pkt)
-        now = self.now
-        if (((now - ns.last_seen) & 0xFFFFFFFFFFFFFFFF) >= self.refresh
-                or (ns.flags | closing) != ns.flags):
-            ns.last_seen = now
-            ns.flags |= closing
-        if self._rewrite_tuple(buf, pkt, ns.vip, ns.client, ns.vip_port, ns.client_port):
+    def _reverse_nat(self, buf: bytearray, pkt: Packet, idx: int) -> tuple[int, Stat]:
+        e = self.flows[idx]
+        self._flow_touch(e, self.now & M32, self._closing_flag(pkt))
+        if self._rewrite_tuple(buf, pkt, e.dst, e.src, e.dport, e.sport):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
-        action, stat = self._xmit_mac(buf, pkt, ns.client_mac, ns.client_ifindex, Stat.REPLY)
-        self._count_obj(self.be_stats, ns.backend_id, pkt.frame_len, False)
+        action, stat = self._xmit_mac(buf, pkt, e.client_mac, e.client_ifindex, Stat.REPLY)
+        self._count_obj(self.be_stats, e.backend_id, pkt.frame_len, False)
         return self._verdict(pkt, stat, action)
 
     # rewrite.h ----------------------------------------------------------------------
@@ -1161,21 +1247,26 @@ class Model:
             return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
         inner, _il3, _il4 = e
         fk = inner.reversed()
-        fs = self.conntrack.get(fk)
-        if fs is not None:
-            return self._icmp_to_backend(buf, pkt, e, fk, fs)
-        ns = self.nat_rev.get(fk)
-        if ns is not None:
-            return self._icmp_to_client(buf, pkt, e, ns)
+        vip = self._lookup_vip(fk)
+        if vip is not None:
+            h = _hash_raw(fk.src, fk.dst, fk.sport, fk.dport, fk.proto, self.hash_seed)
+            idx = self._flow_find(fk, h, vip.mode == abi.MODE_NAT)
+            if idx is not None:
+                return self._icmp_to_backend(buf, pkt, e, fk, vip, idx)
+        idx = self._nat_reply_find(fk)
+        if idx is not None:
+            return self._icmp_to_client(buf, pkt, e, idx)
         return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
 
-    def _icmp_to_backend(self, buf, pkt, e, fk: FlowKey, fs: FlowState) -> tuple[int, Stat]:
-        vip = self._lookup_vip(fk)
-        be = self._lookup_backend(fs.backend_id)
-        if vip is None or be is None:
+    def _icmp_to_backend(self, buf, pkt, e, fk: FlowKey, vip: VipRec,
+                         idx: int) -> tuple[int, Stat]:
+        f = self.flows[idx]
+        be = self._lookup_backend(f.backend_id)
+        if be is None:
             return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
         if vip.mode == abi.MODE_NAT:
-            new_inner = FlowKey(be.addr, vip.snat, be.port or fk.dport, fs.nat_port, 0, 0)
+            new_inner = FlowKey(be.addr, vip.snat, be.port or fk.dport, self.nat_port_of(idx),
+                                0, 0)
             if _icmp_xlate(buf, pkt, e, pkt.src, be.addr, new_inner):
                 return self._verdict(pkt, Stat.PASS_MALFORMED, XDP_PASS)
         if be.flags & abi.BE_F_MAC:
@@ -1183,26 +1274,24 @@ class Model:
                                           be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
                                           Stat.ICMP_FWD)
         else:
-            raise Unmodelled(f"backend {fs.backend_id} has no MAC: bpf_fib_lookup")
+            raise Unmodelled(f"backend {f.backend_id} has no MAC: bpf_fib_lookup")
         return self._verdict(pkt, stat, action)
 
-    def _icmp_to_client(self, buf, pkt, e, ns: NatState) -> tuple[int, Stat]:
-        new_inner = FlowKey(ns.client, ns.vip, ns.client_port, ns.vip_port, 0, 0)
-        if _icmp_xlate(buf, pkt, e, ns.vip, ns.client, new_inner):
+    def _icmp_to_client(self, buf, pkt, e, idx: int) -> tuple[int, Stat]:
+        f = self.flows[idx]
+        new_inner = FlowKey(f.src, f.dst, f.sport, f.dport, 0, 0)
+        if _icmp_xlate(buf, pkt, e, f.dst, f.src, new_inner):
             return self._verdict(pkt, Stat.PASS_MALFORMED, XDP_PASS)
-        action, stat = self._xmit_mac(buf, pkt, ns.client_mac, ns.client_ifindex,
+        action, stat = self._xmit_mac(buf, pkt, f.client_mac, f.client_ifindex,
                                       Stat.ICMP_REPLY)
         return self._verdict(pkt, stat, action)
 
 
-def _seeded_prandom(seed: int):
-    r = random.Random(seed)
-    return lambda: r.getrandbits(32)
+def _default_ct_sets() -> int:
+    """The loader's conntrack sets when Knobs.ct_sets is 0 (Sizes().conntrack flows)."""
+    from ._bpf.dataplane import Knobs, Sizes
 
-
-def _copy_ns(ns: NatState) -> NatState:
-    return NatState(ns.client, ns.vip, ns.client_port, ns.vip_port, ns.client_mac, ns.flags,
-                    ns.vip_id, ns.backend_id, ns.client_ifindex, ns.last_seen)
+    return Knobs().ct_sets_for(Sizes().conntrack)
 
 
 def _tx_to_mac(buf: bytearray, mac: bytes) -> int:

@@ -2,11 +2,13 @@
 every checksum the model writes is verified by scapy recomputing it."""
 from __future__ import annotations
 
+import ctypes as C
 import ipaddress
 import struct
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import (
@@ -156,8 +158,23 @@ def run(m: Model, pkt, ifindex: int = 1):
 
 
 def nat_port_for(m: Model, client, sport, vip, dport, proto) -> int:
+    """The NAT port of a new flow when its set is free: the port of set hash % ports."""
     h = model.hash_flow(client, vip, sport, dport, proto, m.hash_seed)
     return model.nat_port_candidates(h, m.nat_port_min, m.nat_port_max)[0]
+
+
+def entries(m: Model) -> dict[int, model.FlowEntry]:
+    """The model's used entries (family set: never-used ways may hold set flags)."""
+    return {i: e for i, e in m.flows.items() if e.family}
+
+
+def only_entry(m: Model) -> tuple[int, model.FlowEntry]:
+    (idx, e), = entries(m).items()
+    return idx, e
+
+
+def key_of(frame: bytes) -> FlowKey:
+    return model.parse(frame)[1].key
 
 
 # --- primitives ------------------------------------------------------------------------
@@ -230,20 +247,34 @@ def test_parse_ipv6_extension_headers_and_fragments():
 
 
 def test_syn_to_nat_vip(m):
-    action, out, stat, frame = run(m, tcp4())
+    action, out, stat, frame = run(m, tcp4(), ifindex=3)
     assert (action, stat) == (XDP_TX, Stat.FWD_NEW)
     o = Ether(out)
-    be = m.config.backends[m.conntrack[model.parse(frame)[1].key].backend_id]
-    fs = next(iter(m.conntrack.values()))
+    idx, e = only_entry(m)
+    assert m.find_flow(key_of(frame)) == idx
+    be = m.config.backends[e.backend_id]
     assert o.src == LB_MAC and o.dst == ":".join(f"{b:02x}" for b in be.mac)
     assert o[IP].src == "10.0.0.10" and o[IP].dst == str(A(be.addr[:4]))
-    assert o[TCP].sport == fs.nat_port and o[TCP].dport == (be.port or 80)
-    assert fs.nat_port == nat_port_for(m, "10.0.1.100", 40000, "10.0.0.10", 80, 6)
+    port = nat_port_for(m, "10.0.1.100", 40000, "10.0.0.10", 80, 6)
+    assert o[TCP].sport == port == m.nat_port_of(idx) and o[TCP].dport == (be.port or 80)
+    assert idx == (port - m.nat_port_min) * model.FLOW_WAYS  # the first way of its set
     assert_checksums(out)
-    ns = next(iter(m.nat_rev.values()))
-    assert ns.client_mac == bytes.fromhex(CLIENT_MAC.replace(":", ""))
+    assert e.key == key_of(frame) and e.flags == 0 and e.set_flags == 0
+    assert e.client_mac == bytes.fromhex(CLIENT_MAC.replace(":", "")) and e.client_ifindex == 3
+    assert e.reply_tag == model.reply_tag(be.addr, be.port or 80, "10.0.0.10", 6, m.hash_seed)
     assert m.last_counters == {Stat.FWD_NEW: (1, len(frame))}
-    assert m.be_stats[fs.backend_id] == [1, len(frame), 1]
+    assert m.be_stats[e.backend_id] == [1, len(frame), 1]
+
+
+def test_dsr_flow_lives_in_the_conntrack_region(m):
+    frame = bytes(tcp4(dst="10.0.0.20", dport=22))
+    assert m.process(frame)[2] == Stat.FWD_NEW
+    idx, e = only_entry(m)
+    h = model.hash_flow("10.0.1.100", "10.0.0.20", 40000, 22, 6, m.hash_seed)
+    assert idx == (m.nat_sets + (h & (m.ct_sets - 1))) * model.FLOW_WAYS
+    assert (e.reply_tag, e.client_mac, e.client_ifindex) == (0, bytes(6), 0)
+    assert m.process(bytes(tcp4(dst="10.0.0.20", dport=22, flags="F")))[2] == Stat.FWD_EST
+    assert m.flows[idx].flags == abi.FLOW_F_CLOSING  # a FIN marks the flow closing
 
 
 def test_established_keeps_backend_and_port(m):
@@ -359,7 +390,7 @@ def test_not_ours_passes_untouched(m):
         frame = bytes(pkt)
         action, out, got = m.process(frame)
         assert (action, out, got) == (XDP_PASS, frame, stat)
-    assert not m.conntrack and not m.nat_rev
+    assert not m.flows
 
 
 def test_fragments_to_a_vip_pass_or_drop_by_policy(m):
@@ -376,7 +407,7 @@ def test_fragments_to_a_vip_pass_or_drop_by_policy(m):
     assert m.process(bytes(v6))[2] == Stat.PASS_FRAGMENT
     dropping = Model.from_specs(VIPS, knobs(frag_drop=True))
     assert dropping.process(frame)[:3:2] == (XDP_DROP, Stat.DROP_FRAGMENT)
-    assert not m.conntrack
+    assert not m.flows
 
 
 def test_vip_without_backends_drops(m):
@@ -453,35 +484,187 @@ def test_nat_port_skips_vip_ports_and_runs_out():
         stats.append(stat)
         if stat == Stat.FWD_NEW:
             assert Ether(out)[TCP].sport == 20001  # 20000 is a VIP port
+    # one backend: every flow has the same reply tuple, so the port serves one flow
     assert stats[0] == Stat.FWD_NEW and set(stats[1:]) == {Stat.DROP_NAT_FULL}
-    assert m.random_picks == 3 * model.NAT_TRIES
+    (idx, e), = entries(m).items()
+    assert idx == 1 * model.FLOW_WAYS and e.sport == 1000
+    # every set a flow hashed to and could not use is marked: its flows may live next door
+    assert {i // model.FLOW_WAYS for i, x in m.flows.items() if x.set_flags} == {0, 1}
 
 
-def test_same_client_retransmission_after_conntrack_loss_keeps_its_port(m):
-    _, out1, _, _ = run(m, tcp4())
-    m.conntrack.clear()  # LRU eviction
-    _, out2, stat, _ = run(m, tcp4())
+def _clients_of_set(m: Model, vip: str, dport: int, want_set: int, n: int,
+                    proto: int = 6) -> list[str]:
+    out = []
+    for i in range(1, 60000):
+        c = f"10.2.{i >> 8}.{i & 255}"
+        if model.hash_flow(c, vip, 40000, dport, proto, m.hash_seed) % m.nat_sets == want_set:
+            out.append(c)
+            if len(out) == n:
+                return out
+    raise LookupError("no such clients")
+
+
+def test_a_nat_port_serves_flows_of_different_reply_tuples():
+    """Set 0 of a 3-port range: its port is shared by flows to different backends (4 ways);
+    a second flow to the same backend spills to the next set and is found there."""
+    two = VipSpec(A("10.0.0.10"), 80, "tcp", backends=(be4(1), be4(2)), ring_size=251)
+    m = Model.from_specs([two], knobs(nat_port_min=30000, nat_port_max=30002))
+    clients = _clients_of_set(m, "10.0.0.10", 80, 0, 12)
+    got: dict[str, tuple[int, int]] = {}
+    for c in clients:
+        _a, out, stat = m.process(bytes(tcp4(src=c)))
+        assert stat == Stat.FWD_NEW
+        got[c] = (Ether(out)[IP].dst, Ether(out)[TCP].sport)
+    by_port: dict[int, list[str]] = {}
+    for c, (_be, port) in got.items():
+        by_port.setdefault(port, []).append(c)
+    # set 0 holds one flow per backend; the next flow of each backend spills to set 1,
+    # which takes one per backend too; the others are dropped... but all were forwarded:
+    # so at most 2 flows per (backend, port) pair never happens
+    assert len(set(got.values())) == len(got), "two flows with one reply tuple"
+    assert set(by_port) <= {30000, 30001}
+    assert len(by_port[30000]) == 2 and m.flows[0].set_flags & model.SET_F_SPILL
+    for c in clients:  # found again, in whichever set they live
+        _a, out, stat = m.process(bytes(tcp4(src=c, flags="A")))
+        assert stat == Stat.FWD_EST and (Ether(out)[IP].dst, Ether(out)[TCP].sport) == got[c]
+    for c, (baddr, port) in got.items():  # and their replies go back to them
+        bmac = BE_MACS[int(baddr.rsplit(".", 1)[1])]
+        reply = Ether(src=bmac, dst=LB_MAC) / IP(src=baddr, dst="10.0.0.10") / \
+            TCP(sport=80, dport=port, flags="SA")
+        _a, out, stat = m.process(bytes(reply))
+        assert stat == Stat.REPLY and Ether(out)[IP].dst == c
+
+
+def test_nat_flows_beyond_the_next_set_are_dropped():
+    one = VipSpec(A("10.0.0.10"), 80, "tcp", backends=(be4(1),), ring_size=251)
+    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30002))
+    c1, c2, c3 = _clients_of_set(m, "10.0.0.10", 80, 2, 3)
+    ports = []
+    for c in (c1, c2, c3):
+        _a, out, stat = m.process(bytes(tcp4(src=c)))
+        ports.append(Ether(out)[TCP].sport if stat == Stat.FWD_NEW else stat)
+    assert ports == [30002, 30000, Stat.DROP_NAT_FULL]  # set 2, then (wrapping) set 0
+    assert m.flows[2 * model.FLOW_WAYS].set_flags == model.SET_F_SPILL
+    assert m.flows[0].set_flags == 0
+
+
+def test_stale_entry_with_the_same_reply_tuple_is_taken_over():
+    one = VipSpec(A("10.0.0.10"), 80, "tcp", backends=(be4(1),), ring_size=251)
+    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30000,
+                                      tcp_timeout_s=100))
+    assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.FWD_NEW
+    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
+    m.now += 100 * m.hz  # not yet idle beyond the timeout
+    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
+    m.now += 1
+    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.FWD_NEW
+    (idx, e), = entries(m).items()  # the same way: replies must find one flow only
+    assert idx == 0 and e.src[:4] == A("10.2.0.2").packed and e.last_seen == m.now
+    # the old flow is gone: it would need the same reply tuple, held by a live flow
+    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.DROP_NAT_FULL
+
+
+def test_reply_must_come_from_the_flows_backend():
+    m = Model.from_specs([NAT4], knobs())
+    _, out, _, _ = run(m, tcp4())
+    fwd = Ether(out)
+    for src, sport, dst in ((fwd[IP].dst, fwd[TCP].dport + 1, "10.0.0.10"),
+                            ("10.0.1.99", fwd[TCP].dport, "10.0.0.10"),
+                            (fwd[IP].dst, fwd[TCP].dport, "10.0.0.11")):
+        reply = Ether(src=fwd.dst, dst=LB_MAC) / IP(src=src, dst=dst) / \
+            TCP(sport=sport, dport=fwd[TCP].sport, flags="SA")
+        frame = bytes(reply)
+        assert m.process(frame) == (XDP_PASS, frame, Stat.PASS_NOT_VIP)
+
+
+def test_conntrack_set_full_evicts_a_live_flow_by_hash():
+    m = Model.from_specs([DSR4], knobs(ct_sets=1))
+    assert m.ct_sets == 1 and m.size == (m.nat_sets + 1) * model.FLOW_WAYS
+    first = m.nat_sets * model.FLOW_WAYS
+    for sport in range(1, 5):
+        assert m.process(bytes(tcp4(dst="10.0.0.20", sport=sport)))[2] == Stat.FWD_NEW
+    assert [m.flows[first + w].sport for w in range(4)] == [1, 2, 3, 4]
+    frame = bytes(tcp4(dst="10.0.0.20", sport=5))
+    action, _out, stat = m.process(frame)
+    assert (action, stat) == (XDP_TX, Stat.FWD_NEW)
+    assert m.last_counters == {Stat.FWD_NEW: (1, len(frame)), Stat.CT_FULL: (1, 0)}
+    h = model.hash_flow("10.0.1.100", "10.0.0.20", 5, 80, 6, m.hash_seed)
+    way = (h >> 30) % model.FLOW_WAYS
+    assert m.flows[first + way].sport == 5
+    evicted = way + 1
+    # the evicted flow is chosen again: the same backend (the ring did not change)
+    _a, out1, _s = m.process(bytes(tcp4(dst="10.0.0.20", sport=evicted, flags="A")))
+    assert _s == Stat.FWD_NEW and Stat.CT_FULL in m.last_counters
+
+
+def test_dsr_flow_whose_conntrack_entry_was_lost_keeps_its_backend(m):
+    """(NAT flows have one entry, found by their replies too: only the conntrack region
+    can be lost.)"""
+    frame = bytes(tcp4(dst="10.0.0.20", dport=22))
+    _, out1, _ = m.process(frame)
+    _, nat_out, _ = m.process(bytes(tcp4()))
+    m.reset_flows(nat=False)
+    assert [e.sport for e in entries(m).values()] == [40000]  # the NAT flow stays
+    _, out2, stat = m.process(frame)
     assert stat == Stat.FWD_NEW and out1 == out2
+    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.FWD_EST
 
 
 @pytest.mark.parametrize("policy, want", [("reselect", Stat.FWD_NEW),
                                           ("reset", Stat.DROP_REMOVED)])
-def test_removed_backend_reselects_or_resets(policy, want):
-    vip = replace(NAT4, on_backend_removed=policy)
+@pytest.mark.parametrize("spec", [NAT4, DSR4], ids=["nat", "dsr"])
+def test_removed_backend_reselects_or_resets(spec, policy, want):
+    vip = replace(spec, on_backend_removed=policy)
     m = Model.from_specs([vip], knobs())
-    m.process(bytes(tcp4()))
-    bid = next(iter(m.conntrack.values())).backend_id
+    syn = tcp4(dst=str(spec.address), dport=spec.port or 80)
+    m.process(bytes(syn))
+    idx, e = only_entry(m)
+    bid = e.backend_id
     pulled = tuple(replace(b, active=m.lb.backend_ids(vip.key)[b.key] != bid)
                    for b in vip.backends)
     m.lb.apply([replace(vip, backends=pulled)])
-    action, out, stat = m.process(bytes(tcp4(flags="A")))
+    ack = syn.copy()
+    ack[TCP].flags = "A"
+    action, out, stat = m.process(bytes(ack))
     assert stat == want
-    if want == Stat.FWD_NEW:
-        assert m.last_counters[Stat.RESELECT] == (1, 0)
-        assert next(iter(m.conntrack.values())).backend_id != bid
-        assert_checksums(out)
-    else:
-        assert action == XDP_DROP
+    if want == Stat.DROP_REMOVED:
+        assert action == XDP_DROP and m.flows[idx].backend_id == bid
+        return
+    assert m.last_counters[Stat.RESELECT] == (1, 0)
+    assert_checksums(out)
+    if spec.mode == "dsr":  # re-selected in place
+        assert only_entry(m)[0] == idx and m.flows[idx].backend_id != bid
+        return
+    old = m.flows[idx]  # retired: matches nothing, stale, its way free to reuse
+    assert old.proto == 0 and old.last_seen == 0x80000000 and old.backend_id == bid
+    new_idx, new = next((i, x) for i, x in entries(m).items() if x.proto)
+    assert new.backend_id != bid and new_idx == idx + 1  # the next way of the same set
+    assert Ether(out)[TCP].sport == m.nat_port_of(new_idx)
+    assert m.process(bytes(ack))[2] == Stat.FWD_EST
+
+
+def test_flow_entries_reads_a_kernel_table():
+    from xdplb._bpf.dataplane import FLOW_DTYPE
+
+    m = Model.from_specs(VIPS, knobs())
+    m.process(bytes(tcp6()))
+    m.process(bytes(tcp4(dst="10.0.0.20", dport=22)))
+    t = np.zeros(m.size, dtype=FLOW_DTYPE)
+    for i, e in m.flows.items():
+        raw = abi.FlowEntry(src=abi.Addr.from_buffer_copy(e.src),
+                            dst=abi.Addr.from_buffer_copy(e.dst), sport=abi.htons(e.sport),
+                            dport=abi.htons(e.dport), proto=e.proto, family=e.family,
+                            flags=e.flags, set_flags=e.set_flags, last_seen=12345,
+                            reply_tag=e.reply_tag, backend_id=e.backend_id,
+                            client_ifindex=e.client_ifindex,
+                            client_mac=(C.c_uint8 * 6).from_buffer_copy(e.client_mac))
+        t[i] = np.frombuffer(bytes(raw), dtype=FLOW_DTYPE)[0]
+    t[7]["last_seen"] = 99  # a time stamp alone is no entry
+    got = model.flow_entries(t)
+    assert {i: e.decision() for i, e in got.items()} == m.table()
+    assert {e.last_seen for e in got.values()} == {12345}
+    t[next(iter(m.flows))]["client_mac"][5] ^= 1
+    assert {i: e.decision() for i, e in model.flow_entries(t).items()} != m.table()
 
 
 def test_redirect_to_another_interface():

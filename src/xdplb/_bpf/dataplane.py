@@ -587,14 +587,16 @@ def prog_holders(prog_id: int) -> list[int]:
     return out
 
 
-FLOW_DTYPE = np.dtype({
-    "names": [f[0] for f in abi.FlowEntry._fields_],
-    "formats": [("<u4", 4) if f[0] in ("src", "dst") else
-                ("u1", 6) if f[0] == "client_mac" else
-                {C.c_uint8: "u1", C.c_uint16: "<u2", C.c_uint32: "<u4"}[f[1]]
-                for f in abi.FlowEntry._fields_],
-    "offsets": [getattr(abi.FlowEntry, f[0]).offset for f in abi.FlowEntry._fields_],
-    "itemsize": C.sizeof(abi.FlowEntry)})
+# abi.FlowEntry as a numpy record (addresses as 4 words, as the data plane loads them)
+FLOW_DTYPE = np.dtype([
+    ("src", "<u4", (4,)), ("dst", "<u4", (4,)), ("sport", "<u2"), ("dport", "<u2"),
+    ("proto", "u1"), ("family", "u1"), ("flags", "u1"), ("set_flags", "u1"),
+    ("last_seen", "<u4"), ("reply_tag", "<u4"), ("backend_id", "<u4"),
+    ("client_ifindex", "<u4"), ("client_mac", "u1", (6,)), ("pad", "<u2")])
+_FIELDS = FLOW_DTYPE.fields or {}
+assert FLOW_DTYPE.itemsize == C.sizeof(abi.FlowEntry) and all(
+    _FIELDS[name][1] == getattr(abi.FlowEntry, name).offset
+    for name, *_ in abi.FlowEntry._fields_), "FLOW_DTYPE does not mirror abi.FlowEntry"
 
 
 def _read_array(m: Map) -> bytes:

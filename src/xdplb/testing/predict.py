@@ -2,22 +2,29 @@
 
 `Predictor(vips, knobs)` configures a FakeDataPlane through the real LoadBalancer (so
 backend ids and Maglev tables are exactly what a fresh DataPlane gets), then follows
-the data plane's rules with the bit-exact model (xdplb.model): backend =
-table[hash_flow(5-tuple, seed) % ring_size], NAT port = the first of
-nat_port_candidates(hash) whose reply tuple (backend, backend port, snat, port) is not
-held by another client's live flow. Known flows keep their pick (conntrack). Time
-never passes here, so nothing expires.
+the data plane's rules with the bit-exact model (xdplb.model.Model over that
+FakeDataPlane, its flow table included): backend =
+table[hash_flow(5-tuple, seed) % ring_size]; NAT port = the port of the flow's set
+(nat_port_min + hash % number of NAT ports) unless that port is a VIP port, its
+FLOW_WAYS ways are taken, or a live flow there has the same reply tuple (backend,
+backend port, SNAT address), then the port of the next set, else the flow is dropped
+(drop_nat_full). Known flows keep their pick (the flow table). Every `forward` is one
+client packet, in order, as the data plane would see it. Time never passes here, so
+nothing expires.
 """
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import model
 from .._bpf import abi
 from .._bpf.dataplane import Knobs
 from .._bpf.fake import FakeDataPlane
 from ..lb import PROTOCOLS, BackendSpec, LoadBalancer, VipSpec
+
+_DROPS = {abi.Stat.DROP_NO_BACKEND: "drop_no_backend", abi.Stat.DROP_NAT_FULL: "drop_nat_full",
+          abi.Stat.DROP_REMOVED: "drop_removed"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,8 @@ class Pick:
     backend: BackendSpec | None  # None: dropped (see `drop`)
     nat_port: int = 0  # host order; 0 in DSR mode or when dropped
     backend_port: int = 0  # host order: the destination port towards the backend
-    drop: str = ""  # "" (forwarded), "drop_no_backend" or "drop_nat_full"
+    drop: str = ""  # "" (forwarded), "drop_no_backend", "drop_nat_full" or "drop_removed"
+    known: bool = field(default=False, compare=False)  # the flow had an entry (fwd_est)
 
     @property
     def addr(self) -> str:
@@ -48,8 +56,8 @@ class Predictor:
         self.lb = LoadBalancer(self.fake)
         self.lb.apply(list(vips))
         self.vips = {v.key: v for v in vips}
-        self.flows: dict[tuple, Pick] = {}
-        self.nat_owner: dict[tuple, tuple] = {}  # reply tuple -> (client, sport, vip, dport)
+        self.model = model.Model(self.fake, self.knobs)
+        self.flows: dict[tuple, Pick] = {}  # flows forwarded so far -> their pick
 
     def vip_for(self, dst, dport: int, proto: str) -> VipSpec | None:
         dst = ipaddress.ip_address(dst)
@@ -61,49 +69,43 @@ class Predictor:
     def slot_backend(self, spec: VipSpec, flow_hash: int) -> tuple[int, BackendSpec | None]:
         table = self.fake.rings[self.lb.vip_id(spec.key)]
         bid = int(table[model.select_slot(flow_hash, spec.ring_size)])
+        return bid, self._backend_spec(spec, bid)
+
+    def _backend_spec(self, spec: VipSpec, bid: int) -> BackendSpec | None:
         ids = self.lb.backend_ids(spec.key)
         for b in spec.backends:
             if ids.get(b.key) == bid:
-                return bid, b
-        return bid, None
+                return b
+        return None
 
-    def forward(self, client, sport: int, vip, dport: int, proto: str = "tcp") -> Pick:
-        """The pick for a packet client:sport -> vip:dport (a new flow is recorded)."""
+    def forward(self, client, sport: int, vip, dport: int, proto: str = "tcp",
+                client_mac: bytes = bytes(6), ifindex: int = 1) -> Pick:
+        """The pick for a packet client:sport -> vip:dport (a new flow takes its entry,
+        as in the data plane)."""
         client, vip = ipaddress.ip_address(client), ipaddress.ip_address(vip)
         key = (client, sport, vip, dport, proto)
-        if key in self.flows:
-            return self.flows[key]
         spec = self.vip_for(vip, dport, proto)
         if spec is None:
             raise KeyError(f"{vip}:{dport}/{proto} is not a VIP")
-        h = self.hash(client, sport, vip, dport, proto)
-        bid, be = self.slot_backend(spec, h)
-        if be is None:
-            return Pick(abi.NO_BACKEND if bid == abi.NO_BACKEND else bid, None,
-                        drop="drop_no_backend")
+        fk = model.FlowKey(model._addr16(client), model._addr16(vip), sport, dport,
+                           PROTOCOLS[proto], abi.AF_INET if vip.version == 4 else abi.AF_INET6)
+        fp = self.model.pick(fk, client_mac, ifindex)
+        be = self._backend_spec(spec, fp.backend_id)
+        if fp.stat in _DROPS:
+            return Pick(fp.backend_id, be if fp.stat == abi.Stat.DROP_NAT_FULL else None,
+                        drop=_DROPS[fp.stat])
+        assert be is not None, f"backend {fp.backend_id} of {spec.label} not in its spec"
         bport = be.port if spec.mode == "nat" and be.port else dport
-        if spec.mode != "nat":
-            pick = Pick(bid, be, 0, bport)
-        else:
-            snat = ipaddress.ip_address(spec.snat or spec.address)
-            owner = key[:4]
-            for port in model.nat_port_candidates(h, self.knobs.nat_port_min,
-                                                  self.knobs.nat_port_max):
-                rk = (be.address, bport, snat, port, proto)
-                if self.nat_owner.get(rk, owner) == owner:
-                    self.nat_owner[rk] = owner
-                    pick = Pick(bid, be, port, bport)
-                    break
-            else:
-                return Pick(bid, be, drop="drop_nat_full")
+        pick = Pick(fp.backend_id, be, fp.nat_port, bport, known=fp.stat == abi.Stat.FWD_EST)
         self.flows[key] = pick
         return pick
 
     def reset(self) -> None:
-        """Back to a fresh data plane's state: no flows, no NAT ports taken."""
+        """Back to a fresh data plane's state: an empty flow table."""
+        self.model.reset_flows()
         self.flows.clear()
-        self.nat_owner.clear()
 
     def forget_flows(self) -> None:
-        """Conntrack lost (LRU eviction); the reverse NAT entries stay."""
-        self.flows.clear()
+        """The conntrack region (flows of non-NAT VIPs) is lost; NAT flows stay."""
+        self.model.reset_flows(nat=False)
+        self.flows = {k: p for k, p in self.flows.items() if p.nat_port}
