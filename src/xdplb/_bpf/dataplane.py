@@ -593,7 +593,7 @@ FLOW_DTYPE = np.dtype([
     ("proto", "u1"), ("family", "u1"), ("flags", "u1"), ("set_flags", "u1"),
     ("last_seen", "<u4"), ("reply_tag", "<u4"), ("backend_id", "<u4"),
     ("client_ifindex", "<u4"), ("client_mac", "u1", (6,)), ("pad", "<u2")])
-_FIELDS = FLOW_DTYPE.fields or {}
+_FIELDS: dict = dict(FLOW_DTYPE.fields or {})
 assert FLOW_DTYPE.itemsize == C.sizeof(abi.FlowEntry) and all(
     _FIELDS[name][1] == getattr(abi.FlowEntry, name).offset
     for name, *_ in abi.FlowEntry._fields_), "FLOW_DTYPE does not mirror abi.FlowEntry"
