@@ -95,8 +95,8 @@ static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 
 }
 
 /* The entry of flow `k` (flow hash `hash`) of a NAT VIP (nat != 0) or of
- * another mode: its index, or FLOW_NONE. A global function. */
-__attribute__((noinline)) int flow_find(const struct flow_key *k, __u32 hash, __u32 nat)
+ * another mode: its index, or FLOW_NONE. Inline: every VIP packet runs it. */
+static __always_inline int flow_find(const struct flow_key *k, __u32 hash, __u32 nat)
 {
 	__u8 spill = 0;
 	__u32 s;
@@ -115,8 +115,8 @@ __attribute__((noinline)) int flow_find(const struct flow_key *k, __u32 hash, __
 }
 
 /* A backend's reply on a NAT flow (`k`: backend -> SNAT address:NAT port):
- * the flow's index, or FLOW_NONE. A global function. */
-__attribute__((noinline)) int nat_reply_find(const struct flow_key *k)
+ * the flow's index, or FLOW_NONE. Inline: every reply runs it. */
+static __always_inline int nat_reply_find(const struct flow_key *k)
 {
 	__u32 port, first, tag;
 	int w;

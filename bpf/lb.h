@@ -156,8 +156,10 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt, _
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	action = xmit_mac(ctx, e->client_mac, e->client_ifindex, &stat);
 	count_obj(&be_stats, be_id, pkt->frame_len, 0);
-	be = bpf_map_lookup_elem(&backends, &be_id);
-	trace_decision(pkt, client, cport, be ? be->vip_id : 0, be_id, action, stat);
+	if (runtime.trace_rate) { /* the VIP id is the backend's */
+		be = bpf_map_lookup_elem(&backends, &be_id);
+		trace_decision(pkt, client, cport, be ? be->vip_id : 0, be_id, action, stat);
+	}
 	return verdict(pkt, stat, action);
 }
 
