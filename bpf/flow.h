@@ -11,7 +11,9 @@
  *    whose replies differ (backend, backend port or SNAT address: reply_tag).
  *  - conntrack region (other modes): set hash & (ct_sets - 1).
  * Ways fill in order and are never emptied (user space may clear the whole
- * table), so a scan stops at the first never-used way. An entry idle beyond
+ * table), so a scan stops at the first never-used way (family and last_seen 0;
+ * a way another CPU is publishing has last_seen set and family still 0: it is
+ * skipped, neither free nor a match). An entry idle beyond
  * its timeout is stale: its flow still finds it, until a new flow reuses the
  * way. A conntrack set with no free or stale way evicts a live flow (way by
  * hash, counted ST_CT_FULL): its next packet is re-selected by Maglev, so it
@@ -40,6 +42,14 @@ static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 static __always_inline __u8 closing_flag(const struct packet *pkt)
 {
 	return (pkt->tcp_flags & (TCPF_FIN | TCPF_RST)) ? FLOW_F_CLOSING : 0;
+}
+
+/* Now in jiffies (low 32 bits), never 0: a claimed way's last_seen is never 0. */
+static __always_inline __u32 flow_now(void)
+{
+	__u32 now = bpf_jiffies64();
+
+	return now ? now : 1;
 }
 
 static __always_inline struct flow_entry *flow_at(__u32 idx)
@@ -78,7 +88,6 @@ static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 
 {
 	int w;
 
-#pragma unroll
 	for (w = 0; w < FLOW_WAYS; w++) {
 		struct flow_entry *e = flow_at(first + w);
 
@@ -86,10 +95,12 @@ static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 
 			return FLOW_NONE;
 		if (w == 0)
 			*spill = e->set_flags & SET_F_SPILL;
-		if (!e->family)
-			return FLOW_NONE;
-		if (flow_match(e, k))
-			return first + w;
+		if (e->family) {
+			if (flow_match(e, k))
+				return first + w;
+		} else if (!e->last_seen) {
+			return FLOW_NONE; /* (family 0, last_seen set: being published) */
+		}
 	}
 	return FLOW_NONE;
 }
@@ -132,8 +143,13 @@ static __always_inline int nat_reply_find(const struct flow_key *k)
 		struct flow_entry *e = flow_at(first + w);
 		struct backend *be;
 
-		if (!e || !e->family)
+		if (!e)
 			return FLOW_NONE;
+		if (!e->family) {
+			if (!e->last_seen)
+				return FLOW_NONE;
+			continue;
+		}
 		if (e->reply_tag != tag || e->proto != k->proto || e->family != k->family)
 			continue;
 		be = bpf_map_lookup_elem(&backends, &e->backend_id);
@@ -151,7 +167,7 @@ static __always_inline int nat_reply_find(const struct flow_key *k)
 struct flow_new {
 	struct flow_entry e; /* key, flags, backend_id, reply_tag, client_* filled */
 	__u32 hash;          /* flow hash */
-	__u32 now;           /* jiffies */
+	__u32 now;           /* jiffies, never 0 (flow_now) */
 };
 
 /* Take the way at `idx` (last_seen `seen` when it was judged free) and publish
@@ -200,6 +216,8 @@ static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, _
 
 		if (!e)
 			return FLOW_NONE;
+		if (!e->family && e->last_seen)
+			continue; /* being published by another CPU */
 		stale = !e->family || flow_stale(e, n->now);
 		if (e->family && e->reply_tag == n->e.reply_tag) {
 			if (!stale)
@@ -281,6 +299,8 @@ __attribute__((noinline)) int ct_claim(struct flow_new *n)
 
 			if (!e)
 				return FLOW_NONE;
+			if (!e->family && e->last_seen)
+				continue; /* being published by another CPU */
 			if (!e->family || flow_stale(e, n->now)) {
 				idx = first + w;
 				seen = e->last_seen;

@@ -27,7 +27,7 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 						    struct vip_info *vip, struct flow_pick *out,
 						    __u32 *stat)
 {
-	__u32 now = bpf_jiffies64(), nat = vip->mode == XDPLB_MODE_NAT;
+	__u32 now = flow_now(), nat = vip->mode == XDPLB_MODE_NAT;
 	__u32 hash = hash_flow(&pkt->key, knobs.hash_seed);
 	__u8 closing = closing_flag(pkt);
 	struct flow_entry *e = 0;
@@ -146,7 +146,7 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt, _
 
 	if (!e)
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
-	flow_touch(e, bpf_jiffies64(), closing_flag(pkt));
+	flow_touch(e, flow_now(), closing_flag(pkt));
 	__builtin_memcpy(client, e->src, sizeof(client));
 	__builtin_memcpy(vip, e->dst, sizeof(vip));
 	cport = e->sport;
