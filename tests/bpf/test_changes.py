@@ -197,3 +197,57 @@ def test_a_vip_with_1024_backends_spreads_new_flows_over_them(balancer):
         seen[dst] = seen.get(dst, 0) + 1
     # 4000 flows over 1024 equal backends: most backends get some, none gets a big share
     assert len(seen) > 900 and max(seen.values()) < 20, (len(seen), max(seen.values()))
+
+
+def test_two_cpus_claiming_ways_of_the_same_sets_never_share_or_lose_one():
+    """Two threads on the two CPUs open NAT flows at once into 8 NAT ports (32 ways):
+    every flow that was forwarded keeps its port on its next packet, no two forwarded
+    flows hold the same way, and the table holds exactly one entry per forwarded flow."""
+    import os
+    import threading
+
+    from xdplb._bpf.dataplane import DataPlane
+    from xdplb.testing.fixtures import configured
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs")
+    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
+                           knobs=Knobs(nat_port_min=10000, nat_port_max=10007))
+    results: dict[int, dict] = {0: {}, 1: {}}
+    try:
+        with configured(small, [VipSpec(VIP, 8000, backends=backends(8))]):
+            start = threading.Barrier(2)
+
+            def opener(cpu: int) -> None:
+                os.sched_setaffinity(0, {cpu})
+                start.wait()
+                for i in range(400):
+                    sport = 20000 + cpu * 1000 + i
+                    action, out, _ = small.program.test_run(frame(sport, client="10.9.0.1"))
+                    if action == XDP_TX:
+                        o = Ether(out)
+                        results[cpu][sport] = (o[IP].dst, o[TCP].sport)
+
+            threads = [threading.Thread(target=opener, args=(c,)) for c in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            kept = {**results[0], **results[1]}
+            assert kept and len(set(kept.values())) == len(kept)  # a reply tuple each
+            for sport, pick in kept.items():
+                action, out, _ = small.program.test_run(frame(sport, "A", client="10.9.0.1"))
+                o = Ether(out)
+                assert action == XDP_TX and (o[IP].dst, o[TCP].sport) == pick, sport
+            t = small.flow_table()
+            live = t[(t["family"] != 0) & (t["proto"] != 0)]
+            assert len(live) == len(kept)
+            assert sorted(abi_port(p) for p in live["sport"]) == sorted(kept)
+    finally:
+        small.close()
+
+
+def abi_port(p) -> int:
+    """A port as stored (network order) in host order."""
+    p = int(p)
+    return ((p & 0xFF) << 8) | (p >> 8)
