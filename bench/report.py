@@ -164,6 +164,19 @@ def targets_section(micro: dict) -> list[str]:
             f"({'none to speak of' if abs(g) <= 10 else 'it grows'}). "
             f"Finishing a CHECKSUM_PARTIAL checksum over a 1514 B frame (veth only) adds "
             f"{gp:+.0f} ns."), ""]
+    fl = micro["single"].get("flow", {}).get("new")
+    kat = micro["single"].get("katran", {}).get("new")
+    if fl:
+        d = micro["single"].get("xdplb_dsr", {}).get("new")
+        out += [(f"The new-flow target is below this machine's floor: one access to a flow "
+                 f"table of this size (the `flow floor` program: a 64-byte entry of a 16 MiB "
+                 f"array at a hash of the 5-tuple, then MAC swap and XDP_TX) costs "
+                 f"{fl['net_ns']:.0f} ns above the empty program for a new flow, a cold "
+                 f"memory access on this virtual machine. Above that floor, a new flow costs "
+                 f"xdplb {x['new']['net_ns'] - fl['net_ns']:.0f} ns in NAT mode"
+                 + (f", {d['net_ns'] - fl['net_ns']:.0f} ns in DSR mode" if d else "")
+                 + (f", Katran {kat['net_ns'] - fl['net_ns']:.0f} ns" if kat else "")
+                 + "."), ""]
     return out
 
 

@@ -146,10 +146,17 @@ def _sw16(x: int) -> int:
 
 
 def _hash_raw(src: bytes, dst: bytes, sport: int, dport: int, proto: int, seed: int) -> int:
-    """hash.h::hash_flow over a flow_key: 16-byte stored addresses, host-order ports."""
+    """hash.h::hash_flow over a flow_key: 16-byte stored addresses, host-order ports.
+    The first word of each address, then the other three of both only when one of them
+    is not zero (IPv6): an IPv4 flow's hash has two address rounds."""
+    s = struct.unpack("<4I", src)
+    d = struct.unpack("<4I", dst)
     h = (seed + H_P3) & M32
-    for w in struct.unpack("<8I", src + dst):
-        h = _round(h, w)
+    h = _round(h, s[0])
+    h = _round(h, d[0])
+    if s[1] | s[2] | s[3] | d[1] | d[2] | d[3]:
+        for w in (*s[1:], *d[1:]):
+            h = _round(h, w)
     h = _round(h, _sw16(sport) | (_sw16(dport) << 16))
     h = _round(h, proto)
     h ^= h >> 15
@@ -939,7 +946,9 @@ class Model:
             if w == 0:
                 spill = e.set_flags & SET_F_SPILL
             if not e.family:
-                return None, spill
+                if not e.last_seen:
+                    return None, spill
+                continue  # being published by another CPU (never seen here)
             if self._flow_match(e, k):
                 return first + w, spill
         return None, spill
@@ -965,7 +974,9 @@ class Model:
         for w in range(FLOW_WAYS):
             e = self._at(first + w)
             if not e.family:
-                return None
+                if not e.last_seen:
+                    return None
+                continue
             if e.reply_tag != tag or e.proto != k.proto or e.family != k.family:
                 continue
             be = backends.get(e.backend_id, _NO_BACKEND_REC)  # active or not
@@ -986,6 +997,8 @@ class Model:
         for w in range(FLOW_WAYS):
             idx = first + w
             e = self._at(idx)
+            if not e.family and e.last_seen:
+                continue  # being published by another CPU
             stale = not e.family or self._flow_stale(e, now)
             if e.family and e.reply_tag == n.reply_tag:
                 if not stale:
@@ -1017,6 +1030,8 @@ class Model:
         first = (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS
         for w in range(FLOW_WAYS):
             e = self._at(first + w)
+            if not e.family and e.last_seen:
+                continue  # being published by another CPU
             if not e.family or self._flow_stale(e, now):
                 self._flow_publish(first + w, n, now)
                 return first + w
@@ -1037,7 +1052,7 @@ class Model:
 
     # lb.h ---------------------------------------------------------------------------
     def _flow_backend(self, pkt: Packet, vip: VipRec, client_mac: bytes) -> FlowPick:
-        now = self.now & M32
+        now = (self.now & M32) or 1  # flow.h::flow_now: never 0
         nat = vip.mode == abi.MODE_NAT
         h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
         closing = self._closing_flag(pkt)
@@ -1118,7 +1133,7 @@ class Model:
 
     def _reverse_nat(self, buf: bytearray, pkt: Packet, idx: int) -> tuple[int, Stat]:
         e = self.flows[idx]
-        self._flow_touch(e, self.now & M32, self._closing_flag(pkt))
+        self._flow_touch(e, (self.now & M32) or 1, self._closing_flag(pkt))
         if self._rewrite_tuple(buf, pkt, e.dst, e.src, e.dport, e.sport):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         action, stat = self._xmit_mac(buf, pkt, e.client_mac, e.client_ifindex, Stat.REPLY)

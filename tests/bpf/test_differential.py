@@ -3,8 +3,8 @@
 Every frame of a hypothesis-generated sequence goes through both, in the same order
 from the same configuration; the verdict, the whole output frame and the `stats`
 counter deltas (packets and bytes) must be identical. At the end of each sequence
-the flow tables (conntrack, nat_rev, all fields but the time stamps) and the
-per-VIP / per-backend counters must be identical too.
+the flow table (`flows`: every entry, index for index, all fields but last_seen,
+set flags included) and the per-VIP / per-backend counters must be identical too.
 
 Sequences mix valid traffic (IPv4/IPv6 x TCP/UDP x NAT/DSR VIPs, exact and port-0,
 several clients sharing ports, backends with and without a port, random payload
@@ -13,17 +13,20 @@ CHECKSUM_PARTIAL, wrong and zero checksums, retransmissions, FIN/RST, replies fr
 backends, ICMP errors about live flows in both directions), traffic that is not
 ours, and malformed frames (truncated headers, bad ihl/version/tot_len, random bytes
 after a valid Ethernet header, IPv6 extension chains too long or overrunning),
-plus backends pulled and restored and VIPs removed and added back mid-sequence
-(re-select and reset policies, vip_slots owners and spills changing). Independently of
-the model, a transmitted frame whose input checksums were valid (or CHECKSUM_PARTIAL,
-with the fix-up on) must leave with valid checksums.
+plus backends pulled and restored, VIPs removed and added back (re-select and reset
+policies, vip_slots owners and spills changing) and one region of the flow table
+cleared mid-sequence. Independently of the model, a transmitted frame whose input
+checksums were valid (or CHECKSUM_PARTIAL, with the fix-up on) must leave with valid
+checksums.
 
 Frames are rendered with struct from a per-op seed (fast); hypothesis chooses the
 ops (kinds, flows, seeds) with a fixed seed (derandomize) so CI is deterministic.
 Time: the model never expires anything, so the data plane gets timeouts and a
-refresh interval far longer than the test. Randomness: when a new flow's 8 hash-derived
-NAT ports are busy, the data plane tries bpf_get_prandom_u32() ports; the model is then
-told which port the kernel took (Rig.kernel_random_pick) and checks it was free.
+refresh interval far longer than the test (the kernel's last_seen is real jiffies: not
+compared). Nothing is random: the model predicts every NAT port. Small NAT ranges and
+conntrack regions of one or two sets make ports spill to the next set, run out
+(drop_nat_full) and conntrack sets evict live flows (ct_full); removed backends retire
+NAT entries.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from hypothesis import strategies as st
 from xdplb._bpf import abi
 from xdplb._bpf.dataplane import Knobs
 from xdplb.lb import BackendSpec, VipSpec, vip_key
-from xdplb.model import FlowKey, FlowState, Model, NatState, Stat, hash_flow, parse
+from xdplb.model import FlowKey, Model, Stat, flow_entries, parse
 from xdplb.testing.fixtures import clear_flows, configured
 from xdplb.testing.framediff import describe, frame_diff
 
@@ -100,13 +103,14 @@ _TIMEOUTS = {"tcp_timeout_s": NEVER, "closing_timeout_s": NEVER, "udp_timeout_s"
              "refresh_s": NEVER}
 KNOB_SETS = {
     "default": Knobs(**_TIMEOUTS),
-    "5-port NAT range": Knobs(hash_seed=0x0BADCAFE, nat_port_min=61000, nat_port_max=61004,
-                              **_TIMEOUTS),
-    "no csum fixup, drop fragments": Knobs(hash_seed=0x13572468, csum_fixup=False,
-                                           frag_drop=True, nat_port_min=40000,
-                                           nat_port_max=40999, **_TIMEOUTS),
+    "5-port NAT range, 2 conntrack sets": Knobs(hash_seed=0x0BADCAFE, nat_port_min=61000,
+                                                nat_port_max=61004, ct_sets=2, **_TIMEOUTS),
+    "no csum fixup, drop fragments, 1 conntrack set": Knobs(
+        hash_seed=0x13572468, csum_fixup=False, frag_drop=True, nat_port_min=40000,
+        nat_port_max=40999, ct_sets=1, **_TIMEOUTS),
 }
-TOTALS = {"frames": 0, "seconds": 0.0, "oracle": 0}
+TOTALS = {"frames": 0, "seconds": 0.0, "entries": 0, "spills": 0, "ct_full": 0,
+          "drop_nat_full": 0, "reselect": 0}
 
 
 # --- the rig -------------------------------------------------------------------------
@@ -118,7 +122,6 @@ class Rig:
         self.model = Model.from_specs(VIPS, knobs)
         self.specs = list(VIPS)
         self.last = self.read_stats()
-        self.oracle_uses = 0
 
     def apply(self, specs: list[VipSpec]) -> None:
         if specs != self.specs:
@@ -146,28 +149,6 @@ class Rig:
         self.last = now
         return action, out, delta
 
-    def kernel_random_pick(self, frame: bytes, counters: dict):
-        """Model.prandom for one frame the kernel has already run: alloc_nat_port's
-        random candidates (bpf_get_prandom_u32) cannot be reproduced, so the model is told
-        the port the kernel ended up with (from the conntrack entry it just wrote), or,
-        when the kernel found none, a pick the model also finds busy (the first hash
-        candidate). The model still checks that the port was free to take."""
-        _res, pkt = parse(frame)
-        key = pkt.key
-        h = hash_flow(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.knobs.hash_seed)
-
-        def pick() -> int:
-            self.oracle_uses += 1
-            raw = None
-            if Stat.DROP_NAT_FULL not in counters:  # else: an older entry, if any
-                raw = self.dp.maps["conntrack"].lookup(key.to_abi())
-            if raw is not None:
-                port = FlowState.from_abi(abi.FlowState.from_buffer_copy(raw)).nat_port
-                if port:
-                    return port - self.knobs.nat_port_min
-            return h
-        return pick
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_totals(request):
@@ -178,8 +159,10 @@ def _report_totals(request):
     if tr is not None and capman is not None and TOTALS["frames"]:
         with capman.global_and_fixture_disabled():
             tr.write_line(f"\ndifferential: {TOTALS['frames']} frames through program and model "
-                          f"in {TOTALS['seconds']:.1f} s ({TOTALS['oracle']} random NAT picks "
-                          "taken from the kernel)")
+                          f"in {TOTALS['seconds']:.1f} s; {TOTALS['entries']} flow entries "
+                          f"compared, {TOTALS['spills']} spilled NAT sets, "
+                          f"{TOTALS['ct_full']} ct_full, {TOTALS['drop_nat_full']} "
+                          f"drop_nat_full, {TOTALS['reselect']} reselect")
 
 
 @pytest.fixture(scope="module", params=list(KNOB_SETS), ids=list(KNOB_SETS))
@@ -196,8 +179,14 @@ def rig(request, dataplane_pool):
 
 
 def _check_config(r: Rig) -> None:
-    """The model built from the specs (FakeDataPlane) sees what the kernel's maps hold."""
-    real = Model.from_dataplane(r.dp, r.knobs).config
+    """The model built from the specs (FakeDataPlane) sees what the kernel's maps hold,
+    and its flow table has the kernel's geometry."""
+    loaded = Model.from_dataplane(r.dp)
+    for attr in ("hash_seed", "nat_port_min", "nat_port_max", "ct_sets", "frag_drop",
+                 "csum_fixup"):
+        assert getattr(loaded, attr) == getattr(r.model, attr), attr
+    assert r.dp.maps["flows"].max_entries == len(r.dp.flow_table()) == r.model.size
+    real = loaded.config
     mine = r.model.config
     assert real.vips == mine.vips
     assert real.vip_slots == mine.vip_slots
@@ -581,17 +570,16 @@ class Scenario:
             return mutate(rnd, render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto,
                                       f.sport, f.dport))
         m = self.rig.model
-        fs = m.conntrack.get(f.key())
-        if fs is None or fs.nat_port == 0:  # no NAT state: a reply on a made-up port
+        idx = m.find_flow(f.key(), nat=True) if f.vip.mode == "nat" else None
+        if idx is None:  # no NAT entry: a reply on a made-up port
             be = rnd.choice(f.vip.backends) if f.vip.backends else None
             if be is None:
                 return noise(rnd)
-            m = self.rig.model
             nport = rnd.randrange(m.nat_port_min - 1, m.nat_port_max + 2)
             bport, baddr, bmac = f.dport, be.address, be.mac
         else:
-            be = m.config.backends[fs.backend_id]
-            bport, nport = be.port or f.dport, fs.nat_port
+            be = m.config.backends[m.flows[idx].backend_id]
+            bport, nport = be.port or f.dport, m.nat_port_of(idx)
             baddr, bmac = ipaddress.ip_address(be.addr[:4] if be.family == abi.AF_INET
                                                else be.addr), be.mac
         snat = f.vip.snat or f.vip.address
@@ -631,7 +619,8 @@ class Scenario:
 BURST_VIPS = [0, 1, 3, 6, 7, 10, 11, 16]
 TOGGLE_VIPS = [13, 1, 8, 2]  # the vip_slots owner, a NAT VIP, two port-0 DSR VIPs
 KINDS = ["burst"] + ["new"] * 6 + ["again"] * 8 + ["reply"] * 6 + \
-    ["icmp_fwd", "icmp_back", "icmp_back"] + ["noise"] * 2 + ["malformed"] * 3 + ["pull", "vip"]
+    ["icmp_fwd", "icmp_back", "icmp_back"] + ["noise"] * 2 + ["malformed"] * 3 + \
+    ["pull", "vip", "evict"]
 
 ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 16),
                          st.integers(0, (1 << 64) - 1)), min_size=30, max_size=160)
@@ -641,8 +630,34 @@ def _names(counters: dict) -> dict:
     return {Stat(k).name: v for k, v in sorted(counters.items())}
 
 
-def _table_decisions(m, cls):
-    return {FlowKey.from_abi(k): cls.from_abi(v).decision() for k, v in m.items()}
+def compare_tables(rig: Rig) -> int:
+    """The kernel's `flows` table equals the model's, entry for entry (but last_seen);
+    returns the number of entries compared."""
+    kernel = {i: e.decision() for i, e in flow_entries(rig.dp.flow_table()).items()}
+    mine = rig.model.table()
+    if kernel != mine:
+        lines = []
+        for i in sorted(set(kernel) | set(mine)):
+            if kernel.get(i) != mine.get(i):
+                lines.append(f"  flows[{i}] (set {i // abi.FLOW_WAYS}, way {i % abi.FLOW_WAYS})"
+                             f":\n    kernel {_entry_str(kernel.get(i))}\n"
+                             f"    model  {_entry_str(mine.get(i))}")
+        raise AssertionError(f"flow tables differ at {len(lines)} entries:\n"
+                             + "\n".join(lines[:12]))
+    return len(kernel)
+
+
+def _entry_str(d: tuple | None) -> str:
+    if d is None:
+        return "(never used)"
+    e = dict(zip(("src", "dst", "sport", "dport", "proto", "family", "flags", "set_flags",
+                  "reply_tag", "backend_id", "client_ifindex", "client_mac"), d, strict=True))
+    n = 4 if e["family"] == abi.AF_INET else 16
+    for a in ("src", "dst"):
+        e[a] = str(ipaddress.ip_address(e[a][:n])) if e["family"] else e[a].hex()
+    e["client_mac"] = e["client_mac"].hex(":")
+    e["reply_tag"] = f"{e['reply_tag']:#010x}"
+    return ", ".join(f"{k}={v}" for k, v in e.items())
 
 
 def checksum_problems(frame: bytes, skip_deep: bool = True) -> list[str]:
@@ -680,7 +695,6 @@ def check_frame(rig: Rig, frame: bytes, meta: dict | None = None) -> list[str]:
     """One frame through the kernel, then the model: [] when they agree (and, when the
     input's checksums were valid or CHECKSUM_PARTIAL, a transmitted frame's verify)."""
     got = rig.run(frame)
-    rig.model.prandom = rig.kernel_random_pick(frame, got[2])
     want = rig.model.process(frame)
     if (got[0], got[1], got[2]) == (want.action, want.out, rig.model.last_counters):
         if (meta and meta["valid"] and got[0] in (3, 4) and got[1] != frame
@@ -724,17 +738,21 @@ def run_sequence(rig: Rig, ops) -> int:
         if kind in ("pull", "vip"):
             (sc.pull if kind == "pull" else sc.toggle_vip)(a)
             continue
+        if kind == "evict":  # one region of the flow table is lost (cleared by user space)
+            nat = a % 4 == 0
+            rig.dp.clear_flows(nat=nat, conntrack=not nat)
+            rig.model.reset_flows(nat=nat, conntrack=not nat)
+            continue
         for frame, meta in sc.frames(kind, a, seed):
             n += 1
             errs = check_frame(rig, frame, meta)
             if errs:
                 raise AssertionError("\n".join(
                     [f"step {step} ({kind}, pulled {sorted(sc.pulled)}): " + errs[0]] + errs[1:]))
-    # flow tables and per-object counters after the sequence
-    ct = _table_decisions(rig.dp.maps["conntrack"], FlowState)
-    assert ct == {k: v.decision() for k, v in rig.model.conntrack.items()}, "conntrack"
-    nr = _table_decisions(rig.dp.maps["nat_rev"], NatState)
-    assert nr == {k: v.decision() for k, v in rig.model.nat_rev.items()}, "nat_rev"
+    # the flow table and per-object counters after the sequence
+    TOTALS["entries"] += compare_tables(rig)
+    TOTALS["spills"] += sum(1 for e in rig.model.flows.values()
+                            if e.set_flags & abi.SET_F_SPILL)
     ids_v1, ids_b1 = _ids(rig)
     ids_v, ids_b = ids_v0 | ids_v1, ids_b0 | ids_b1
     v1, b1 = rig.read_obj("vip_stats", ids_v), rig.read_obj("be_stats", ids_b)
@@ -755,10 +773,12 @@ def run_sequence(rig: Rig, ops) -> int:
 @given(ops=ops)
 def test_program_equals_model(rig, ops):
     t0 = time.perf_counter()
-    before = rig.oracle_uses
+    before = {k: rig.model.stats[Stat[k.upper()]][0] for k in ("ct_full", "drop_nat_full",
+                                                               "reselect")}
     TOTALS["frames"] += run_sequence(rig, ops)
     TOTALS["seconds"] += time.perf_counter() - t0
-    TOTALS["oracle"] += rig.oracle_uses - before
+    for k, v in before.items():
+        TOTALS[k] += rig.model.stats[Stat[k.upper()]][0] - v
 
 
 # --- data-plane defects the model reproduces (model == kernel, both wrong) --------------

@@ -1,7 +1,9 @@
 """The program's choices for new flows equal the bit-exact model's (xdplb.model through
-xdplb.testing.predict): Maglev backend from hash_flow(5-tuple, seed), NAT port from
-nat_port_candidates, including collisions and exhaustion of a 3-port NAT range.
-Random IPv4/IPv6 clients and ports, TCP and UDP, NAT and DSR, exact and port-0 VIPs."""
+xdplb.testing.predict): Maglev backend from hash_flow(5-tuple, seed), NAT port from the
+flow's set or the next one (nat_port_candidates), including shared ports, spills and
+exhaustion of a 3-port NAT range; after each sequence the kernel's flow table equals
+the model's entry for entry. Random IPv4/IPv6 clients and ports, TCP and UDP, NAT and
+DSR, exact and port-0 VIPs."""
 from __future__ import annotations
 
 import ipaddress
@@ -16,7 +18,7 @@ from scapy.layers.l2 import Ether
 from xdplb._bpf import abi
 from xdplb._bpf.dataplane import Knobs
 from xdplb.lb import PROTOCOLS, BackendSpec, VipSpec
-from xdplb.model import nat_port_candidates
+from xdplb.model import FlowEntry, FlowKey, flow_entries, nat_port_candidates
 from xdplb.testing.cases import XDP_DROP, XDP_TX
 from xdplb.testing.fixtures import clear_flows, configured
 from xdplb.testing.framediff import frame_diff
@@ -44,8 +46,8 @@ VIPS = [
 
 KNOB_SETS = {
     "default knobs": Knobs(),
-    "other seed, 3-port NAT range": Knobs(hash_seed=0x01234567, nat_port_min=61000,
-                                          nat_port_max=61002),
+    "other seed, 3-port NAT range, 4 conntrack sets": Knobs(
+        hash_seed=0x01234567, nat_port_min=61000, nat_port_max=61002, ct_sets=4),
 }
 
 
@@ -110,8 +112,9 @@ def check_flows(rig, flows):
     for vip_index, addr, sport, dport in flows:
         spec = VIPS[vip_index]
         client, sport, dport = _flow(spec, addr, sport, dport)
-        known = (client, sport, spec.address, dport, spec.protocol) in model.flows
-        pick = model.forward(client, sport, spec.address, dport, spec.protocol)
+        pick = model.forward(client, sport, spec.address, dport, spec.protocol,
+                             client_mac=bytes.fromhex(CLIENT_MAC.replace(":", "")))
+        known = pick.known
         frame = _frame(client, spec.address, sport, dport, spec.protocol, CLIENT_MAC, LB_MAC)
         before = dp.stats()
         action, out, _ = dp.program.test_run(frame)
@@ -136,13 +139,18 @@ def check_flows(rig, flows):
         assert set(moved) == {"fwd_est" if known else "fwd_new"}, (what, moved)
         caddr, fam = abi.pack_addr(client)
         vaddr, _ = abi.pack_addr(spec.address)
-        key = abi.FlowKey(src=caddr, dst=vaddr, sport=abi.htons(sport), dport=abi.htons(dport),
-                          proto=PROTOCOLS[spec.protocol], family=fam)
-        fs = dp.maps["conntrack"][key]
-        assert (fs.backend_id, abi.ntohs(fs.nat_port)) == (pick.backend_id, pick.nat_port), what
+        key = FlowKey(bytes(caddr), bytes(vaddr), sport, dport, PROTOCOLS[spec.protocol], fam)
+        idx = model.model.find_flow(key)
+        assert idx is not None, what
+        e = FlowEntry.from_abi(dp.flow_table()[idx])  # the kernel's entry where the model's is
+        assert e.key == key and e.backend_id == pick.backend_id, (what, e)
+        if spec.mode == "nat":
+            assert model.model.nat_port_of(idx) == pick.nat_port, what
         assert lb.backend_ids(spec.key)[pick.backend.key] == pick.backend_id
         if spec.mode == "nat":
             check_reply(dp, spec, client, sport, dport, pick, what)
+    kernel = {i: e.decision() for i, e in flow_entries(dp.flow_table()).items()}
+    assert kernel == model.model.table(), "flow tables differ"
 
 
 def check_reply(dp, spec, client, sport, dport, pick, what):
