@@ -41,6 +41,12 @@ enum xdplb_mode {
 
 #define FLOW_WAYS 4 /* entries per set of the flows table */
 
+/* Version of what the flows table means (entry layout, flow hash, set rules):
+ * a takeover keeps the table only when it is the same (knobs.flow_format). */
+#ifndef FLOW_FORMAT /* (tests build objects of another format) */
+#define FLOW_FORMAT 1
+#endif
+
 /* A VIP: (address, port, protocol); port 0 = every port of that protocol. */
 struct vip_key {
 	__u32 addr[4];
@@ -160,7 +166,8 @@ struct lb_knobs {
 	__u16 nat_port_max; /* host order, inclusive */
 	__u8 frag_drop;     /* 1: drop fragments to a VIP, 0: pass to the stack */
 	__u8 csum_fixup;    /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
-	__u8 pad[2];
+	__u8 flow_format;   /* FLOW_FORMAT of the object */
+	__u8 pad;
 	__u32 ct_sets;      /* conntrack sets of the flows table, a power of two */
 };
 

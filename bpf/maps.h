@@ -123,6 +123,7 @@ const volatile struct lb_knobs knobs = {
 	.nat_port_max = 32767,
 	.frag_drop = 0,
 	.csum_fixup = 1,
+	.flow_format = FLOW_FORMAT,
 	.ct_sets = 262144,
 };
 volatile struct lb_runtime runtime;

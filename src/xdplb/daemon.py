@@ -736,6 +736,7 @@ class Daemon:
 
     def _setup(self) -> None:
         from ._bpf import dataplane as dpm
+        from ._bpf import object_path as default_object
         from ._bpf.libbpf import AttachError, BpfError, VerifierError, prog_name
 
         lb = self.cfg.lb
@@ -789,6 +790,15 @@ class Daemon:
             old_knobs = dpm.read_knobs(old_knobs_map)
             old_knobs_map.close()
             old_range = old_knobs and (old_knobs.nat_port_min, old_knobs.nat_port_max)
+            new_format = dpm.object_flow_format(self.opts.object_path or default_object())
+            if old_knobs and old_knobs.flow_format != new_format:
+                for m in existing.values():
+                    m.close()
+                raise XdplbError(
+                    f"cannot take over the xdplb on {lb.interface} (program id {old_id}): its "
+                    f"flow table has format {old_knobs.flow_format}, this xdplb uses "
+                    f"{new_format} (another flow hash or layout); `xdplb stop` it "
+                    "first (its flows are dropped)")
             if old_knobs and old_knobs.ct_sets:  # the kept flow table's geometry
                 knobs.ct_sets = old_knobs.ct_sets
             if old_range and old_range != lb.nat_ports:

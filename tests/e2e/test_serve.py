@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,6 +353,33 @@ def test_stop_detaches_a_kept_instance_and_a_running_one(lab, tmp_path, run_dir)
         assert "stopped xdplb serve" in r.stdout
         assert lb.proc.wait(10) == 0
     assert not xdp_attached(lab, "lb", "veth6")
+
+
+def test_a_takeover_refuses_a_flow_table_of_another_format(lab, tmp_path, run_dir):
+    """A kept instance whose flow table means something else (another FLOW_FORMAT: flow
+    hash or layout) is not taken over: one line, exit 1, the old program stays."""
+    bpf = Path(__file__).resolve().parents[2] / "bpf"
+    other = tmp_path / "xdplb-format99.bpf.o"
+    cc = shutil.which("clang-19") or shutil.which("clang")
+    arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run([cc, "-O2", "-g", "--target=bpf", "-DFLOW_FORMAT=99",
+                    f"-I/usr/include/{arch}", f"-I{bpf}", "-c", str(bpf / "xdplb.bpf.c"),
+                    "-o", str(other)], check=True)
+    config = write_config(tmp_path / "lb.toml", lab, ["h2", "h3"])
+    with serving(lab, config, run_dir, "--keep") as lb:
+        assert lb.signal(signal.SIGTERM) == 0
+    before = xdp_attached(lab, "lb", "veth6")
+    assert before
+    r = lab.run("lb", [*cli_argv(), "serve", "-c", str(config), "--run-dir", str(run_dir),
+                       "--object", str(other)], timeout=60)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert "flow table has format 1, this xdplb uses 99" in lines[-1], lines
+    assert xdp_attached(lab, "lb", "veth6") == before
+    r = lab.run("lb", [*cli_argv(), "stop", "-c", str(config), "--run-dir", str(run_dir)],
+                timeout=30)
+    assert r.returncode == 0, r.stderr
 
 
 KEEPALIVE_CLIENT = r"""

@@ -23,6 +23,7 @@ BE_F_REDIRECT = 1 << 2
 FLOW_F_CLOSING = 1 << 0
 SET_F_SPILL = 1 << 0
 FLOW_WAYS = 4
+FLOW_FORMAT = 1  # abi.h: what the flows table means; a takeover needs the same
 
 Addr = C.c_uint8 * 16
 
@@ -155,7 +156,8 @@ class LbKnobs(C.Structure):
         ("nat_port_max", C.c_uint16),
         ("frag_drop", C.c_uint8),
         ("csum_fixup", C.c_uint8),
-        ("pad", C.c_uint8 * 2),
+        ("flow_format", C.c_uint8),
+        ("pad", C.c_uint8),
         ("ct_sets", C.c_uint32),
     ]
 

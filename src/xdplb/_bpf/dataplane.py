@@ -71,13 +71,14 @@ class Knobs:
         want = max(1, -(-conntrack // abi.FLOW_WAYS))
         return 1 << (want - 1).bit_length()
 
-    def pack(self, ct_sets: int | None = None) -> bytes:
+    def pack(self, ct_sets: int | None = None, flow_format: int = abi.FLOW_FORMAT) -> bytes:
         k = abi.LbKnobs(
             hash_seed=self.hash_seed & 0xFFFFFFFF,
             nat_port_min=self.nat_port_min,
             nat_port_max=self.nat_port_max,
             frag_drop=int(self.frag_drop),
             csum_fixup=int(self.csum_fixup),
+            flow_format=flow_format,
             ct_sets=ct_sets or self.ct_sets_for(Sizes().conntrack),
         )
         return bytes(k)
@@ -138,7 +139,8 @@ class DataPlane:
         notes: list[str] = []
         if reuse:
             fds, notes = reuse_plan(path, max_entries, reuse)
-        obj = BpfObject(path, max_entries=max_entries, rodata=knobs.pack(ct_sets),
+        obj = BpfObject(path, max_entries=max_entries,
+                        rodata=knobs.pack(ct_sets, object_flow_format(path)),
                         reuse_maps={(".bss" if n == "runtime" else n): fd
                                     for n, fd in fds.items()})
         try:
@@ -440,6 +442,14 @@ def object_map_defs(path, max_entries: dict[str, int] | None = None) -> dict[str
             out[name] = MapDef(fn["type"](ptr), fn["key_size"](ptr), fn["value_size"](ptr),
                                fn["max_entries"](ptr), fn["map_flags"](ptr))
     return out
+
+
+def object_flow_format(path) -> int:
+    """The FLOW_FORMAT an object was built with (its .rodata knobs as compiled): what its
+    flows table means. A takeover keeps a table of the same format only."""
+    with BpfObject(path) as obj:
+        raw = obj.initial_value(".rodata")
+    return abi.LbKnobs.from_buffer_copy(raw[:C.sizeof(abi.LbKnobs)]).flow_format
 
 
 def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]

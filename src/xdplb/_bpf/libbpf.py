@@ -444,6 +444,18 @@ class BpfObject:
             m = _next_map(self._obj, m)
         raise BpfError(_errno.ENOENT, f"no {suffix} map in {self.path.name}")
 
+    def initial_value(self, suffix: str) -> bytes:
+        """The initial contents of a global-data map (".rodata", ".bss") of the opened
+        object, as compiled (or as set before load)."""
+        fn = _lib.bpf_map__initial_value
+        fn.restype = C.c_void_p
+        fn.argtypes = [C.c_void_p, C.POINTER(C.c_size_t)]
+        size = C.c_size_t(0)
+        ptr = fn(self._mapptr_suffix(suffix), C.byref(size))
+        if not ptr:
+            raise BpfError(_errno.ENOENT, f"no initial value for {suffix} in {self.path.name}")
+        return C.string_at(ptr, size.value)
+
     def load(self, prog_names: tuple[str, ...] = ()) -> BpfObject:
         for name in prog_names:
             p = _find_prog(self._obj, name.encode())
