@@ -5,10 +5,11 @@
  *  - NAT region, first: set s is NAT port nat_port_min + s. A NAT flow lives in
  *    the set of its port, so a backend's reply (to snat:port) is found with one
  *    array index and the client's packets through the flow hash: set
- *    hash % nat_sets, or the next set when the first one was spilled from (it
- *    had no way for the flow: full, its port a VIP port, or a live flow there
- *    with the same reply tuple). A port serves up to FLOW_WAYS flows at once,
- *    whose replies differ (backend, backend port or SNAT address: reply_tag).
+ *    hash % nat_sets, or one of the NAT_PROBES - 1 sets after it, each looked
+ *    at only when the one before was spilled from (it had no way for a flow:
+ *    full, its port a VIP port, or a live flow there with the same reply
+ *    tuple). A port serves up to FLOW_WAYS flows at once, whose replies differ
+ *    (backend, backend port or SNAT address: reply_tag).
  *  - conntrack region (other modes): set hash & (ct_sets - 1).
  * Ways fill in order and are never emptied (user space may clear the whole
  * table), so a scan stops at the first never-used way (family and last_seen 0;
@@ -18,7 +19,7 @@
  * way. A conntrack set with no free or stale way evicts a live flow (way by
  * hash, counted ST_CT_FULL): its next packet is re-selected by Maglev, so it
  * keeps its backend unless the backends changed. A NAT flow that finds no way
- * in both its sets is dropped (ST_DROP_NAT_FULL). Ways are taken with a
+ * in any of its sets is dropped (ST_DROP_NAT_FULL). Ways are taken with a
  * compare-and-swap on last_seen: two CPUs never take the same way.
  * src/xdplb/model.py mirrors every rule here. */
 #ifndef XDPLB_FLOW_H
@@ -31,6 +32,7 @@
 #include "stats.h"
 
 #define FLOW_NONE (-1)
+#define NAT_PROBES 8 /* sets a NAT flow may live in: its own and the next ones */
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {
@@ -105,6 +107,30 @@ static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 
 	return FLOW_NONE;
 }
 
+static __always_inline __u32 nat_next(__u32 s)
+{
+	return s + 1 == nat_sets() ? 0 : s + 1;
+}
+
+/* The rest of a NAT flow's probe sequence, after its first set (spilled from),
+ * starting at set `s`: the flow's index, or FLOW_NONE. A global function: rare
+ * and the verifier walks its loop once. */
+__attribute__((noinline)) int nat_find_spilled(const struct flow_key *k, __u32 s)
+{
+	__u8 spill = 0;
+	int i, idx;
+
+	if (!k)
+		return FLOW_NONE;
+	for (i = 1; i < NAT_PROBES; i++) {
+		idx = set_find(k, s * FLOW_WAYS, &spill);
+		if (idx != FLOW_NONE || !spill)
+			return idx;
+		s = nat_next(s);
+	}
+	return FLOW_NONE;
+}
+
 /* The entry of flow `k` (flow hash `hash`) of a NAT VIP (nat != 0) or of
  * another mode: its index, or FLOW_NONE. Inline: every VIP packet runs it. */
 static __always_inline int flow_find(const struct flow_key *k, __u32 hash, __u32 nat)
@@ -113,16 +139,13 @@ static __always_inline int flow_find(const struct flow_key *k, __u32 hash, __u32
 	__u32 s;
 	int idx;
 
-	if (!k)
-		return FLOW_NONE;
 	if (!nat)
 		return set_find(k, (nat_sets() + (hash & (knobs.ct_sets - 1))) * FLOW_WAYS, &spill);
 	s = hash % nat_sets();
 	idx = set_find(k, s * FLOW_WAYS, &spill);
 	if (idx != FLOW_NONE || !spill)
 		return idx;
-	s = s + 1 == nat_sets() ? 0 : s + 1;
-	return set_find(k, s * FLOW_WAYS, &spill);
+	return nat_find_spilled(k, nat_next(s));
 }
 
 /* A backend's reply on a NAT flow (`k`: backend -> SNAT address:NAT port):
@@ -243,7 +266,7 @@ static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, _
 }
 
 /* A way for new NAT flow `n`: its index (the port is its set), FLOW_NONE when
- * both of its sets are full. A global function. */
+ * none of its NAT_PROBES sets has one. A global function. */
 __attribute__((noinline)) int nat_claim(struct flow_new *n)
 {
 	__u32 s, seen = 0, i, t;
@@ -252,7 +275,7 @@ __attribute__((noinline)) int nat_claim(struct flow_new *n)
 	if (!n)
 		return FLOW_NONE;
 	s = n->hash % nat_sets();
-	for (i = 0; i < 2; i++) { /* the flow's set, then the next one */
+	for (i = 0; i < NAT_PROBES; i++) { /* the flow's set, then the next ones */
 		struct flow_entry *first;
 
 		for (t = 0; t < 2; t++) { /* again if another CPU took the way first */
@@ -265,11 +288,11 @@ __attribute__((noinline)) int nat_claim(struct flow_new *n)
 				return idx;
 		}
 		first = flow_at(s * FLOW_WAYS);
-		if (!first || i)
+		if (!first || i == NAT_PROBES - 1)
 			return FLOW_NONE;
 		if (!(first->set_flags & SET_F_SPILL))
 			first->set_flags |= SET_F_SPILL;
-		s = s + 1 == nat_sets() ? 0 : s + 1;
+		s = nat_next(s);
 	}
 	return FLOW_NONE;
 }

@@ -3,8 +3,8 @@
 Two levels:
 
 * the primitives the rest of the code already uses: `hash_flow` and `reply_tag`
-  (hash.h), `select_slot` (select.h) and `nat_port_candidates` (flow.h: the two
-  NAT ports a new flow may get);
+  (hash.h), `select_slot` (select.h) and `nat_port_candidates` (flow.h: the
+  NAT_PROBES ports a new flow may get);
 * `Model`: the whole program as plain functions over plain data. It takes the
   same frames as the XDP entry `xdplb` and returns the same verdict, the same
   output frame byte for byte, and moves the same `stats` counters (and per-VIP /
@@ -28,11 +28,12 @@ never-used, all-zero entry) has the kernel's geometry: FLOW_WAYS ways per set,
 first the NAT region (`nat_sets` sets, set s <=> NAT port nat_port_min + s),
 then the conntrack region (`ct_sets` sets, a power of two) of the other modes.
 Every rule of flow.h is followed: lookups scan a set's ways in order and stop
-at the first never-used way; a NAT flow lives in set hash % nat_sets or, when
-that set's first way has SET_F_SPILL, in the next one; a new NAT flow takes a
-stale way with its own reply tag, else the first never-used or stale way, of
-its set and then of the next set (VIP ports skipped, a live flow with the same
-reply tag makes a set unusable), else is dropped (ST_DROP_NAT_FULL); a new
+at the first never-used way; a NAT flow lives in set hash % nat_sets or, while
+a set's first way has SET_F_SPILL, in the next one (NAT_PROBES sets at most); a
+new NAT flow takes a stale way with its own reply tag, else the first never-used
+or stale way, of its set and then of the next ones (VIP ports skipped, a live
+flow with the same reply tag makes a set unusable), else is dropped
+(ST_DROP_NAT_FULL); a new
 conntrack flow takes the first never-used or stale way, else evicts way
 (hash >> 30) % FLOW_WAYS (ST_CT_FULL); a NAT flow whose backend was removed is
 retired (proto 0, stale) and claims a way as a new flow, a conntrack flow is
@@ -81,6 +82,7 @@ H_P3 = 0xC2B2AE3D
 M32 = 0xFFFFFFFF
 FLOW_WAYS = abi.FLOW_WAYS
 SET_F_SPILL = abi.SET_F_SPILL
+NAT_PROBES = 8  # flow.h: sets a NAT flow may live in
 AGE_MAX = 0x7FFFFFFF  # timeouts are capped like Knobs.timeouts: flow ages are 32-bit
 
 # XDP actions
@@ -184,12 +186,12 @@ def select_slot(flow_hash: int, ring_size: int) -> int:
 
 def nat_port_candidates(flow_hash: int, lo: int, hi: int) -> list[int]:
     """The NAT ports (host order) a new flow may get, in order: the port of its set
-    (flow hash % number of NAT ports) and of the next set (flow.h::nat_claim; the data
-    plane skips a set whose port is a VIP port, or whose ways are all taken or held by
-    a live flow with the same reply tuple)."""
+    (flow hash % number of NAT ports) and of the NAT_PROBES - 1 next sets
+    (flow.h::nat_claim; the data plane skips a set whose port is a VIP port, or whose
+    ways are all taken or held by a live flow with the same reply tuple)."""
     n = (hi - lo + 1) & M32
     s = flow_hash % n
-    return [lo + s, lo + (0 if s + 1 == n else s + 1)]
+    return [lo + (s + i) % n for i in range(NAT_PROBES)]
 
 
 def _addr16(addr) -> bytes:
@@ -958,11 +960,12 @@ class Model:
             return self._set_find(k, (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS)[0]
         n = self.nat_sets
         s = h % n
-        idx, spill = self._set_find(k, s * FLOW_WAYS)
-        if idx is not None or not spill:
-            return idx
-        s = 0 if s + 1 == n else s + 1
-        return self._set_find(k, s * FLOW_WAYS)[0]
+        for _ in range(NAT_PROBES):  # the flow's set, then the next ones while spilled
+            idx, spill = self._set_find(k, s * FLOW_WAYS)
+            if idx is not None or not spill:
+                return idx
+            s = 0 if s + 1 == n else s + 1
+        return None
 
     def _nat_reply_find(self, k: FlowKey) -> int | None:
         port = k.dport
@@ -1014,13 +1017,13 @@ class Model:
     def _nat_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
         ns = self.nat_sets
         s = h % ns
-        for i in range(2):  # the flow's set, then the next one
+        for i in range(NAT_PROBES):  # the flow's set, then the next ones
             if ((self.nat_port_min + s) & M32) not in self._cfg_now.port_bits:
                 idx = self._nat_set_pick(n, s * FLOW_WAYS, now)
                 if idx is not None:
                     self._flow_publish(idx, n, now)
                     return idx
-            if i:
+            if i == NAT_PROBES - 1:
                 return None
             self._at_w(s * FLOW_WAYS).set_flags |= SET_F_SPILL
             s = 0 if s + 1 == ns else s + 1

@@ -506,8 +506,9 @@ def _clients_of_set(m: Model, vip: str, dport: int, want_set: int, n: int,
 
 def test_a_nat_port_serves_flows_of_different_reply_tuples():
     """Flows of set 0 of a 3-port range: its port is shared by flows to different
-    backends (FLOW_WAYS of them); a second flow to the same backend spills to the next
-    set (and is found there), a third is dropped."""
+    backends (FLOW_WAYS of them); a second and a third flow to the same backend spill to
+    the next sets (and are found there), a fourth is dropped (the probes wrap around to
+    sets that already hold a flow to that backend)."""
     four = VipSpec(A("10.0.0.10"), 80, "tcp", backends=tuple(be4(i) for i in range(1, 5)),
                    ring_size=251)
     m = Model.from_specs([four], knobs(nat_port_min=30000, nat_port_max=30002))
@@ -520,12 +521,12 @@ def test_a_nat_port_serves_flows_of_different_reply_tuples():
         k = seen.get(bid, 0)
         seen[bid] = k + 1
         _a, out, stat = m.process(bytes(tcp4(src=c)))
-        if k >= 2:
+        if k >= 3:
             assert stat == Stat.DROP_NAT_FULL, c
             continue
         assert stat == Stat.FWD_NEW and Ether(out)[TCP].sport == 30000 + k, c
         got[c] = (Ether(out)[IP].dst, Ether(out)[TCP].sport)
-    assert len(seen) == 4 and max(seen.values()) > 2  # every case happened
+    assert len(seen) == 4 and max(seen.values()) > 3  # every case happened
     assert m.flows[0].set_flags == model.SET_F_SPILL
     assert sum(1 for i in entries(m) if i < model.FLOW_WAYS) == 4  # set 0 is full
     for c, want in got.items():  # found again, in whichever set they live
@@ -539,17 +540,24 @@ def test_a_nat_port_serves_flows_of_different_reply_tuples():
         assert stat == Stat.REPLY and Ether(out)[IP].dst == c
 
 
-def test_nat_flows_beyond_the_next_set_are_dropped():
+def test_nat_flows_beyond_their_probe_sets_are_dropped():
+    """One backend, a 10-port range, flows of set 0: each takes the next port (the same
+    backend cannot share one), NAT_PROBES of them fit, the next one is dropped; every set
+    but the last probed one is marked spilled."""
     one = VipSpec(A("10.0.0.10"), 80, "tcp", backends=(be4(1),), ring_size=251)
-    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30002))
-    c1, c2, c3 = _clients_of_set(m, "10.0.0.10", 80, 2, 3)
+    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30009))
+    clients = _clients_of_set(m, "10.0.0.10", 80, 0, model.NAT_PROBES + 1)
     ports = []
-    for c in (c1, c2, c3):
+    for c in clients:
         _a, out, stat = m.process(bytes(tcp4(src=c)))
         ports.append(Ether(out)[TCP].sport if stat == Stat.FWD_NEW else stat)
-    assert ports == [30002, 30000, Stat.DROP_NAT_FULL]  # set 2, then (wrapping) set 0
-    assert m.flows[2 * model.FLOW_WAYS].set_flags == model.SET_F_SPILL
-    assert m.flows[0].set_flags == 0
+    assert ports == [30000 + i for i in range(model.NAT_PROBES)] + [Stat.DROP_NAT_FULL]
+    spilled = [s for s in range(10)
+               if (e := m.flows.get(s * model.FLOW_WAYS)) is not None and e.set_flags]
+    assert spilled == list(range(model.NAT_PROBES - 1))
+    for c, port in zip(clients, ports[:-1]):  # found again along the probe sequence
+        _a, out, stat = m.process(bytes(tcp4(src=c, flags="A")))
+        assert stat == Stat.FWD_EST and Ether(out)[TCP].sport == port
 
 
 def test_stale_entry_with_the_same_reply_tuple_is_taken_over():
