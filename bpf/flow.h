@@ -32,7 +32,7 @@
 #include "stats.h"
 
 #define FLOW_NONE (-1)
-#define NAT_PROBES 8 /* sets a NAT flow may live in: its own and the next ones */
+#define NAT_PROBES 16 /* sets a NAT flow may live in: its own and the next ones */
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {

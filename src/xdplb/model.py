@@ -82,7 +82,7 @@ H_P3 = 0xC2B2AE3D
 M32 = 0xFFFFFFFF
 FLOW_WAYS = abi.FLOW_WAYS
 SET_F_SPILL = abi.SET_F_SPILL
-NAT_PROBES = 8  # flow.h: sets a NAT flow may live in
+NAT_PROBES = 16  # flow.h: sets a NAT flow may live in
 AGE_MAX = 0x7FFFFFFF  # timeouts are capped like Knobs.timeouts: flow ages are 32-bit
 
 # XDP actions

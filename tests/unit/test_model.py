@@ -541,18 +541,18 @@ def test_a_nat_port_serves_flows_of_different_reply_tuples():
 
 
 def test_nat_flows_beyond_their_probe_sets_are_dropped():
-    """One backend, a 10-port range, flows of set 0: each takes the next port (the same
+    """One backend, a 20-port range, flows of set 0: each takes the next port (the same
     backend cannot share one), NAT_PROBES of them fit, the next one is dropped; every set
     but the last probed one is marked spilled."""
     one = VipSpec(A("10.0.0.10"), 80, "tcp", backends=(be4(1),), ring_size=251)
-    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30009))
+    m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30019))
     clients = _clients_of_set(m, "10.0.0.10", 80, 0, model.NAT_PROBES + 1)
     ports = []
     for c in clients:
         _a, out, stat = m.process(bytes(tcp4(src=c)))
         ports.append(Ether(out)[TCP].sport if stat == Stat.FWD_NEW else stat)
     assert ports == [30000 + i for i in range(model.NAT_PROBES)] + [Stat.DROP_NAT_FULL]
-    spilled = [s for s in range(10)
+    spilled = [s for s in range(20)
                if (e := m.flows.get(s * model.FLOW_WAYS)) is not None and e.set_flags]
     assert spilled == list(range(model.NAT_PROBES - 1))
     for c, port in zip(clients, ports[:-1]):  # found again along the probe sequence
