@@ -91,12 +91,7 @@ class FlowEntry(C.Structure):
     """One entry (64 bytes) of the `flows` table (bpf/flow.h)."""
 
     _fields_ = [
-        ("src", Addr),
-        ("dst", Addr),
-        ("sport", C.c_uint16),
-        ("dport", C.c_uint16),
-        ("proto", C.c_uint8),
-        ("family", C.c_uint8),
+        *FlowKey._fields_[:6],  # laid out like a flow_key up to its padding
         ("flags", C.c_uint8),
         ("set_flags", C.c_uint8),
         ("last_seen", C.c_uint32),
