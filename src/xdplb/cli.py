@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=("nat", "dsr"), default="nat")
     r.add_argument("--vip", help="VIP address (default: IFACE's first IPv4 address)")
     r.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
-    r.add_argument("--conntrack", type=int, default=1 << 18, 
+    r.add_argument("--conntrack", type=int, default=1 << 18,
                    help="flow table entries for non-NAT (DSR) flows; NAT flows get 4 a NAT port")
     r.add_argument("--nat-ports", default="10000-32767",
                    help="source ports used towards backends (default 10000-32767: below the "
