@@ -103,6 +103,10 @@ class CountingFake(FakeDataPlane):
     def stats(self):
         return {"fwd_new": (5, 500), "pass_not_vip": (7, 700)}
 
+    def flow_counts(self):
+        return {"nat_size": 91072, "nat_used": 12, "nat_live": 9, "ct_size": 1024,
+                "ct_used": 3, "ct_live": 3}
+
 
 def test_metrics_exposition():
     from prometheus_client import generate_latest
@@ -132,5 +136,8 @@ def test_metrics_exposition():
         'xdplb_backend_weight{backend="10.0.0.2:8000",vip="web"} 1.0',
         'xdplb_health_checks_total{backend="10.0.0.2:8000",result="ok",vip="web"} 4.0',
         'xdplb_reloads_total{result="ok"} 0.0',
+        'xdplb_flow_table_size{region="nat"} 91072.0',
+        'xdplb_flow_table_entries{region="nat",state="live"} 9.0',
+        'xdplb_flow_table_entries{region="ct",state="used"} 3.0',
     ):
         assert line in text, line
