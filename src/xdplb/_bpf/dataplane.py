@@ -140,7 +140,7 @@ class DataPlane:
         if reuse:
             fds, notes = reuse_plan(path, max_entries, reuse)
         obj = BpfObject(path, max_entries=max_entries,
-                        rodata=knobs.pack(ct_sets, object_flow_format(path)),
+                        rodata=lambda compiled: knobs.pack(ct_sets, _flow_format(compiled)),
                         reuse_maps={(".bss" if n == "runtime" else n): fd
                                     for n, fd in fds.items()})
         try:
@@ -345,11 +345,15 @@ class DataPlane:
                                        mmap.PROT_READ | mmap.PROT_WRITE)
         return np.frombuffer(self._flows_mm, dtype=FLOW_DTYPE, count=m.max_entries)
 
+    def _nat_entries(self) -> int:
+        """Entries of the NAT region (it comes first), from the loaded knobs."""
+        k = read_knobs(self.maps[KNOBS_PIN]) if KNOBS_PIN in self.maps else None
+        return (k.nat_port_max - k.nat_port_min + 1) * abi.FLOW_WAYS if k else 0
+
     def clear_flows(self, nat: bool = True, conntrack: bool = True) -> None:
         """Forget the flows of the NAT region, of the conntrack region, or both."""
         t = self.flow_table()
-        k = read_knobs(self.maps[KNOBS_PIN]) if KNOBS_PIN in self.maps else None
-        split = (k.nat_port_max - k.nat_port_min + 1) * abi.FLOW_WAYS if k else 0
+        split = self._nat_entries()
         zero = np.zeros(1, dtype=FLOW_DTYPE)
         if nat:
             t[:split] = zero
@@ -360,8 +364,7 @@ class DataPlane:
         """Entries of the flow table: size, used (ever written) and live (not idle
         beyond their timeout), for the NAT and the conntrack region."""
         t = self.flow_table()
-        k = read_knobs(self.maps[KNOBS_PIN]) if KNOBS_PIN in self.maps else None
-        nat = (k.nat_port_max - k.nat_port_min + 1) * abi.FLOW_WAYS if k else 0
+        nat = self._nat_entries()
         rt = self.runtime()
         now = jiffies_now(rt.hz or 1000)
         used = (t["family"] != 0) & (t["proto"] != 0)
@@ -448,8 +451,11 @@ def object_flow_format(path) -> int:
     """The FLOW_FORMAT an object was built with (its .rodata knobs as compiled): what its
     flows table means. A takeover keeps a table of the same format only."""
     with BpfObject(path) as obj:
-        raw = obj.initial_value(".rodata")
-    return abi.LbKnobs.from_buffer_copy(raw[:C.sizeof(abi.LbKnobs)]).flow_format
+        return _flow_format(obj.initial_value(".rodata"))
+
+
+def _flow_format(rodata: bytes) -> int:
+    return abi.LbKnobs.from_buffer_copy(rodata[:C.sizeof(abi.LbKnobs)]).flow_format
 
 
 def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]

@@ -408,7 +408,9 @@ class BpfObject:
     """An opened (then loaded) .bpf.o: maps by name, programs by name."""
 
     def __init__(self, path: str | Path, max_entries: dict[str, int] | None = None,
-                 rodata: bytes | None = None, reuse_maps: dict[str, int] | None = None):
+                 rodata: bytes | Callable[[bytes], bytes] | None = None,
+                 reuse_maps: dict[str, int] | None = None):
+        """`rodata`: the load-time knobs, or a function of the compiled ones."""
         self.path = Path(path)
         _take_messages()
         self._obj = _open_file(str(self.path).encode(), None)
@@ -422,6 +424,8 @@ class BpfObject:
                 _check(_map_set_max(self._mapptr(name), n), f"sizing map {name}")
             if rodata is not None:
                 m = self._mapptr_suffix(".rodata")
+                if callable(rodata):
+                    rodata = rodata(self.initial_value(".rodata"))
                 _check(_map_set_init(m, C.create_string_buffer(rodata, len(rodata)),
                                      len(rodata)), "setting load-time knobs")
             for name, fd in (reuse_maps or {}).items():
