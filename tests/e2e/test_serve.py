@@ -31,12 +31,7 @@ VIP = "http://10.0.0.10:8000"
 
 
 def cli_argv() -> list[str]:
-    """`xdplb` once cli.py registers the daemon's commands; `python -m xdplb.daemon` before."""
-    from xdplb.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
-               and "run" in a.choices)
-    return xdplb_argv() if "serve" in sub.choices else [sys.executable, "-m", "xdplb.daemon"]
+    return xdplb_argv()
 
 
 # --- backends -----------------------------------------------------------------------------

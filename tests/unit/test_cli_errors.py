@@ -1,6 +1,8 @@
 """The command line's bad-input paths: one line, `xdplb: ...`, non-zero exit."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from xdplb import cli
@@ -22,7 +24,7 @@ def test_bad_run_input_is_one_line(argv, code, needle, capsys):
 
 
 def test_not_root_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["run", "veth6", "10.0.0.2", "de:ad:be:ef:00:02"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs root" in err[0], err

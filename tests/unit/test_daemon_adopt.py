@@ -12,8 +12,9 @@ import pytest
 from xdplb._bpf import abi
 from xdplb._bpf.fake import FakeDataPlane
 from xdplb.config import parse_config
-from xdplb.daemon import Controller, Log, specs_from_config
+from xdplb.daemon import Controller, specs_from_config
 from xdplb.lb import IdPool, LoadBalancer, read_map_state
+from xdplb.logfmt import Log
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,11 @@ import ipaddress
 import pytest
 
 from xdplb._bpf.fake import FakeDataPlane
+from xdplb.cli import main
+from xdplb.cli.serve import register
 from xdplb.config import ConfigError, parse_config
-from xdplb.daemon import Controller, Log, main, register_cli
+from xdplb.daemon import Controller
+from xdplb.logfmt import Log
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +20,7 @@ pytestmark = pytest.mark.unit
 def test_register_cli_adds_the_operator_commands():
     p = argparse.ArgumentParser(prog="xdplb")
     sub = p.add_subparsers(dest="command", required=True)
-    register_cli(sub)
+    register(sub)
     assert {"serve", "reload", "status", "stop", "backend", "vip"} <= set(sub.choices)
     a = p.parse_args(["serve", "-c", "lb.toml", "--keep", "--metrics", ":9100"])
     assert (a.config, a.keep, a.metrics) == ("lb.toml", True, ":9100")

@@ -12,8 +12,9 @@ import pytest
 from xdplb._bpf import abi
 from xdplb._bpf.fake import FakeDataPlane
 from xdplb.config import HealthCheck, parse_config
-from xdplb.daemon import Controller, Log
+from xdplb.daemon import Controller
 from xdplb.health import HealthMonitor, HealthState, Target, probe_http, probe_tcp
+from xdplb.logfmt import Log
 
 pytestmark = pytest.mark.unit
 

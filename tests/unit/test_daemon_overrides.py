@@ -10,7 +10,8 @@ import pytest
 from xdplb._bpf import abi
 from xdplb._bpf.fake import FakeDataPlane
 from xdplb.config import parse_config
-from xdplb.daemon import Controller, Desired, Log, RequestError
+from xdplb.daemon import Controller, Desired, RequestError
+from xdplb.logfmt import Log
 
 pytestmark = pytest.mark.unit
 

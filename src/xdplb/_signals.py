@@ -1,0 +1,43 @@
+"""Signal handling shared by the command line and the daemon: a stop signal as an
+exception while setting up or running in the foreground, and signals held while cleaning
+up (a second Ctrl-C must not leave the data plane half-detached)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stop(KeyboardInterrupt):
+    """A stop signal arrived; the message is its name (SIGINT, SIGTERM, ...). A
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+
+def raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_on(*sigs: signal.Signals) -> Iterator[None]:
+    """Inside the block, each of `sigs` (default SIGINT, SIGTERM) raises Stop; the
+    previous handlers come back after it."""
+    sigs = sigs or STOP_SIGNALS
+    old = {s: signal.signal(s, raise_stop) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while cleaning up (a second Ctrl-C must not half-detach)."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,61 @@
+"""`xdplb stats IFACE` and `xdplb trace IFACE`: read the LB attached to an interface
+from another process."""
+from __future__ import annotations
+
+import json
+
+from .._signals import Stop, stop_on
+from ._common import require_root
+
+
+def cmd_stats(args) -> int:
+    from ..service import attached_report
+
+    require_root("xdplb stats")
+    report = attached_report(args.iface)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"xdplb on {args.iface} (program id {report['prog_id']})")
+    print("  packets by outcome:")
+    for name, (pk, by) in report["stats"].items():
+        if pk:
+            print(f"    {name:<18} {pk:>12} pkts {by:>14} bytes")
+    f = report["flows"]
+    print(f"  flow table: NAT {f['nat_live']} live / {f['nat_used']} used / {f['nat_size']} "
+          f"entries, conntrack {f['ct_live']} / {f['ct_used']} / {f['ct_size']}")
+    for v in report["vips"]:
+        print(f"  VIP {v['vip']} ({v['mode']}): {v['packets']} pkts, {v['new_flows']} flows")
+    for b in report["backends"]:
+        state = "active" if b["active"] else "removed"
+        print(f"    backend {b['id']:>4} {b['address']:<20} {state:<8} {b['packets']:>10} pkts "
+              f"{b['new_flows']:>8} flows")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from ..service import trace_events
+
+    require_root("xdplb trace")
+    try:
+        with stop_on():
+            for line in trace_events(args.iface, rate=args.rate, count=args.count,
+                                     duration=args.duration):
+                print(line, flush=True)
+    except Stop:
+        pass
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("stats", help="counters of the LB running on IFACE")
+    s.add_argument("iface")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    t = sub.add_parser("trace", help="live sampled decisions of the LB running on IFACE")
+    t.add_argument("iface")
+    t.add_argument("--rate", type=int, default=1, help="one event per N packets (default 1)")
+    t.add_argument("--count", type=int, default=0, help="stop after N events")
+    t.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    t.set_defaults(func=cmd_trace)

@@ -1,0 +1,299 @@
+"""`xdplb serve` and the commands that talk to a running serve (reload, status, stop,
+backend, vip) through its control socket."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from .._proc import alive as _alive
+from ..config import Config, ConfigError, load_config, parse_listen
+from ..daemon import (
+    DEFAULT_RUN_DIR,
+    PIN_ROOT,
+    Daemon,
+    Paths,
+    RequestError,
+    ServeOptions,
+    call,
+    parse_backend_ref,
+    request,
+    run_dir_default,
+    stop_kept,
+)
+from ..errors import UsageError, XdplbError
+from ._common import print_changes, require_root
+
+
+def _config_or_usage(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _target(args) -> tuple[Paths, Config | None]:
+    """Which instance a client command talks to: -c FILE, --instance, --iface, or the
+    only socket in the run directory."""
+    run_dir = args.run_dir or run_dir_default()
+    cfg = None
+    if getattr(args, "config", None):
+        cfg = _config_or_usage(args.config)
+        instance = cfg.lb.instance
+    elif getattr(args, "instance", None):
+        instance = args.instance
+    elif getattr(args, "iface", None):
+        instance = args.iface
+    else:
+        socks = sorted(Path(run_dir).glob("*.sock")) if Path(run_dir).is_dir() else []
+        if len(socks) != 1:
+            which = ", ".join(p.stem for p in socks) if socks else "none running"
+            raise UsageError(f"which instance? ({which} in {run_dir}): give -c FILE or "
+                             "--instance NAME")
+        instance = socks[0].stem
+    if getattr(args, "instance", None):
+        instance = args.instance
+    return Paths(run_dir, instance), cfg
+
+
+def cmd_serve(args) -> int:
+    cfg = _config_or_usage(args.config)
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = parse_listen(args.metrics)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--metrics: {e}") from None
+    require_root("xdplb serve")
+    opts = ServeOptions(keep=args.keep, metrics=metrics, xdp_mode=args.xdp_mode,
+                        run_dir=args.run_dir or run_dir_default(), object_path=args.object)
+    return Daemon(os.path.abspath(args.config), cfg, opts).run()
+
+
+def cmd_reload(args) -> int:
+    paths, _ = _target(args)
+    if paths.sock.exists():
+        reply = request(paths, {"cmd": "reload"})
+        print_changes(reply["changes"])
+        if reply.get("dropped_overrides"):
+            print(f"dropped {len(reply['dropped_overrides'])} runtime override(s): "
+                  + "; ".join(reply["dropped_overrides"]))
+        for k in reply.get("needs_restart", []):
+            print(f"{k} changed: takes effect after `xdplb stop` and a new `xdplb serve`")
+        return 0
+    try:
+        pid = int(paths.pid.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise XdplbError(f"no xdplb serve is running for instance {paths.instance}") from None
+    print(f"sent SIGHUP to pid {pid}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    paths, _ = _target(args)
+    st = request(paths, {"cmd": "status"})["status"]
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"xdplb instance {st['instance']} on {st['interface']} (pid {st['pid']}, program id "
+          f"{st.get('program_id', '?')}, up {st['uptime']:.0f} s), config {st['config']}")
+    for v in st["vips"]:
+        h = v["health"]
+        check = "no health check" if not h else (
+            f"{h['kind']}{' ' + h['path'] if h.get('path') else ''} every {h['interval']:g} s, "
+            f"rise {h['rise']} fall {h['fall']}")
+        print(f"VIP {v['name']} {v['vip']} {v['mode']}: {v['packets']} pkts, "
+              f"{v['new_flows']} flows; {check}")
+        for b in v["backends"]:
+            extra = ""
+            if b["health"] and b["health"]["last_error"]:
+                extra = f"  last check: {b['health']['last_error']}"
+            print(f"  {b['backend']:<24} {b['state']:<9} weight {b['weight']:<5} "
+                  f"{b['packets']:>10} pkts {b['new_flows']:>8} flows{extra}")
+    if st["overrides"]:
+        print("runtime overrides (replaced by the next reload from the file):")
+        for o in st["overrides"]:
+            print(f"  {o}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    """Stop a running daemon (detaching), or detach and unpin a kept instance."""
+    paths, cfg = _target(args)
+    iface = cfg.lb.interface if cfg else args.iface
+    pid = None
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(paths.pid.read_text().strip())
+    if paths.sock.exists():
+        try:
+            reply = call(paths.sock, {"cmd": "stop", "keep": False}, 10)
+        except (FileNotFoundError, ConnectionRefusedError):
+            reply = None
+        if reply is not None:
+            if not reply.get("ok"):
+                raise XdplbError(reply.get("error", "stop refused"))
+            deadline = time.monotonic() + 15
+            while pid and _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid and _alive(pid):
+                raise XdplbError(f"pid {pid} did not exit within 15 s")
+            print(f"stopped xdplb serve (pid {pid}) of instance {paths.instance}: detached")
+            return 0
+    require_root("xdplb stop")
+    print(stop_kept(paths.instance, iface, args.pin_root))
+    return 0
+
+
+def _backend_table(args) -> dict:
+    addr, port = parse_backend_ref(args.backend)
+    t: dict[str, Any] = {"address": str(addr)}
+    if port is not None:
+        t["port"] = port
+    if args.mac:
+        t["mac"] = args.mac
+    if args.weight is not None:
+        t["weight"] = args.weight
+    return t
+
+
+def cmd_backend(args) -> int:
+    paths, _ = _target(args)
+    req: dict[str, Any] = {"cmd": "backend", "op": args.op, "vip": args.vip}
+    if args.op == "add":
+        try:
+            req["backend"] = _backend_table(args)
+        except RequestError as e:
+            raise UsageError(str(e)) from None
+    else:
+        req["backend"] = args.backend
+    if args.op == "weight":
+        req["weight"] = args.weight_value
+    print_changes(request(paths, req)["changes"])
+    return 0
+
+
+def cmd_vip(args) -> int:
+    paths, _ = _target(args)
+    if args.op == "remove":
+        print_changes(request(paths, {"cmd": "vip", "op": "remove", "vip": args.vip})
+                       ["changes"])
+        return 0
+    host, sep, port = args.vip.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"{args.vip!r}: give the VIP as ADDRESS:PORT ([IPV6]:PORT)")
+    t: dict[str, Any] = {"address": host.strip("[]"), "port": int(port),
+                         "protocol": args.proto, "mode": args.mode}
+    for k in ("name", "snat", "ring_size", "on_backend_removed"):
+        if getattr(args, k) is not None:
+            t[k] = getattr(args, k)
+    backends = []
+    for ref in args.backend or []:
+        spec, _, mac = ref.partition("@")
+        addr, bport = parse_backend_ref(spec)
+        b: dict[str, Any] = {"address": str(addr)}
+        if bport is not None:
+            b["port"] = bport
+        if mac:
+            b["mac"] = mac
+        backends.append(b)
+    t["backend"] = backends
+    print_changes(request(paths, {"cmd": "vip", "op": "add", "vip": t})["changes"])
+    return 0
+
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _add_target(p: argparse.ArgumentParser, iface: bool = False) -> None:
+    g = p.add_argument_group("which instance (default: the only one running)")
+    g.add_argument("-c", "--config", metavar="FILE", help="the instance of this config file")
+    g.add_argument("--instance", metavar="NAME", help="[lb] name, else the interface name")
+    if iface:
+        g.add_argument("--iface", metavar="IFACE", help="the instance on this interface")
+    g.add_argument("--run-dir", metavar="DIR", default=None,
+                   help=f"pid files and control sockets (default $XDPLB_RUN_DIR or "
+                   f"{DEFAULT_RUN_DIR})")
+
+
+def register(sub) -> None:
+    """Add serve, reload, stop, status, backend and vip to the xdplb command line."""
+    s = sub.add_parser(
+        "serve", help="run the load balancer from a config file (the operator's daemon)",
+        description="Validate FILE, load and attach the data plane (or take over a kept "
+        "one without dropping flows), then run health checks, reloads (SIGHUP or `xdplb "
+        "reload`), the control socket and the Prometheus exporter until SIGINT/SIGTERM.")
+    s.add_argument("-c", "--config", required=True, metavar="FILE")
+    s.add_argument("--keep", action="store_true",
+                   help="on exit leave the program attached and the maps pinned, for a "
+                   "restart or upgrade that keeps every connection")
+    s.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics (overrides [lb] metrics)")
+    s.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    s.add_argument("--run-dir", metavar="DIR", default=None,
+                   help=f"pid file and control socket (default $XDPLB_RUN_DIR or "
+                   f"{DEFAULT_RUN_DIR})")
+    s.add_argument("--object", metavar="PATH", default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("reload", help="re-read the config file of a running serve and apply "
+                       "the difference")
+    _add_target(r)
+    r.set_defaults(func=cmd_reload)
+
+    st = sub.add_parser("status", help="VIPs, backends (health, weight) and counters of a "
+                        "running serve")
+    _add_target(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("stop", help="stop a running serve, or detach and unpin a kept one")
+    _add_target(sp, iface=True)
+    sp.add_argument("--pin-root", default=PIN_ROOT, help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_stop)
+
+    b = sub.add_parser("backend", help="runtime backend changes on a running serve "
+                       "(until the next reload)")
+    bsub = b.add_subparsers(dest="op", required=True)
+    for op, hlp in (("drain", "no new flows (weight 0); established flows stay"),
+                    ("undrain", "back to its weight"),
+                    ("remove", "remove; its flows re-select or reset (VIP policy)"),
+                    ("weight", "set the Maglev weight"),
+                    ("add", "add a backend to a VIP")):
+        p = bsub.add_parser(op, help=hlp)
+        p.add_argument("backend", metavar="BACKEND", help="ADDRESS, ADDRESS:PORT or [IPV6]:PORT")
+        p.add_argument("--vip", help="VIP name or ADDRESS:PORT[/PROTO] (default: every VIP "
+                       "with that backend" + ("; required with several VIPs)" if op == "add"
+                                              else ")"))
+        if op == "weight":
+            p.add_argument("weight_value", metavar="WEIGHT", type=int)
+        if op == "add":
+            p.add_argument("--mac", help="next-hop MAC (default: from the kernel's FIB)")
+            p.add_argument("--weight", type=int, default=None)
+        _add_target(p)
+        p.set_defaults(func=cmd_backend)
+
+    v = sub.add_parser("vip", help="runtime VIP changes on a running serve (until the next "
+                       "reload)")
+    vsub = v.add_subparsers(dest="op", required=True)
+    a = vsub.add_parser("add", help="add a VIP")
+    a.add_argument("vip", metavar="ADDRESS:PORT")
+    a.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
+    a.add_argument("--mode", choices=("nat", "dsr"), default="nat")
+    a.add_argument("--name")
+    a.add_argument("--snat")
+    a.add_argument("--ring-size", type=int)
+    a.add_argument("--on-backend-removed", choices=("reselect", "reset"))
+    a.add_argument("--backend", action="append", metavar="IP[:PORT][@MAC]")
+    _add_target(a)
+    a.set_defaults(func=cmd_vip)
+    rm = vsub.add_parser("remove", help="remove a VIP")
+    rm.add_argument("vip", metavar="VIP", help="name or ADDRESS:PORT[/PROTO]")
+    _add_target(rm)
+    rm.set_defaults(func=cmd_vip)

@@ -1,0 +1,345 @@
+"""The controller: keeps the data plane equal to the desired state (and health), answers
+control requests (reload, overrides, status, stop) and reports status and metrics."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..config import Config, ConfigError, format_mac, load_config
+from ..health import HealthMonitor, HealthState
+from ..lb import LoadBalancer, MapState
+from ..logfmt import Log
+from ..metrics import MetricsSnapshot
+from .desired import BKey, Desired, RequestError, vip_label, vip_spec
+
+
+class Controller:
+    """Keeps the data plane equal to Desired (+ health); answers control requests.
+
+    Works on a DataPlane or a FakeDataPlane; health checks need a running event loop
+    (`sync_health`)."""
+
+    def __init__(self, dp, cfg: Config, config_path: str | None = None,
+                 log: Log | None = None, monitor: HealthMonitor[BKey] | None = None,
+                 info: dict | None = None):
+        self.dp = dp
+        self.cfg = cfg
+        self.config_path = config_path or cfg.source
+        self.log = log or Log()
+        self.desired = Desired(cfg)
+        self.monitor = monitor or HealthMonitor(self._on_health_change)
+        self.monitor.on_change = self._on_health_change
+        self.monitor.on_result = self._on_health_result
+        max_vips, max_backends = _id_limits(dp, cfg)
+        self.lb = LoadBalancer(dp, max_vips, max_backends)
+        self.neighbour_macs: dict = {}  # backend address -> MAC from the neighbour table
+        self.info = dict(info or {})
+        self.started = time.time()
+        self.reloads = {"ok": 0, "error": 0}
+        self.checks: dict[tuple[str, str, str], int] = {}
+        self.on_stop: Callable[[bool], None] | None = None  # stop(keep) from a request
+        self._live = False
+        self._view: tuple = ()
+
+    # state changes -----------------------------------------------------------------------
+    def start(self, existing: MapState | None = None) -> list[str]:
+        """First write: fill empty maps, or adopt those of a kept instance. Backends found
+        inactive in kept maps (pulled by the previous daemon) start down."""
+        if existing is not None:
+            for (key, bkey) in _inactive_in(existing, self.desired):
+                check = self.desired.vips[key].health
+                if check.kind != "none":
+                    self.monitor.seed((key, bkey), check, up=False)
+            changes = self.lb.adopt(self.desired.specs(self.monitor.is_up), existing)
+        else:
+            changes = self.lb.apply(self.desired.specs(self.monitor.is_up))
+        self._after(changes, "start")
+        return changes
+
+    def apply(self, why: str) -> list[str]:
+        specs = self.desired.specs(self.monitor.is_up)
+        if self.neighbour_macs:  # MAC-less backends: the neighbour table's answer
+            specs = [replace(v, backends=tuple(
+                replace(b, mac=self.neighbour_macs[b.address])
+                if b.mac is None and b.address in self.neighbour_macs else b
+                for b in v.backends)) for v in specs]
+        changes = self.lb.apply(specs)
+        self._after(changes, why)
+        return changes
+
+    def _after(self, changes: list[str], why: str) -> None:
+        for c in changes:
+            self.log("change", cause=why, what=c)
+        self._refresh_view()
+        if self._live:
+            self.sync_health()
+
+    def sync_health(self) -> None:
+        """(Re)start health checks for the current desired state (in the event loop)."""
+        self._live = True
+        self.monitor.update(self.desired.health_targets())
+
+    def _change(self, fn: Callable[[Desired], Any], why: str) -> list[str]:
+        """Run one override on a copy of Desired, apply it, keep it only if that worked."""
+        before = self.desired
+        trial = copy.deepcopy(before)
+        n = len(trial.overrides)
+        fn(trial)
+        self.desired = trial
+        try:
+            changes = self.apply(why)
+        except Exception:
+            self.desired = before
+            self.lb.apply(before.specs(self.monitor.is_up))
+            raise
+        for o in trial.overrides[n:]:
+            self.log("override", what=o)
+        return changes
+
+    def reload(self, cfg: Config | None = None) -> dict:
+        """Re-read the file (or take `cfg`) and apply only the diff. Runtime overrides
+        are dropped: the file is the truth again."""
+        try:
+            cfg = cfg or load_config(self.config_path)
+            if cfg.lb.interface != self.cfg.lb.interface or \
+                    cfg.lb.instance != self.cfg.lb.instance:
+                raise ConfigError(cfg.source, "lb.interface", "cannot change while serving "
+                                  "(stop and start again)")
+        except ConfigError as e:
+            self.reloads["error"] += 1
+            self.log("reload_failed", level="error", error=str(e))
+            raise RequestError(str(e)) from None
+        ignored = [k for k in ("hash_seed", "nat_ports", "conntrack_size", "max_vips",
+                               "max_backends", "frag_policy", "metrics")
+                   if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
+        dropped = list(self.desired.overrides)
+        before = self.desired
+        self.desired = Desired(cfg)
+        try:
+            changes = self.apply("reload")
+        except Exception as e:
+            self.desired = before
+            self.reloads["error"] += 1
+            self.log("reload_failed", level="error", error=str(e))
+            raise
+        self.cfg = cfg
+        self.reloads["ok"] += 1
+        self.log("reloaded", config=self.config_path, changes=len(changes),
+                 dropped_overrides=len(dropped) or None,
+                 needs_restart=",".join(f"lb.{k}" for k in ignored) or None)
+        return {"changes": changes, "dropped_overrides": dropped,
+                "needs_restart": [f"lb.{k}" for k in ignored]}
+
+    def _on_health_change(self, key: BKey, st: HealthState) -> None:
+        """A backend flipped: apply first, then say so (the event means it is done)."""
+        vkey, bkey = key
+        v = self.desired.vips.get(vkey)
+        name = v.name if v else vip_label(vkey)
+        try:
+            self.apply("health")
+        except Exception as e:  # noqa: BLE001 - keep checking; the next flip retries
+            self.log("apply_failed", level="error", cause="health", error=str(e))
+            return
+        if st.up:
+            self.log("backend_up", vip=name, backend=bkey, successes=st.rise)
+        else:
+            self.log("backend_down", level="warning", vip=name, backend=bkey,
+                     failures=st.fall, reason=st.last_detail)
+        if v and not st.up and not any(
+                self.monitor.is_up((vkey, b.key)) and self.desired.effective_weight(vkey, b)
+                for b in v.backends):
+            self.log("vip_without_backend", level="error", vip=name)
+
+    def _on_health_result(self, key: BKey, ok: bool, detail: str) -> None:
+        v = self.desired.vips.get(key[0])
+        k = (v.name if v else vip_label(key[0]), key[1], "ok" if ok else "fail")
+        self.checks[k] = self.checks.get(k, 0) + 1
+
+    # requests --------------------------------------------------------------------------------
+    def handle(self, req: Any) -> dict:
+        """One control request (a dict from JSON) -> a JSON-able reply."""
+        try:
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise RequestError("a request is a JSON object with a \"cmd\"")
+            result = self._dispatch(req)
+            return {"ok": True, **result}
+        except RequestError as e:
+            return {"ok": False, "error": str(e), "code": e.code}
+        except Exception as e:  # noqa: BLE001 - answer, log, keep serving
+            self.log("request_failed", level="error", cmd=req.get("cmd"), error=str(e))
+            return {"ok": False, "error": str(e) or type(e).__name__, "code": 1}
+
+    def _dispatch(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"status": self.status()}
+        if cmd == "reload":
+            return self.reload()
+        if cmd == "stop":
+            if self.on_stop is None:
+                raise RequestError("this daemon cannot be stopped by request", 1)
+            self.on_stop(bool(req.get("keep", False)))
+            return {"stopping": True, "keep": bool(req.get("keep", False))}
+        if cmd == "backend":
+            return {"changes": self._backend(req)}
+        if cmd == "vip":
+            return {"changes": self._vip(req)}
+        raise RequestError(f"unknown command {cmd!r}")
+
+    def _backend(self, req: dict) -> list[str]:
+        op, vip = req.get("op"), req.get("vip")
+        ref = req.get("backend")
+        if op == "add":
+            if not isinstance(ref, dict):
+                raise RequestError("backend add needs a backend table")
+            return self._change(lambda d: d.add_backend(vip, ref), "request")
+        if not isinstance(ref, str):
+            raise RequestError("name the backend (ADDRESS or ADDRESS:PORT)")
+        if op in ("drain", "undrain"):
+            return self._change(lambda d: d.drain(vip, ref, op == "drain"), "request")
+        if op == "weight":
+            return self._change(lambda d: d.set_weight(vip, ref, req.get("weight")), "request")
+        if op == "remove":
+            return self._change(lambda d: d.remove_backend(vip, ref), "request")
+        raise RequestError(f"unknown backend operation {op!r}")
+
+    def _vip(self, req: dict) -> list[str]:
+        op, vip = req.get("op"), req.get("vip")
+        if op == "add":
+            if not isinstance(vip, dict):
+                raise RequestError("vip add needs a VIP table")
+            return self._change(lambda d: d.add_vip(vip), "request")
+        if op == "remove":
+            if not isinstance(vip, str):
+                raise RequestError("name the VIP to remove")
+            return self._change(lambda d: d.remove_vip(vip), "request")
+        raise RequestError(f"unknown vip operation {op!r}")
+
+    # reporting ----------------------------------------------------------------------------
+    def _refresh_view(self) -> None:
+        """An immutable copy of names and ids for the exporter's thread."""
+        view = []
+        for key, v in self.desired.vips.items():
+            try:
+                vid = self.lb.vip_id(key)
+                ids = self.lb.backend_ids(key)
+            except KeyError:
+                continue
+            view.append((v.name, vip_label(key), vid, tuple(
+                (b.key, ids.get(b.key), self.desired.effective_weight(key, b),
+                 self.monitor.is_up((key, b.key))) for b in v.backends)))
+        self._view = tuple(view)
+
+    def _counters(self, which: str, idx: int | None) -> dict[str, int]:
+        read = getattr(self.dp, "obj_stats", None)
+        if read is None or idx is None:
+            return {"packets": 0, "bytes": 0, "new_flows": 0}
+        return read(which, idx)
+
+    def _vip_counters(self, vid: int | None, backends: Sequence[Mapping[str, Any]]
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+        """(totals, dropped) of a VIP: the data plane counts forwarded traffic per backend
+        and only what found no backend per VIP, so a VIP's totals are the sum of its
+        current backends plus its drops."""
+        dropped = self._counters("vip_stats", vid)
+        total = {k: dropped[k] + sum(b[k] for b in backends)
+                 for k in ("packets", "bytes", "new_flows")}
+        return total, dropped
+
+    def _reasons(self) -> dict[str, tuple[int, int]]:
+        read = getattr(self.dp, "stats", None)
+        return read() if read else {}
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        snap = MetricsSnapshot(info={k: str(v) for k, v in self.info.items()},
+                               reasons=self._reasons(), checks=dict(self.checks),
+                               reloads=dict(self.reloads), flows=self._flow_counts())
+        for name, label, vid, backends in self._view:
+            counts = [self._counters("be_stats", bid) for _, bid, _, _ in backends]
+            total, dropped = self._vip_counters(vid, counts)
+            snap.vips.append((name, label, {**total, "dropped_packets": dropped["packets"],
+                                            "dropped_bytes": dropped["bytes"]}))
+            for (bkey, _, weight, up), c in zip(backends, counts):
+                snap.backends.append((name, bkey, c, up, weight))
+        return snap
+
+    def _flow_counts(self) -> dict[str, int]:
+        read = getattr(self.dp, "flow_counts", None)  # like _reasons: fakes have no readers
+        try:
+            return read() if read else {}
+        except (OSError, ValueError, KeyError):  # a scrape never fails for it
+            return {}
+
+    def status(self) -> dict:
+        vips = []
+        for key, v in self.desired.vips.items():
+            try:
+                vid, ids = self.lb.vip_id(key), self.lb.backend_ids(key)
+            except KeyError:
+                vid, ids = None, {}
+            backends = []
+            for b in v.backends:
+                st = self.monitor.states.get((key, b.key))
+                up = self.monitor.is_up((key, b.key))
+                weight = self.desired.effective_weight(key, b)
+                drained = (key, b.key) in self.desired.drained
+                state = "down" if not up else "draining" if weight == 0 else "up"
+                backends.append({
+                    "backend": b.key, "address": str(b.address), "port": b.port,
+                    "mac": format_mac(b.mac) if b.mac else None, "id": ids.get(b.key),
+                    "weight": weight, "config_weight": b.weight, "drained": drained,
+                    "state": state, "health": st.as_dict() if st else None,
+                    **self._counters("be_stats", ids.get(b.key))})
+            h = v.health
+            total, dropped = self._vip_counters(vid, backends)
+            vips.append({
+                "name": v.name, "vip": vip_label(key), "mode": v.mode, "id": vid,
+                "snat": str(v.snat) if v.snat else None,
+                "on_backend_removed": v.on_backend_removed,
+                "health": None if h.kind == "none" else {
+                    "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
+                    "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
+                    "fall": h.fall},
+                **total, "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
+                "backends": backends})
+        return {**self.info, "config": self.config_path, "pid": os.getpid(),
+                "uptime": round(time.time() - self.started, 1), "reloads": dict(self.reloads),
+                "overrides": list(self.desired.overrides), "vips": vips,
+                "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()}}
+
+
+def _id_limits(dp, cfg: Config) -> tuple[int, int]:
+    """Ids must index every per-id map; a kept instance's maps keep their sizes."""
+    maps = getattr(dp, "maps", None)
+    if not maps:
+        return cfg.lb.max_vips, cfg.lb.max_backends
+    return (min(maps[n].max_entries for n in ("rings", "vip_stats")),
+            min(maps[n].max_entries for n in ("backends", "be_stats")))
+
+
+def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
+    """Backends of `desired` whose entries for their VIP in kept maps are all inactive:
+    the previous daemon had pulled them (health). A backend it had removed and the file
+    now lists again also starts down, and rises after `rise` good checks."""
+    from .._bpf import abi
+    from ..lb import backend_value
+
+    out = []
+    for key, v in desired.vips.items():
+        if key not in state.vips:
+            continue
+        vip_id = state.vips[key].vip_id
+        spec = vip_spec(v)
+        for b, bs in zip(v.backends, spec.backends):
+            want = backend_value(spec, bs)
+            entries = [be for be in state.backends.values()
+                       if be.family == want.family and bytes(be.addr) == bytes(want.addr)
+                       and be.port == want.port and getattr(be, "vip_id", vip_id) == vip_id]
+            if entries and not any(be.flags & abi.BE_F_ACTIVE for be in entries):
+                out.append((key, b.key))
+    return out
+

@@ -1,0 +1,216 @@
+"""Desired state: what should be served. The configuration file's VIPs as LoadBalancer
+specs, plus the runtime overrides (drain, weight, backend and VIP add/remove) that control
+requests make until the next reload."""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import replace
+
+from ..config import Backend, Config, ConfigError, Vip, backend_from_table, vip_from_table
+from ..errors import XdplbError
+from ..health import Target
+from ..lb import BackendSpec, VipSpec
+
+BKey = tuple[tuple, str]  # (VIP key, backend key): one backend of one VIP
+
+
+# --- config -> specs --------------------------------------------------------------------
+
+
+def backend_spec(b: Backend, weight: int | None = None, active: bool = True) -> BackendSpec:
+    return BackendSpec(address=b.address, mac=b.mac, port=b.port,
+                       weight=b.weight if weight is None else weight, active=active,
+                       ring_key=b.key)
+
+
+def vip_spec(v: Vip, backends: tuple[BackendSpec, ...] | None = None) -> VipSpec:
+    return VipSpec(address=v.address, port=v.port, protocol=v.protocol, mode=v.mode,
+                   backends=tuple(backend_spec(b) for b in v.backends)
+                   if backends is None else backends,
+                   snat=v.snat, ring_size=v.ring_size, on_backend_removed=v.on_backend_removed,
+                   udp_stateless=v.udp_stateless, name=v.name)
+
+
+def specs_from_config(cfg: Config) -> list[VipSpec]:
+    """The VIPs of a configuration as LoadBalancer specs. A backend's ring key is its
+    config key ('10.0.0.2:8000', '[2001:db8::2]:80'), so every node given the same file
+    builds the same Maglev tables."""
+    return [vip_spec(v) for v in cfg.vips]
+
+
+def vip_label(key: tuple) -> str:
+    addr, port, proto = key
+    host = f"[{addr}]" if addr.version == 6 else str(addr)
+    return f"{host}:{port}/{proto}"
+
+
+# --- the file plus runtime overrides -----------------------------------------------------
+
+
+class RequestError(XdplbError):
+    """A control request that cannot be done (unknown VIP, bad value); `code` is the
+    exit status the client reports (2: bad input)."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def parse_backend_ref(ref: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                          int | None]:
+    """'10.0.0.2', '10.0.0.2:8000', 'fd00::2', '[fd00::2]:8000' -> (address, port|None)."""
+    try:
+        if ref.startswith("["):
+            host, _, port = ref[1:].partition("]")
+            if not port.startswith(":"):
+                raise ValueError
+            return ipaddress.ip_address(host), int(port[1:])
+        if ref.count(":") == 1:
+            host, port = ref.split(":")
+            return ipaddress.ip_address(host), int(port)
+        return ipaddress.ip_address(ref), None
+    except ValueError:
+        raise RequestError(f"{ref!r} is not a backend (ADDRESS, ADDRESS:PORT or "
+                           "[IPV6]:PORT)") from None
+
+
+class Desired:
+    """What should be served: the configuration file's VIPs plus runtime overrides
+    (drain, weight, backend and VIP add/remove). Overrides live in memory only: the
+    next reload from the file replaces them all."""
+
+    def __init__(self, cfg: Config):
+        self.lb = cfg.lb
+        self.vips: dict[tuple, Vip] = {v.key: v for v in cfg.vips}
+        self.drained: set[BKey] = set()
+        self.overrides: list[str] = []
+
+    # lookups ---------------------------------------------------------------------------
+    def find_vip(self, ref: str) -> tuple:
+        for key, v in self.vips.items():
+            if ref in (v.name, vip_label(key)):
+                return key
+        found = []
+        for key in self.vips:
+            label = vip_label(key)
+            host_port = label.rsplit("/", 1)[0]
+            host = host_port.rsplit(":", 1)[0].strip("[]")
+            if ref in (host_port, host):
+                found.append(key)
+        if len(found) == 1:
+            return found[0]
+        names = ", ".join(v.name for v in self.vips.values()) or "none"
+        if found:
+            raise RequestError(f"VIP {ref!r} is ambiguous: "
+                               + ", ".join(self.vips[k].name for k in found))
+        raise RequestError(f"no VIP {ref!r} (VIPs: {names})")
+
+    def select(self, vip_ref: str | None, backend_ref: str) -> list[tuple[tuple, Backend]]:
+        """Backends matching `backend_ref` in one VIP, or in every VIP without vip_ref."""
+        addr, port = parse_backend_ref(backend_ref)
+        keys = [self.find_vip(vip_ref)] if vip_ref else list(self.vips)
+        out = []
+        for key in keys:
+            hits = [b for b in self.vips[key].backends
+                    if b.address == addr and (port is None or b.port == port)]
+            if len(hits) > 1:
+                raise RequestError(f"{backend_ref!r} matches {len(hits)} backends of "
+                                   f"{self.vips[key].name}; give ADDRESS:PORT")
+            out += [(key, b) for b in hits]
+        if not out:
+            where = f"VIP {self.vips[keys[0]].name}" if vip_ref else "any VIP"
+            raise RequestError(f"no backend {backend_ref!r} in {where}")
+        return out
+
+    # overrides -------------------------------------------------------------------------
+    def _record(self, what: str) -> None:
+        self.overrides.append(what)
+
+    def drain(self, vip_ref: str | None, backend_ref: str, on: bool = True) -> None:
+        for key, b in self.select(vip_ref, backend_ref):
+            (self.drained.add if on else self.drained.discard)((key, b.key))
+            self._record(f"{'drain' if on else 'undrain'} {self.vips[key].name} {b.key}")
+
+    def set_weight(self, vip_ref: str | None, backend_ref: str, weight: object) -> None:
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 0xFFFF:
+            raise RequestError(f"weight {weight!r} is out of range 0..65535")
+        for key, b in self.select(vip_ref, backend_ref):
+            v = self.vips[key]
+            self.vips[key] = replace(v, backends=tuple(
+                replace(x, weight=weight) if x is b else x for x in v.backends))
+            self._record(f"weight {v.name} {b.key} {weight}")
+
+    def _one_vip(self, vip_ref: str | None) -> tuple:
+        if vip_ref:
+            return self.find_vip(vip_ref)
+        if len(self.vips) == 1:
+            return next(iter(self.vips))
+        raise RequestError("name the VIP (--vip): there are "
+                           f"{len(self.vips)}")
+
+    def add_backend(self, vip_ref: str | None, table: dict) -> None:
+        key = self._one_vip(vip_ref)
+        v = self.vips[key]
+        try:
+            b = backend_from_table(table, v, source="request", key="backend")
+        except ConfigError as e:
+            raise RequestError(str(e)) from None
+        if any((x.address, x.port) == (b.address, b.port) for x in v.backends):
+            raise RequestError(f"{v.name} already has backend {b.key}")
+        if self._n_backends() + 1 > self.lb.max_backends:
+            raise RequestError(f"max_backends ({self.lb.max_backends}) reached")
+        self.vips[key] = replace(v, backends=(*v.backends, b))
+        self._record(f"add backend {v.name} {b.key} weight {b.weight}")
+
+    def remove_backend(self, vip_ref: str | None, backend_ref: str) -> None:
+        for key, b in self.select(vip_ref, backend_ref):
+            v = self.vips[key]
+            self.vips[key] = replace(v, backends=tuple(x for x in v.backends if x is not b))
+            self.drained.discard((key, b.key))
+            self._record(f"remove backend {v.name} {b.key}")
+
+    def add_vip(self, table: dict) -> Vip:
+        try:
+            v = vip_from_table(table, source="request", key="vip")
+        except ConfigError as e:
+            raise RequestError(str(e)) from None
+        if v.key in self.vips:
+            raise RequestError(f"VIP {vip_label(v.key)} exists ({self.vips[v.key].name})")
+        if any(x.name == v.name for x in self.vips.values()):
+            raise RequestError(f"VIP name {v.name!r} is already used")
+        if len(self.vips) + 1 > self.lb.max_vips:
+            raise RequestError(f"max_vips ({self.lb.max_vips}) reached")
+        if self._n_backends() + len(v.backends) > self.lb.max_backends:
+            raise RequestError(f"max_backends ({self.lb.max_backends}) reached")
+        self.vips[v.key] = v
+        self._record(f"add VIP {v.name} {vip_label(v.key)} with {len(v.backends)} backends")
+        return v
+
+    def remove_vip(self, vip_ref: str) -> None:
+        key = self.find_vip(vip_ref)
+        v = self.vips.pop(key)
+        self.drained = {d for d in self.drained if d[0] != key}
+        self._record(f"remove VIP {v.name}")
+
+    def _n_backends(self) -> int:
+        return sum(len(v.backends) for v in self.vips.values())
+
+    # what to serve -------------------------------------------------------------------------
+    def effective_weight(self, key: tuple, b: Backend) -> int:
+        return 0 if (key, b.key) in self.drained else b.weight
+
+    def specs(self, is_up: Callable[[BKey], bool] = lambda k: True) -> list[VipSpec]:
+        """VipSpecs with drains as weight 0 and failed health checks as inactive."""
+        return [vip_spec(v, tuple(backend_spec(b, self.effective_weight(key, b),
+                                               is_up((key, b.key))) for b in v.backends))
+                for key, v in self.vips.items()]
+
+    def health_targets(self) -> dict[BKey, Target]:
+        out = {}
+        for key, v in self.vips.items():
+            if v.health.kind == "none":
+                continue
+            for b in v.backends:
+                out[(key, b.key)] = Target(b.address, v.health.port or b.port, v.health)
+        return out
