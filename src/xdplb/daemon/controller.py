@@ -6,7 +6,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config, ConfigError, format_mac, load_config
@@ -15,6 +15,33 @@ from ..lb import LoadBalancer, MapState
 from ..logfmt import Log
 from ..metrics import MetricsSnapshot
 from .desired import BKey, Desired, RequestError, vip_label, vip_spec
+
+
+@dataclass(frozen=True)
+class BackendView:
+    key: str  # its config key, '10.0.0.2:8000'
+    address: str
+    port: int
+    mac: str | None
+    id: int | None  # its id in the data plane
+    weight: int  # in use: 0 when drained
+    config_weight: int
+    drained: bool
+    up: bool  # passes its health check (or has none)
+    state: str  # up, draining or down
+    health: dict | None  # HealthState.as_dict() when it is checked
+
+
+@dataclass(frozen=True)
+class VipView:
+    name: str
+    label: str  # address:port/proto
+    id: int | None
+    mode: str
+    snat: str | None
+    on_backend_removed: str
+    health: dict | None  # the check's settings
+    backends: tuple[BackendView, ...]
 
 
 class Controller:
@@ -43,7 +70,7 @@ class Controller:
         self.checks: dict[tuple[str, str, str], int] = {}
         self.on_stop: Callable[[bool], None] | None = None  # stop(keep) from a request
         self._live = False
-        self._view: tuple = ()
+        self._view: tuple[VipView, ...] = ()
 
     # state changes -----------------------------------------------------------------------
     def start(self, existing: MapState | None = None) -> list[str]:
@@ -220,19 +247,40 @@ class Controller:
         raise RequestError(f"unknown vip operation {op!r}")
 
     # reporting ----------------------------------------------------------------------------
-    def _refresh_view(self) -> None:
-        """An immutable copy of names and ids for the exporter's thread."""
-        view = []
+    def view(self) -> tuple[VipView, ...]:
+        """What is served now, by name and id: the one view behind `status` and the
+        metrics (which keep a copy made at each change, for the exporter's thread)."""
+        vips = []
         for key, v in self.desired.vips.items():
             try:
-                vid = self.lb.vip_id(key)
-                ids = self.lb.backend_ids(key)
+                vid, ids = self.lb.vip_id(key), self.lb.backend_ids(key)
             except KeyError:
-                continue
-            view.append((v.name, vip_label(key), vid, tuple(
-                (b.key, ids.get(b.key), self.desired.effective_weight(key, b),
-                 self.monitor.is_up((key, b.key))) for b in v.backends)))
-        self._view = tuple(view)
+                vid, ids = None, {}
+            backends = []
+            for b in v.backends:
+                st = self.monitor.states.get((key, b.key))
+                up = self.monitor.is_up((key, b.key))
+                weight = self.desired.effective_weight(key, b)
+                backends.append(BackendView(
+                    key=b.key, address=str(b.address), port=b.port,
+                    mac=format_mac(b.mac) if b.mac else None, id=ids.get(b.key),
+                    weight=weight, config_weight=b.weight,
+                    drained=(key, b.key) in self.desired.drained, up=up,
+                    state="down" if not up else "draining" if weight == 0 else "up",
+                    health=st.as_dict() if st else None))
+            h = v.health
+            vips.append(VipView(
+                name=v.name, label=vip_label(key), id=vid, mode=v.mode,
+                snat=str(v.snat) if v.snat else None, on_backend_removed=v.on_backend_removed,
+                health=None if h.kind == "none" else {
+                    "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
+                    "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
+                    "fall": h.fall},
+                backends=tuple(backends)))
+        return tuple(vips)
+
+    def _refresh_view(self) -> None:
+        self._view = self.view()
 
     def _counters(self, which: str, idx: int | None) -> dict[str, int]:
         read = getattr(self.dp, "obj_stats", None)
@@ -258,13 +306,15 @@ class Controller:
         snap = MetricsSnapshot(info={k: str(v) for k, v in self.info.items()},
                                reasons=self._reasons(), checks=dict(self.checks),
                                reloads=dict(self.reloads), flows=self._flow_counts())
-        for name, label, vid, backends in self._view:
-            counts = [self._counters("be_stats", bid) for _, bid, _, _ in backends]
-            total, dropped = self._vip_counters(vid, counts)
-            snap.vips.append((name, label, {**total, "dropped_packets": dropped["packets"],
-                                            "dropped_bytes": dropped["bytes"]}))
-            for (bkey, _, weight, up), c in zip(backends, counts):
-                snap.backends.append((name, bkey, c, up, weight))
+        for v in self._view:
+            if v.id is None:  # not in the data plane (yet)
+                continue
+            counts = [self._counters("be_stats", b.id) for b in v.backends]
+            total, dropped = self._vip_counters(v.id, counts)
+            snap.vips.append((v.name, v.label, {**total, "dropped_packets": dropped["packets"],
+                                                "dropped_bytes": dropped["bytes"]}))
+            for b, c in zip(v.backends, counts):
+                snap.backends.append((v.name, b.key, c, b.up, b.weight))
         return snap
 
     def _flow_counts(self) -> dict[str, int]:
@@ -276,34 +326,16 @@ class Controller:
 
     def status(self) -> dict:
         vips = []
-        for key, v in self.desired.vips.items():
-            try:
-                vid, ids = self.lb.vip_id(key), self.lb.backend_ids(key)
-            except KeyError:
-                vid, ids = None, {}
-            backends = []
-            for b in v.backends:
-                st = self.monitor.states.get((key, b.key))
-                up = self.monitor.is_up((key, b.key))
-                weight = self.desired.effective_weight(key, b)
-                drained = (key, b.key) in self.desired.drained
-                state = "down" if not up else "draining" if weight == 0 else "up"
-                backends.append({
-                    "backend": b.key, "address": str(b.address), "port": b.port,
-                    "mac": format_mac(b.mac) if b.mac else None, "id": ids.get(b.key),
-                    "weight": weight, "config_weight": b.weight, "drained": drained,
-                    "state": state, "health": st.as_dict() if st else None,
-                    **self._counters("be_stats", ids.get(b.key))})
-            h = v.health
-            total, dropped = self._vip_counters(vid, backends)
+        for v in self.view():
+            backends = [{
+                "backend": b.key, "address": b.address, "port": b.port, "mac": b.mac,
+                "id": b.id, "weight": b.weight, "config_weight": b.config_weight,
+                "drained": b.drained, "state": b.state, "health": b.health,
+                **self._counters("be_stats", b.id)} for b in v.backends]
+            total, dropped = self._vip_counters(v.id, backends)
             vips.append({
-                "name": v.name, "vip": vip_label(key), "mode": v.mode, "id": vid,
-                "snat": str(v.snat) if v.snat else None,
-                "on_backend_removed": v.on_backend_removed,
-                "health": None if h.kind == "none" else {
-                    "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
-                    "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
-                    "fall": h.fall},
+                "name": v.name, "vip": v.label, "mode": v.mode, "id": v.id, "snat": v.snat,
+                "on_backend_removed": v.on_backend_removed, "health": v.health,
                 **total, "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
                 "backends": backends})
         return {**self.info, "config": self.config_path, "pid": os.getpid(),
