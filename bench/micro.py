@@ -187,8 +187,8 @@ class Rig:
         from xdplb._bpf.dataplane import DataPlane, Knobs, Sizes
         from xdplb.lb import BackendSpec, LoadBalancer, VipSpec
 
-        # the sizes `xdplb run` uses (ServiceOptions), a wide NAT port range (see NAT_PORTS)
-        sizes = Sizes(max_vips=1024, max_backends=4096, conntrack=1 << 18)
+        # the default sizes (config.DEFAULTS), a wide NAT port range (see NAT_PORTS)
+        sizes = Sizes()
         knobs = Knobs(nat_port_min=NAT_PORTS[0], nat_port_max=NAT_PORTS[1])
         dp = DataPlane.load(sizes=sizes, knobs=knobs)
         self.closers.append(dp.close)
@@ -487,11 +487,13 @@ def _run(args: argparse.Namespace, cpu: int) -> int:
         repeat = run_repeat(rig, cases, args.rounds, args.repeat)
     finally:
         rig.close()
+    from xdplb.config import DEFAULTS
+
     out = {
         "machine": machine(),
         "method": {"rounds": args.rounds, "calls": args.calls, "warmup": args.warmup,
                    "repeat": args.repeat, "cpu": cpu, "nat_ports": list(NAT_PORTS),
-                   "conntrack": 1 << 18, "seconds": round(time.monotonic() - t0, 1)},
+                   "conntrack": DEFAULTS.conntrack_size, "seconds": round(time.monotonic() - t0, 1)},
         "katran": _katran_info(args.katran_obj),
         "programs": {s.key: {"label": s.label, "kind": s.kind, "note": s.note}
                      for s in rig.subjects},

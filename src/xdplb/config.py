@@ -21,9 +21,11 @@ from .errors import XdplbError
 from .ring import DEFAULT_SIZE, is_prime, next_prime
 
 __all__ = [
+    "DEFAULTS",
     "Backend",
     "Config",
     "ConfigError",
+    "Defaults",
     "HealthCheck",
     "IPAddress",
     "LbSettings",
@@ -40,11 +42,31 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-DEFAULT_HASH_SEED = 0x5EED1B0B
-DEFAULT_NAT_PORTS = (10000, 32767)  # below Linux's default ip_local_port_range
-DEFAULT_CONNTRACK_SIZE = 1 << 20
-DEFAULT_MAX_VIPS = 4096
-DEFAULT_MAX_BACKENDS = 65536
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The one table of defaults. The [lb] settings, `xdplb run`'s options, the data
+    plane's load-time sizes and knobs (`_bpf.dataplane.Sizes`, `Knobs`) and the
+    compiled-in values of bpf/maps.h (checked by tests/unit/test_defaults.py) come from
+    here; docs/config.md names the same values."""
+
+    hash_seed: int = 0x5EED1B0B  # u32; every node behind one ECMP group shares it
+    nat_ports: tuple[int, int] = (10000, 32767)  # below Linux's default ip_local_port_range
+    conntrack_size: int = 1 << 20  # flows of non-NAT VIPs (NAT flows: a set per NAT port)
+    max_vips: int = 4096
+    max_backends: int = 65536
+    ring_size: int = DEFAULT_SIZE  # Maglev table slots per VIP (prime)
+    frag_policy: str = "pass"  # IP fragments to a VIP: "pass" to the host or "drop"
+    xdp_mode: str = "auto"
+    # flow timeouts, seconds (the loader writes them in jiffies)
+    tcp_timeout_s: float = 300.0
+    closing_timeout_s: float = 10.0
+    udp_timeout_s: float = 30.0
+    refresh_s: float = 1.0  # how often an established flow's last_seen is written
+
+
+DEFAULTS = Defaults()
 MAX_RING_SIZE = 1 << 24
 MAX_WEIGHT = 0xFFFF
 
@@ -101,12 +123,12 @@ class LbSettings:
     """The [lb] table: one data plane instance."""
 
     interface: str
-    hash_seed: int = DEFAULT_HASH_SEED  # u32; every node behind one ECMP group shares it
-    nat_ports: tuple[int, int] = DEFAULT_NAT_PORTS  # inclusive source-port range for NAT
-    conntrack_size: int = DEFAULT_CONNTRACK_SIZE
-    max_vips: int = DEFAULT_MAX_VIPS
-    max_backends: int = DEFAULT_MAX_BACKENDS
-    frag_policy: str = "pass"  # "pass" | "drop": IP fragments addressed to a VIP
+    hash_seed: int = DEFAULTS.hash_seed  # u32; every node behind one ECMP group shares it
+    nat_ports: tuple[int, int] = DEFAULTS.nat_ports  # inclusive source-port range for NAT
+    conntrack_size: int = DEFAULTS.conntrack_size
+    max_vips: int = DEFAULTS.max_vips
+    max_backends: int = DEFAULTS.max_backends
+    frag_policy: str = DEFAULTS.frag_policy  # "pass" | "drop": IP fragments to a VIP
     name: str | None = None  # instance name (pins, control socket); None: the interface's
     metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
 
@@ -154,7 +176,7 @@ class Vip:
     protocol: str = "tcp"  # "tcp" | "udp"
     mode: str = "nat"  # "nat" | "dsr"
     snat: IPAddress | None = None  # nat: source address towards backends; None in dsr
-    ring_size: int = DEFAULT_SIZE
+    ring_size: int = DEFAULTS.ring_size
     on_backend_removed: str = "reselect"  # "reselect" | "reset"
     udp_stateless: bool = False
     backends: tuple[Backend, ...] = ()
@@ -508,14 +530,14 @@ class _Parser:
         interface = t.get("interface", _ifname, "an interface name string")
         s = LbSettings(
             interface=interface,
-            hash_seed=t.integer("hash_seed", 0, 0xFFFFFFFF, DEFAULT_HASH_SEED),
+            hash_seed=t.integer("hash_seed", 0, 0xFFFFFFFF, DEFAULTS.hash_seed),
             nat_ports=t.get(
-                "nat_ports", _port_range, 'a string like "61000-65535"', DEFAULT_NAT_PORTS
+                "nat_ports", _port_range, 'a string like "61000-65535"', DEFAULTS.nat_ports
             ),
-            conntrack_size=t.integer("conntrack_size", 1024, 1 << 25, DEFAULT_CONNTRACK_SIZE),
-            max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULT_MAX_VIPS),
-            max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULT_MAX_BACKENDS),
-            frag_policy=t.choice("frag_policy", ("pass", "drop"), "pass"),
+            conntrack_size=t.integer("conntrack_size", 1024, 1 << 25, DEFAULTS.conntrack_size),
+            max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULTS.max_vips),
+            max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULTS.max_backends),
+            frag_policy=t.choice("frag_policy", ("pass", "drop"), DEFAULTS.frag_policy),
             name=t.get("name", _instance, "a string", None),
             metrics=t.get("metrics", parse_listen, 'a string like "0.0.0.0:9100"', None),
         )
@@ -538,7 +560,7 @@ class _Parser:
         elif t.has("snat"):
             raise t.fail("snat", "only for mode = 'nat' (dsr keeps the client's source address)")
 
-        ring_size = t.integer("ring_size", 2, MAX_RING_SIZE, DEFAULT_SIZE)
+        ring_size = t.integer("ring_size", 2, MAX_RING_SIZE, DEFAULTS.ring_size)
         if not is_prime(ring_size):
             raise t.fail("ring_size", f"{ring_size} is not prime (try {next_prime(ring_size)})")
         on_removed = t.choice("on_backend_removed", ("reselect", "reset"), "reselect")

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from ._bpf import abi
+from .config import DEFAULTS
 from .ring import maglev_table
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,7 +51,7 @@ class VipSpec:
     mode: str = "nat"  # nat | dsr
     backends: tuple[BackendSpec, ...] = ()
     snat: IPAddress | None = None  # NAT source address, default = the VIP address
-    ring_size: int = 65537
+    ring_size: int = DEFAULTS.ring_size
     on_backend_removed: str = "reselect"  # reselect | reset
     udp_stateless: bool = False
     name: str = ""
@@ -144,7 +145,8 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True, vip_id: int
 class LoadBalancer:
     """Keeps the data plane equal to a list of VipSpec."""
 
-    def __init__(self, dp: DataPlaneWriter, max_vips: int = 4096, max_backends: int = 65536):
+    def __init__(self, dp: DataPlaneWriter, max_vips: int = DEFAULTS.max_vips,
+                 max_backends: int = DEFAULTS.max_backends):
         self.dp = dp
         self._vips: dict[tuple, _VipState] = {}
         self._slot_owner: dict[int, tuple] = {}  # vip_slots index -> VIP key

@@ -14,6 +14,7 @@ from ._bpf import abi
 from ._bpf.dataplane import DataPlane, Knobs, Sizes, ifindex_of
 from ._bpf.libbpf import XDP_ACTIONS, AttachError, BpfError, RingBuffer, VerifierError
 from ._bpf.netlink import interface_addresses, interface_kind, interface_mac
+from .config import DEFAULTS
 from .errors import UsageError, XdplbError
 from .lb import LoadBalancer, VipSpec
 
@@ -53,13 +54,13 @@ def parse_port_range(text: str) -> tuple[int, int]:
 
 @dataclass
 class ServiceOptions:
-    xdp_mode: str = "auto"
-    conntrack: int = 1 << 18
-    nat_ports: str = "10000-32767"
-    max_vips: int = 1024
-    max_backends: int = 4096
-    hash_seed: int = 0x5EED1B0B
-    frag_drop: bool = False
+    xdp_mode: str = DEFAULTS.xdp_mode
+    conntrack: int = DEFAULTS.conntrack_size
+    nat_ports: str = "{}-{}".format(*DEFAULTS.nat_ports)
+    max_vips: int = DEFAULTS.max_vips
+    max_backends: int = DEFAULTS.max_backends
+    hash_seed: int = DEFAULTS.hash_seed
+    frag_drop: bool = DEFAULTS.frag_policy == "drop"
     egress: str | None = None  # two-armed: backends are reached through this interface
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DEFAULTS
 from . import abi, libbpf
 from .libbpf import F_INNER_MAP, MAP_ARRAY, BpfError, BpfObject, Map, Program
 
@@ -26,9 +27,9 @@ PROG_NAME = "xdplb"
 class Sizes:
     """Map sizes fixed at load time."""
 
-    max_vips: int = 4096
-    max_backends: int = 65536
-    conntrack: int = 1 << 20  # flows of non-NAT VIPs (NAT flows: ports x FLOW_WAYS)
+    max_vips: int = DEFAULTS.max_vips
+    max_backends: int = DEFAULTS.max_backends
+    conntrack: int = DEFAULTS.conntrack_size  # non-NAT flows (NAT: ports x FLOW_WAYS)
 
     def as_max_entries(self, knobs: Knobs | None = None) -> dict[str, int]:
         k = knobs or Knobs()
@@ -48,15 +49,15 @@ class Knobs:
     """Load-time knobs (`const volatile struct lb_knobs knobs`) and the timeouts the
     loader writes into the run-time state (in jiffies) right after loading."""
 
-    hash_seed: int = 0x5EED1B0B
-    nat_port_min: int = 10000
-    nat_port_max: int = 32767
-    frag_drop: bool = False
+    hash_seed: int = DEFAULTS.hash_seed
+    nat_port_min: int = DEFAULTS.nat_ports[0]
+    nat_port_max: int = DEFAULTS.nat_ports[1]
+    frag_drop: bool = DEFAULTS.frag_policy == "drop"
     csum_fixup: bool = True
-    tcp_timeout_s: float = 300.0
-    closing_timeout_s: float = 10.0
-    udp_timeout_s: float = 30.0
-    refresh_s: float = 1.0
+    tcp_timeout_s: float = DEFAULTS.tcp_timeout_s
+    closing_timeout_s: float = DEFAULTS.closing_timeout_s
+    udp_timeout_s: float = DEFAULTS.udp_timeout_s
+    refresh_s: float = DEFAULTS.refresh_s
     ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
 
     def nat_sets(self) -> int:

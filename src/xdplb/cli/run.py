@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 from .._signals import Stop, deferred, stop_on
+from ..config import DEFAULTS
 from ..errors import UsageError
 from ._common import info, require_root
 
@@ -130,10 +131,10 @@ def register(sub) -> None:
     r.add_argument("--mode", choices=("nat", "dsr"), default="nat")
     r.add_argument("--vip", help="VIP address (default: IFACE's first IPv4 address)")
     r.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
-    r.add_argument("--conntrack", type=int, default=1 << 18,
+    r.add_argument("--conntrack", type=int, default=DEFAULTS.conntrack_size,
                    help="flow table entries for non-NAT (DSR) flows; NAT flows get 4 a NAT port")
-    r.add_argument("--nat-ports", default="10000-32767",
-                   help="source ports used towards backends (default 10000-32767: below the "
+    r.add_argument("--nat-ports", default="{}-{}".format(*DEFAULTS.nat_ports),
+                   help="source ports used towards backends (default %(default)s: below the "
                    "kernel's ephemeral range, above common service ports; VIP ports are "
                    "skipped)")
     r.add_argument("--egress", metavar="IFACE",

@@ -1,0 +1,95 @@
+"""One table of defaults (config.DEFAULTS): the data plane's load-time sizes and knobs, the
+command line and bpf/maps.h's compiled-in values all agree with it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from xdplb._bpf import abi
+from xdplb._bpf.dataplane import Knobs, Sizes
+from xdplb.config import DEFAULTS, LbSettings
+from xdplb.lb import LoadBalancer, VipSpec
+
+pytestmark = pytest.mark.unit
+
+MAPS_H = Path(__file__).resolve().parents[2] / "bpf" / "maps.h"
+
+
+def maps_h_max_entries() -> dict[str, int]:
+    """name -> max_entries of every map in bpf/maps.h whose size is a plain expression."""
+    text = MAPS_H.read_text()
+    out = {}
+    for body, name in re.findall(r"struct \{(.*?)\}\s*(\w+)\s+SEC\(\"\.maps\"\)", text, re.DOTALL):
+        m = re.search(r"__uint\(max_entries,\s*([^;]+)\);", body)
+        if not m:
+            continue
+        expr = m[1].replace("FLOW_WAYS", str(abi.FLOW_WAYS))
+        if re.fullmatch(r"[0-9 ()+*<-]+", expr):
+            out[name] = eval(expr)
+    return out
+
+
+def maps_h_knobs() -> dict[str, int]:
+    m = re.search(r"const volatile struct lb_knobs knobs = \{(.*?)\};", MAPS_H.read_text(), re.DOTALL)
+    assert m, "no knobs initializer in bpf/maps.h"
+    return {k: int(v, 0) for k, v in re.findall(r"\.(\w+)\s*=\s*(0x[0-9a-fA-F]+|\d+)", m[1])}
+
+
+def test_the_data_plane_sizes_come_from_the_table():
+    s = Sizes()
+    assert (s.max_vips, s.max_backends, s.conntrack) == \
+        (DEFAULTS.max_vips, DEFAULTS.max_backends, DEFAULTS.conntrack_size)
+    k = Knobs()
+    assert (k.hash_seed, (k.nat_port_min, k.nat_port_max), k.frag_drop) == \
+        (DEFAULTS.hash_seed, DEFAULTS.nat_ports, DEFAULTS.frag_policy == "drop")
+    assert (k.tcp_timeout_s, k.closing_timeout_s, k.udp_timeout_s, k.refresh_s) == \
+        (DEFAULTS.tcp_timeout_s, DEFAULTS.closing_timeout_s, DEFAULTS.udp_timeout_s,
+         DEFAULTS.refresh_s)
+
+
+def test_the_config_and_the_control_plane_use_the_table():
+    lb = LbSettings(interface="eth0")
+    assert (lb.hash_seed, lb.nat_ports, lb.conntrack_size, lb.max_vips, lb.max_backends,
+            lb.frag_policy) == (DEFAULTS.hash_seed, DEFAULTS.nat_ports, DEFAULTS.conntrack_size,
+                                DEFAULTS.max_vips, DEFAULTS.max_backends, DEFAULTS.frag_policy)
+    assert VipSpec.__dataclass_fields__["ring_size"].default == DEFAULTS.ring_size
+    lbm = LoadBalancer.__init__.__defaults__
+    assert lbm == (DEFAULTS.max_vips, DEFAULTS.max_backends)
+
+
+def test_maps_h_compiles_in_the_table():
+    """The object's own sizes and knobs (what a bare `bpftool prog load` gets) are the
+    defaults too, so nothing differs between a loaded and a compiled-in instance."""
+    got = maps_h_max_entries()
+    want = Sizes().as_max_entries(Knobs())
+    assert {n: got.get(n) for n in want} == want
+    inner = re.search(r"struct ring_inner \{.*?max_entries,\s*(\d+)", MAPS_H.read_text(), re.DOTALL)
+    assert inner and int(inner[1]) == DEFAULTS.ring_size  # the template of a VIP's table
+    knobs = maps_h_knobs()
+    assert knobs["hash_seed"] == DEFAULTS.hash_seed
+    assert (knobs["nat_port_min"], knobs["nat_port_max"]) == DEFAULTS.nat_ports
+    assert knobs["frag_drop"] == int(DEFAULTS.frag_policy == "drop")
+    assert knobs["ct_sets"] == Knobs().ct_sets_for(DEFAULTS.conntrack_size)
+
+
+def test_the_maps_h_reader_reads():
+    got = maps_h_max_entries()
+    assert {"vips", "backends", "flows", "be_stats"} <= set(got), got
+
+
+def _doc_default(key: str) -> str:
+    text = (MAPS_H.parents[1] / "docs" / "config.md").read_text()
+    m = re.search(rf"^\| `{key}` \| \w+ \| ([^|]+) \|", text, re.MULTILINE)
+    assert m, f"docs/config.md has no row for {key}"
+    return m[1].strip().strip("`").strip('"')
+
+
+def test_the_config_reference_states_the_table():
+    """docs/config.md's default column says what DEFAULTS holds."""
+    assert int(_doc_default("hash_seed"), 0) == DEFAULTS.hash_seed
+    assert _doc_default("nat_ports") == "{}-{}".format(*DEFAULTS.nat_ports)
+    for key in ("conntrack_size", "max_vips", "max_backends", "ring_size"):
+        assert int(_doc_default(key)) == getattr(DEFAULTS, key), key
+    assert _doc_default("frag_policy") == DEFAULTS.frag_policy
