@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all deps venv build demo test test-unit test-bpf test-e2e bench lint clean
+.PHONY: all deps venv build demo test test-unit test-bpf test-e2e bench lint clean image
 
 all: build
 
@@ -25,6 +25,7 @@ demo: build
 	$(VENV)/bin/xdplb demo
 
 test: build
+	@scripts/install-deps.sh image
 	$(PY) -m pytest -q tests
 
 test-unit: build
@@ -39,6 +40,11 @@ test-e2e: build
 bench: build
 	@scripts/install-deps.sh bench
 	$(PY) bench/run.py
+
+# the OCI image xdplb:VERSION (Containerfile), from a base bootstrapped here (no registry)
+image: build
+	@scripts/install-deps.sh image
+	@scripts/build-image.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

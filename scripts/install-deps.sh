@@ -1,9 +1,18 @@
 #!/bin/sh
 # Installs the system packages xdplb needs, only those missing (idempotent).
 # `install-deps.sh bench` adds what the live benchmarks use (nginx), without starting it.
+# `install-deps.sh image` adds what `make image` and the lab's containers use: podman with the
+# runc runtime (crun refuses this kind of machine's cgroups) and mmdebstrap for the base. No
+# recommends: podman's install then creates no network, firewall rule or running service, and
+# xdplb never uses podman's bridge networks (src/xdplb/lab/containers.conf).
 set -eu
 pkgs="clang-19 libbpf-dev bpftool iproute2 ethtool curl iperf3 wrk nftables make gcc"
-[ "${1:-}" = "bench" ] && pkgs="$pkgs nginx"
+case "${1:-}" in
+  bench) pkgs="$pkgs nginx" ;;
+  image) pkgs="$pkgs podman runc mmdebstrap" ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown mode '$1' (bench, image)" >&2; exit 2 ;;
+esac
 need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 for p in $pkgs; do
