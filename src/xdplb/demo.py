@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import XdplbError
-from .lab import Lab
+from .lab import ContainerLab, Lab
 
 
 def xdplb_argv() -> list[str]:
@@ -42,9 +42,22 @@ def _wait_for_line(p: subprocess.Popen, needle: str, timeout: float) -> list[str
     raise XdplbError(f"xdplb run did not start: {(err or ' '.join(lines)).strip()}")
 
 
-def run_demo(requests: int = 20, backends: int = 2) -> int:
-    print(f"== lab: the tutorial's topology in namespaces ({backends} backends)")
-    with Lab(backends=backends) as lab, tempfile.TemporaryDirectory() as tmp:
+def run_demo(requests: int = 20, backends: int = 2, containers: bool = False,
+             image: str | None = None) -> int:
+    """The demo; with ``containers`` every host is a container of the xdplb image (``image``,
+    default xdplb:VERSION) in the same namespaces, and the LB is ``xdplb run`` in a privileged
+    container."""
+    lab: Lab
+    if containers:
+        lab = ContainerLab(backends=backends, image=image)
+        print(f"== lab: the tutorial's topology in namespaces ({backends} backends), every host "
+              f"a container of {lab.image}")
+        prog = ["xdplb"]  # the image's
+    else:
+        lab = Lab(backends=backends)
+        print(f"== lab: the tutorial's topology in namespaces ({backends} backends)")
+        prog = xdplb_argv()
+    with lab, tempfile.TemporaryDirectory() as tmp:
         for h in lab.backend_hosts:
             d = Path(tmp) / h.role
             d.mkdir()
@@ -52,8 +65,10 @@ def run_demo(requests: int = 20, backends: int = 2) -> int:
             lab.start_http_servers(d, 8000, hosts=[h.role])
         for role, h in lab.hosts.items():
             print(f"   {role:<7} {lab.ns(role):<18} {h.ifname:<6} {h.ipv4:<10} {h.mac}")
-        argv = xdplb_argv() + lab.run_argv()[1:]
-        print(f"== LB: ip netns exec {lab.ns('lb')} xdplb {' '.join(lab.run_argv()[1:])}")
+        argv = prog + lab.run_argv()[1:]
+        where = (f"podman run --privileged --network ns:/run/netns/{lab.ns('lb')} {lab.image}"
+                 if isinstance(lab, ContainerLab) else f"ip netns exec {lab.ns('lb')} xdplb")
+        print(f"== LB: {where} {' '.join(lab.run_argv()[1:])}")
         lb = lab.popen("lb", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in _wait_for_line(lb, "Press Ctrl+C", 30):
             print(f"   | {line}")
@@ -70,7 +85,7 @@ def run_demo(requests: int = 20, backends: int = 2) -> int:
         print("== summary")
         for who, n in sorted(served.items()):
             print(f"   {who:<8} {n:>3} requests")
-        stats = lab.run("lb", xdplb_argv() + ["stats", lab.lb.ifname], timeout=30)
+        stats = lab.run("lb", prog + ["stats", lab.lb.ifname], timeout=30)
         print("== LB counters (xdplb stats veth6)")
         for line in (stats.stdout or stats.stderr).splitlines():
             print(f"   {line}")

@@ -1,14 +1,22 @@
 """`xdplb doctor` and `xdplb demo`."""
 from __future__ import annotations
 
+from ..errors import UsageError, XdplbError
 from ._common import require_root
 
 
 def cmd_demo(args) -> int:
     from ..demo import run_demo
+    from ..lab import LabError
 
     require_root("xdplb demo")
-    return run_demo(requests=args.requests, backends=args.backends)
+    if args.image and not args.containers:
+        raise UsageError("--image needs --containers")
+    try:
+        return run_demo(requests=args.requests, backends=args.backends,
+                        containers=args.containers, image=args.image)
+    except LabError as e:  # podman missing or refusing, no image, a namespace in the way
+        raise XdplbError(str(e)) from None
 
 
 def cmd_doctor(args) -> int:
@@ -26,4 +34,7 @@ def register(sub) -> None:
     d = sub.add_parser("demo", help="lab up, LB on, curl traffic, summary, lab down")
     d.add_argument("--requests", type=int, default=20)
     d.add_argument("--backends", type=int, default=2)
+    d.add_argument("--containers", action="store_true",
+                   help="every host a podman container of the xdplb image (`make image`)")
+    d.add_argument("--image", help="the image for --containers (default xdplb:VERSION)")
     d.set_defaults(func=cmd_demo)

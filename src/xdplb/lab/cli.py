@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .containers import ContainerLab
 from .plan import LabError
 from .topology import Lab, sigterm_as_interrupt
 
@@ -64,10 +65,30 @@ def usage_hint(lab: Lab) -> str:
     ])
 
 
+def container_hint(lab: ContainerLab) -> str:
+    run = " ".join(["xdplb", *lab.run_argv()[1:]])
+    return "\n".join([
+        (f"hosts: containers of {lab.image} in their namespaces "
+        f"(podman ps --filter label=xdplb.lab={lab.name})"),
+        f"switch: netns {lab.switch_ns}, bridge br0",
+        "",
+        "run the load balancer (its container is privileged):",
+        f"  {PROG} lab exec --name {lab.name} lb -- {run}",
+        "serve and ask:",
+        f"  {PROG} lab exec --name {lab.name} h2 -- python3 -m http.server 8000   # each backend",
+        f"  {PROG} lab exec --name {lab.name} client -- curl http://{lab.vip}:8000/",
+        f"remove it: {PROG} lab down --name {lab.name}",
+    ])
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
-    lab = Lab(args.name, backends=args.backends, clients=args.clients, offloads=args.offloads,
-              ipv6=not args.no_ipv6)
+    kw = {"backends": args.backends, "clients": args.clients, "offloads": args.offloads,
+          "ipv6": not args.no_ipv6}
+    if args.image and not args.containers:
+        raise LabError("--image needs --containers")
+    lab = (ContainerLab(args.name, image=args.image, **kw) if args.containers
+           else Lab(args.name, **kw))
     if lab.state_path(lab.name).exists():
         raise LabError(f"lab {lab.name!r} already exists (`{PROG} lab down --name {lab.name}`)")
     lab.autosave = True  # state on disk from the first namespace on: `lab down` can always find it
@@ -82,7 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"lab {lab.name} is up (state: {lab.state_path(lab.name)})\n")
     print(hosts_table(lab))
     print()
-    print(usage_hint(lab))
+    print(container_hint(lab) if isinstance(lab, ContainerLab) else usage_hint(lab))
     return 0
 
 
@@ -124,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"offloads={lab.offloads} ipv6={'on' if lab.ipv6 else 'off'} "
               f"lb-peer={lab.lb_peer_mode}")
         print(hosts_table(lab))
+        if isinstance(lab, ContainerLab):
+            print(f"containers ({lab.image}): {' '.join(lab.containers) or '-'}")
         for where, prog in st["xdp"].items():
             desc = "none" if not prog else f"{prog['name']} (id {prog['id']}, {prog['mode']})"
             print(f"xdp {where}: {desc}")
@@ -141,16 +164,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     lab = _resolve(args.name)
-    ns = lab.ns(args.host)
     if not cmd:
-        cmd = [os.environ.get("SHELL", "/bin/sh")]
-    argv = ["ip", "netns", "exec", ns, *cmd]
+        cmd = ["/bin/sh"] if isinstance(lab, ContainerLab) else [os.environ.get("SHELL",
+                                                                                "/bin/sh")]
+    argv = lab.interactive_argv(args.host, cmd)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         os.execvp(argv[0], argv)
     except OSError as e:
-        raise LabError(f"cannot run ip netns exec: {e}") from None
+        raise LabError(f"cannot run {argv[0]}: {e}") from None
     return 1  # not reached
 
 
@@ -179,6 +202,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     up.add_argument("--offloads", choices=("default", "off"), default="default",
                     help="veth offloads: kernel defaults (like the tutorial) or tx/rx csum off")
     up.add_argument("--no-ipv6", action="store_true", help="no fd00::/64 addresses")
+    up.add_argument("--containers", action="store_true",
+                    help="run client, LB and backends as podman containers of the xdplb image "
+                    "(`make image`), each joined to its namespace")
+    up.add_argument("--image", help="the image for --containers (default xdplb:VERSION)")
     up.set_defaults(func=_wrap(cmd_up))
 
     down = sub.add_parser("down", help="remove a lab (namespaces, processes, state)")

@@ -197,6 +197,11 @@ class Lab:
             raise TypeError("argv must be a sequence of arguments, not a string")
         return ["ip", "netns", "exec", self.ns(host), *map(str, argv)]
 
+    def interactive_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs ``argv`` in a host with the caller's terminal
+        (``xdplb lab exec``)."""
+        return self._exec_argv(host, argv)
+
     def run(self, host: str, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
         """subprocess.run(argv) inside a host's namespace; output captured as text by default."""
         if not {"stdout", "stderr", "capture_output"} & kw.keys():
@@ -512,6 +517,9 @@ class Lab:
         except (OSError, ValueError) as e:
             raise LabError(f"cannot read {path}: {e}") from None
         try:
+            if cls is Lab and isinstance(d, dict) and d.get("containers"):
+                from .containers import ContainerLab  # its hosts are containers
+                return ContainerLab.from_dict(d)
             return cls.from_dict(d)
         except (KeyError, TypeError) as e:
             raise LabError(f"{path}: bad lab state ({e})") from None
