@@ -123,6 +123,8 @@ class Podman:
 class ContainerLab(Lab):
     """``Lab`` whose hosts are containers of the xdplb image (see the module's docstring)."""
 
+    kind = "containers"
+
     def __init__(self, name: str | None = None, backends: int = 2, clients: int = 1,
                  offloads: str = "default", ipv6: bool = True, image: str | None = None,
                  podman: Podman | None = None) -> None:
@@ -275,6 +277,7 @@ class ContainerLab(Lab):
     # ------------------------------------------------------------------ state
     def to_dict(self) -> dict:
         d = super().to_dict()
+        d["kind"] = self.kind
         d["containers"] = {"image": self.image, "names": list(self.containers)}
         return d
 

@@ -109,6 +109,13 @@ class Lab:
     ...     lab.run("client", ["ping", "-c1", "10.0.0.2"], check=True)
     """
 
+    #: what ``load()`` rebuilds from a saved state's "kind" (subclasses register themselves)
+    kind = "namespaces"
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _KINDS[cls.kind] = cls
+
     def __init__(self, name: str | None = None, backends: int = 2, clients: int = 1,
                  offloads: str = "default", ipv6: bool = True) -> None:
         self.name = check_name(default_name() if name is None else name)
@@ -517,10 +524,9 @@ class Lab:
         except (OSError, ValueError) as e:
             raise LabError(f"cannot read {path}: {e}") from None
         try:
-            if cls is Lab and isinstance(d, dict) and d.get("containers"):
-                from .containers import ContainerLab  # its hosts are containers
-                return ContainerLab.from_dict(d)
-            return cls.from_dict(d)
+            # a saved lab is loaded as the kind that saved it (ContainerLab: "containers")
+            kind = d.get("kind", cls.kind) if isinstance(d, dict) else cls.kind
+            return _KINDS.get(kind, cls).from_dict(d)
         except (KeyError, TypeError) as e:
             raise LabError(f"{path}: bad lab state ({e})") from None
 
@@ -545,6 +551,9 @@ class Lab:
     def __repr__(self) -> str:
         return (f"Lab({self.name!r}, backends={self.n_backends}, clients={self.n_clients}, "
                 f"offloads={self.offloads!r}, ipv6={self.ipv6})")
+
+
+_KINDS: dict[str, type[Lab]] = {Lab.kind: Lab}
 
 
 def _ancestors() -> set[int]:
