@@ -184,13 +184,14 @@ class Rig:
             raise
 
     def _load_xdplb(self) -> None:
-        from xdplb._bpf.dataplane import DataPlane, Knobs, Sizes
+        from xdplb._bpf.dataplane import Knobs, Sizes
+        from xdplb._bpf.loader import load
         from xdplb.lb import BackendSpec, LoadBalancer, VipSpec
 
         # the default sizes (config.DEFAULTS), a wide NAT port range (see NAT_PORTS)
         sizes = Sizes()
         knobs = Knobs(nat_port_min=NAT_PORTS[0], nat_port_max=NAT_PORTS[1])
-        dp = DataPlane.load(sizes=sizes, knobs=knobs)
+        dp = load(sizes=sizes, knobs=knobs)
         self.closers.append(dp.close)
         lb = LoadBalancer(dp, max_vips=sizes.max_vips, max_backends=sizes.max_backends)
         lb.apply([VipSpec(address=ipaddress.ip_address(LB_IP), port=VIP_PORT, protocol="tcp",
@@ -209,7 +210,7 @@ class Rig:
 
         # the same VIP in DSR mode: like for like with Katran (one flow entry, MACs only;
         # replies do not come back through the LB)
-        dsr = DataPlane.load(sizes=sizes, knobs=knobs)
+        dsr = load(sizes=sizes, knobs=knobs)
         self.closers.append(dsr.close)
         LoadBalancer(dsr, max_vips=sizes.max_vips, max_backends=sizes.max_backends).apply(
             [VipSpec(address=ipaddress.ip_address(LB_IP), port=VIP_PORT, protocol="tcp",

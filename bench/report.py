@@ -347,7 +347,7 @@ def method_section(micro: dict | None, live: dict | None) -> list[str]:
             ("- Every program is loaded in the same process and measured on the same frames "
             "with `BPF_PROG_TEST_RUN`; the kernel times each call. Floors: an empty "
             "`XDP_PASS` program and a MAC swap + `XDP_TX` (`bench/progs/floors.bpf.c`). "
-            "xdplb: `DataPlane.load` with the sizes `xdplb run` uses (conntrack "
+            "xdplb: loaded (`_bpf.loader.load`) with the default sizes (conntrack "
             f"{m['conntrack']:,}), NAT ports {m['nat_ports'][0]}-{m['nat_ports'][1]}, and "
             "`LoadBalancer.apply` with the tutorial's VIP 10.0.0.10:8000/tcp (NAT) and "
             "backends 10.0.0.2 and 10.0.0.3 with their MACs. The tutorial peers are "

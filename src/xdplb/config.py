@@ -31,6 +31,7 @@ __all__ = [
     "LbSettings",
     "Vip",
     "backend_from_table",
+    "config_from_dict",
     "format_mac",
     "load_config",
     "parse_config",
@@ -221,6 +222,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if m:
             raise ConfigError(source, f"line {m[2]}, column {m[3]}", m[1]) from None
         raise ConfigError(source, "syntax", msg) from None
+    return _Parser(source).config(doc)
+
+
+def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
+    """A configuration given as the dict a TOML file would parse to (`xdplb run` builds
+    one from its arguments), validated exactly like a file."""
     return _Parser(source).config(doc)
 
 
@@ -507,6 +514,10 @@ class _Parser:
                 raise t.fail(None, f"duplicate of {by_key[vip.key]} ({where})")
             if vip.name in by_name:
                 raise t.fail("name", f"{vip.name!r} is already used by {by_name[vip.name]}")
+            lo, hi = lb.nat_ports
+            if vip.mode == "nat" and vip.port and lo <= vip.port <= hi:
+                raise t.fail("port", f"{vip.port} lies in lb.nat_ports {lo}-{hi} (the LB's "
+                             "source ports towards backends)")
             by_key[vip.key] = by_name[vip.name] = t.path
             total_backends += len(vip.backends)
             vips.append(vip)

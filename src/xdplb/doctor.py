@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass
 
 from ._bpf import object_path
-from ._bpf.dataplane import DataPlane, ifindex_of
+from ._bpf.dataplane import ifindex_of
 from ._bpf.libbpf import BpfError, BpfObject, prog_name, xdp_prog_id
+from ._bpf.loader import open_attached
 
 XDP_MAX_MTU_VETH = 3520  # a veth runs XDP on single pages: larger MTUs need xdp.frags
 
@@ -105,7 +106,7 @@ def _check_veth(iface: str, link, mtu: int) -> list[Finding]:
 
 def _check_counters(ifindex: int) -> list[Finding]:
     out = []
-    dp = DataPlane.from_interface(ifindex)
+    dp = open_attached(ifindex)
     try:
         st = dp.stats()
         rt = dp.runtime()

@@ -28,3 +28,17 @@ class Log:
         parts += [f"{k}={_logfmt_value(v)}" for k, v in fields.items() if v is not None]
         stream = self.stream or sys.stderr
         print(" ".join(parts), file=stream, flush=True)
+
+
+class Notes(Log):
+    """For a foreground front end (`xdplb run`): stdout is the user's, and stderr gets one
+    `xdplb: ...` line per warning or error; routine events stay quiet."""
+
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        if level == "info":
+            return
+        what = fields.pop("what", None) or fields.pop("error", None)
+        rest = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items() if v is not None)
+        text = event.replace("_", " ") + (f": {what}" if what else "") + \
+            (f" ({rest})" if rest else "")
+        print(f"xdplb: {text}", file=self.stream or sys.stderr, flush=True)

@@ -120,10 +120,10 @@ def test_a_full_conntrack_region_evicts_and_evicted_flows_keep_their_backend():
     """DSR flows in a conntrack region of 256 entries (64 sets of 4), 2000 flows: live
     flows are evicted (counted ct_full), yet a flow's next packet lands on the same
     backend (Maglev on the same hash, backends unchanged)."""
-    from xdplb._bpf.dataplane import DataPlane
+    from xdplb._bpf.loader import load
     from xdplb.testing.fixtures import configured
 
-    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256))
+    small = load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256))
     try:
         with configured(small, [VipSpec(VIP, 8000, mode="dsr", backends=backends(4))]):
             before = small.stats()["ct_full"][0]
@@ -149,10 +149,10 @@ def test_a_full_nat_region_drops_new_flows_and_keeps_the_others():
     """NAT ports 10000-10015: 16 sets of 4 ways, each port shared by at most one flow per
     backend. New flows beyond that are dropped (drop_nat_full, nothing else moves);
     every forwarded flow keeps its backend and port and its replies reach its client."""
-    from xdplb._bpf.dataplane import DataPlane
+    from xdplb._bpf.loader import load
     from xdplb.testing.fixtures import configured
 
-    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
+    small = load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
                            knobs=Knobs(nat_port_min=10000, nat_port_max=10015))
     try:
         with configured(small, [VipSpec(VIP, 8000, backends=backends(4))]):
@@ -206,12 +206,12 @@ def test_two_cpus_claiming_ways_of_the_same_sets_never_share_or_lose_one():
     import os
     import threading
 
-    from xdplb._bpf.dataplane import DataPlane
+    from xdplb._bpf.loader import load
     from xdplb.testing.fixtures import configured
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
-    small = DataPlane.load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
+    small = load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256),
                            knobs=Knobs(nat_port_min=10000, nat_port_max=10007))
     results: dict[int, dict] = {0: {}, 1: {}}
     try:

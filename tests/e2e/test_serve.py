@@ -261,7 +261,8 @@ def test_a_dead_backend_is_pulled_and_returns(lab, tmp_path, run_dir):
 POLL_XDP = r"""
 import sys, time
 from pathlib import Path
-from xdplb._bpf.dataplane import ifindex_of, xdp_attachment
+from xdplb._bpf.dataplane import ifindex_of
+from xdplb._bpf.libbpf import xdp_attachment
 ifindex, stop = ifindex_of(sys.argv[1]), Path(sys.argv[2])
 seen = []
 end = time.monotonic() + 60

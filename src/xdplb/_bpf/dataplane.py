@@ -1,7 +1,8 @@
-"""The loaded xdplb data plane: typed maps, Maglev table swaps, counters, attach.
+"""The loaded xdplb data plane, as the control plane sees it: typed maps, Maglev table
+swaps, counters, the flow table, attach and pins.
 
-`DataPlane` is the real thing; `FakeDataPlane` (fake.py) has the same interface
-for control-plane unit tests.
+Loading (and taking over a running instance) is loader.py's and takeover.py's job;
+`FakeDataPlane` (fake.py) has the same interface for control-plane unit tests.
 """
 from __future__ import annotations
 
@@ -123,60 +124,7 @@ class DataPlane:
         self.reused: list[str] = []  # maps shared with the instance this one replaced
         self.reuse_notes: list[str] = []  # why some state did not carry over
 
-    # construction --------------------------------------------------------------------
-    @classmethod
-    def load(cls, path=None, sizes: Sizes | None = None, knobs: Knobs | None = None,
-             reuse: dict[str, Map] | None = None) -> DataPlane:
-        """Load the object. `reuse` (name -> Map of a running instance, see
-        `existing_maps`) makes the new program share those maps: checked first by
-        `reuse_plan`, which raises UpgradeError when state cannot carry over."""
-        from . import object_path
-
-        path = path or object_path("xdplb")
-        sizes, knobs = sizes or Sizes(), knobs or Knobs()
-        ct_sets = knobs.ct_sets_for(sizes.conntrack)
-        max_entries = sizes.as_max_entries(knobs)
-        fds: dict[str, int] = {}
-        notes: list[str] = []
-        if reuse:
-            fds, notes = reuse_plan(path, max_entries, reuse)
-        obj = BpfObject(path, max_entries=max_entries,
-                        rodata=lambda compiled: knobs.pack(ct_sets, _flow_format(compiled)),
-                        reuse_maps={(".bss" if n == "runtime" else n): fd
-                                    for n, fd in fds.items()})
-        try:
-            obj.load((PROG_NAME,))
-            maps = {n: obj.map(n) for n in MAP_NAMES if n != "runtime"}
-            maps["runtime"] = obj.map(".bss")
-            maps[KNOBS_PIN] = obj.map(".rodata")
-            dp = cls(maps, obj.program(PROG_NAME), obj)
-            dp.reused = sorted(fds)
-            dp.reuse_notes = notes
-            rt = dp.runtime()
-            knobs.timeouts(rt, kernel_hz(obj.program("xdplb_clock")))
-            dp.set_runtime(rt)
-            return dp
-        except Exception:
-            obj.close()
-            raise
-
-    @classmethod
-    def from_interface(cls, ifindex: int) -> DataPlane:
-        """The data plane attached to `ifindex` (by another process): maps by program id."""
-        pid = libbpf.xdp_prog_id(ifindex)
-        if not pid:
-            raise BpfError(errno.ENOENT, "no XDP program attached to that interface")
-        if libbpf.prog_name(pid) != PROG_NAME:
-            raise BpfError(errno.EINVAL, f"the XDP program on that interface is not {PROG_NAME}")
-        maps = libbpf.prog_maps(pid)
-        # kernel map names are truncated to 15 chars; .bss shows as "<obj>.bss"
-        for name in list(maps):
-            if name.endswith(".bss"):
-                maps["runtime"] = maps.pop(name)
-            elif name.endswith(".rodata"):
-                maps[KNOBS_PIN] = maps.pop(name)
-        return cls(maps)
-
+    # lifetime ------------------------------------------------------------------------
     def close(self, detach: bool = True) -> None:
         """Release everything; `detach=False` leaves the program attached (the kernel
         keeps it and its maps alive: `xdplb serve --keep`)."""
@@ -325,8 +273,7 @@ class DataPlane:
         if raw is None:
             return None
         inner_id = int.from_bytes(raw[:4], "little")
-        fd = libbpf._check(libbpf._map_by_id(inner_id), f"opening ring map id {inner_id}")
-        inner = Map(fd, f"ring{vip_id}", owned=True)
+        inner = Map(libbpf.map_fd_by_id(inner_id), f"ring{vip_id}", owned=True)
         try:
             ids = np.frombuffer(_read_array(inner), dtype=np.uint32)
             return set(np.unique(ids).tolist()) - {abi.NO_BACKEND}
@@ -383,7 +330,7 @@ class DataPlane:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         objs = {n: (m.fd, m.id) for n, m in self.maps.items()}
         assert self.program is not None  # loaded, not from_interface()
-        objs[PROG_PIN] = (self.program.fd, prog_id_of_fd(self.program.fd))
+        objs[PROG_PIN] = (self.program.fd, libbpf.prog_id_of_fd(self.program.fd))
         for name, (fd, oid) in objs.items():
             path = os.path.join(directory, name)
             if os.path.exists(path):
@@ -409,135 +356,6 @@ MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "st
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
-# State that must carry over for an in-place restart or upgrade: flows and the ids they
-# name. The rest (counters, trace ring, run-time switches) starts fresh if its layout
-# changed.
-STATE_MAPS = ("flows", "vips", "vip_addrs", "backends", "rings")
-# Derived state the control plane rebuilds on adopt(): never shared, so no stale entry of a
-# VIP removed while the daemon was down can survive an upgrade.
-FRESH_MAPS = ("vip_slots",)
-
-
-_DEVMAP_TYPES = (14, 25)  # BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH
-_F_RDONLY_PROG = 1 << 7
-
-
-class UpgradeError(BpfError):
-    """The running instance's state cannot be shared with the new object."""
-
-
-@dataclass(frozen=True)
-class MapDef:
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int
-
-
-def object_map_defs(path, max_entries: dict[str, int] | None = None) -> dict[str, MapDef]:
-    """The maps an object would create (opened, not loaded), by DataPlane name."""
-    fn = {n: libbpf._proto(f"bpf_map__{n}", C.c_uint32, C.c_void_p)
-          for n in ("type", "key_size", "value_size", "max_entries", "map_flags")}
-    out = {}
-    with BpfObject(path, max_entries=max_entries) as obj:
-        for name in MAP_NAMES:
-            ptr = obj._mapptr_suffix(".bss") if name == "runtime" else obj._mapptr(name)
-            out[name] = MapDef(fn["type"](ptr), fn["key_size"](ptr), fn["value_size"](ptr),
-                               fn["max_entries"](ptr), fn["map_flags"](ptr))
-    return out
-
-
-def object_flow_format(path) -> int:
-    """The FLOW_FORMAT an object was built with (its .rodata knobs as compiled): what its
-    flows table means. A takeover keeps a table of the same format only."""
-    with BpfObject(path) as obj:
-        return _flow_format(obj.initial_value(".rodata"))
-
-
-def _flow_format(rodata: bytes) -> int:
-    return abi.LbKnobs.from_buffer_copy(rodata[:C.sizeof(abi.LbKnobs)]).flow_format
-
-
-def reuse_plan(path, max_entries: dict[str, int], existing: dict[str, Map]
-               ) -> tuple[dict[str, int], list[str]]:
-    """Which maps of a running instance the new object can share: (name -> fd, notes).
-    State maps must have the same type, key, value and flags (their size stays what it
-    was); other maps are shared only when identical, else they start fresh."""
-    want = object_map_defs(path, max_entries)
-    fds: dict[str, int] = {}
-    notes: list[str] = []
-    for name, new in want.items():
-        old = existing.get(name)
-        if old is None:
-            if name in STATE_MAPS:
-                raise UpgradeError(errno.ENOENT, f"the running instance has no map {name!r}")
-            notes.append(f"{name}: new map")
-            continue
-        flags = old.flags
-        if old.type in _DEVMAP_TYPES:  # the kernel adds BPF_F_RDONLY_PROG to devmaps
-            flags &= ~_F_RDONLY_PROG
-        got = MapDef(old.type, old.key_size, old.value_size, old.max_entries, flags)
-        same_layout = (got.type, got.key_size, got.value_size, got.flags) == \
-            (new.type, new.key_size, new.value_size, new.flags)
-        if name in STATE_MAPS:
-            if not same_layout:
-                raise UpgradeError(errno.EINVAL, f"map {name} changed layout ({_diff(got, new)}); "
-                                   "its state cannot carry over")
-            if got.max_entries != new.max_entries and name == "flows":
-                raise UpgradeError(errno.EINVAL, f"map flows has {got.max_entries} entries, "
-                                   f"the new instance's NAT range and conntrack size make "
-                                   f"{new.max_entries}; its state cannot carry over")
-            if got.max_entries != new.max_entries:
-                notes.append(f"{name}: keeps {got.max_entries} entries (configured "
-                             f"{new.max_entries}: takes effect after a full stop)")
-            fds[name] = old.fd
-        elif name not in FRESH_MAPS and same_layout and got.max_entries == new.max_entries:
-            fds[name] = old.fd
-        else:
-            notes.append(f"{name}: starts fresh ({_diff(got, new)})")
-    return fds, notes
-
-
-def _diff(a: MapDef, b: MapDef) -> str:
-    return ", ".join(f"{f} {getattr(a, f)} -> {getattr(b, f)}"
-                     for f in ("type", "key_size", "value_size", "max_entries", "flags")
-                     if getattr(a, f) != getattr(b, f)) or "same"
-
-
-def existing_maps(prog_id: int) -> dict[str, Map]:
-    """The maps of a loaded xdplb program, by DataPlane name (owned: close them)."""
-    maps = libbpf.prog_maps(prog_id)
-    out = {}
-    for name, m in maps.items():
-        if name.endswith(".bss"):
-            out["runtime"] = m
-        elif name.endswith(".rodata"):
-            out[KNOBS_PIN] = m
-        elif name in MAP_NAMES:
-            out[name] = m
-        else:
-            m.close()
-    return out
-
-
-def open_pinned(directory: str) -> tuple[dict[str, Map], int]:
-    """Maps pinned by a kept instance (owned: close them) and its pinned program id
-    (0 if none)."""
-    maps: dict[str, Map] = {}
-    for name in (*MAP_NAMES, KNOBS_PIN):
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            maps[name] = Map(libbpf.get_pinned(path), name, owned=True)
-    prog_id = 0
-    path = os.path.join(directory, PROG_PIN)
-    if os.path.exists(path):
-        fd = libbpf.get_pinned(path)
-        try:
-            prog_id = prog_id_of_fd(fd)
-        finally:
-            os.close(fd)
-    return maps, prog_id
 
 
 def read_knobs(m: Map) -> abi.LbKnobs | None:
@@ -551,57 +369,9 @@ def read_knobs(m: Map) -> abi.LbKnobs | None:
 def _pinned_id(path: str, name: str) -> int:
     fd = libbpf.get_pinned(path)
     try:
-        return prog_id_of_fd(fd) if name == PROG_PIN else libbpf.map_info(fd).id
+        return libbpf.prog_id_of_fd(fd) if name == PROG_PIN else libbpf.map_info(fd).id
     finally:
         os.close(fd)
-
-
-def prog_id_of_fd(fd: int) -> int:
-    info = libbpf._ProgInfo()
-    n = C.c_uint32(C.sizeof(info))
-    libbpf._check(libbpf._info_by_fd(fd, C.byref(info), C.byref(n)), "program info")
-    return info.id
-
-
-def xdp_attachment(ifindex: int) -> tuple[int, str]:
-    """(program id, mode) of the XDP program on `ifindex`: mode "native" or "generic"
-    (what replace/detach must name), (0, "") when nothing is attached."""
-    for mode, flag in (("native", libbpf.XDP_FLAGS_DRV_MODE),
-                       ("generic", libbpf.XDP_FLAGS_SKB_MODE)):
-        pid = C.c_uint32(0)
-        libbpf._check(libbpf._xdp_query_id(ifindex, flag, C.byref(pid)), "XDP query")
-        if pid.value:
-            return pid.value, mode
-    return 0, ""
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    return libbpf._check(libbpf._prog_by_id(prog_id), f"opening program id {prog_id}")
-
-
-def prog_holders(prog_id: int) -> list[int]:
-    """Pids (other than ours) holding a file descriptor of program `prog_id`: a live
-    process that owns the attached program (`xdplb run`, a running `serve`)."""
-    me = os.getpid()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{d}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{d}/fd/{fd}") != "anon_inode:bpf-prog":
-                    continue
-                with open(f"/proc/{d}/fdinfo/{fd}") as f:
-                    if any(ln.split() == ["prog_id:", str(prog_id)] for ln in f):
-                        out.append(int(d))
-                        break
-            except OSError:
-                continue
-    return out
 
 
 # abi.FlowEntry as a numpy record (addresses as 4 words, as the data plane loads them)

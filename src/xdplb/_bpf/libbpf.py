@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
@@ -107,6 +108,11 @@ _prog_by_id = _proto("bpf_prog_get_fd_by_id", i32, u32)
 _map_by_id = _proto("bpf_map_get_fd_by_id", i32, u32)
 _info_by_fd = _proto("bpf_obj_get_info_by_fd", i32, i32, vp, C.POINTER(u32))
 _num_cpus = _proto("libbpf_num_possible_cpus", i32)
+_map_type = _proto("bpf_map__type", u32, vp)
+_map_key_size = _proto("bpf_map__key_size", u32, vp)
+_map_value_size = _proto("bpf_map__value_size", u32, vp)
+_map_max_entries = _proto("bpf_map__max_entries", u32, vp)
+_map_flags = _proto("bpf_map__map_flags", u32, vp)
 _obj_pin = _proto("bpf_obj_pin", i32, i32, C.c_char_p)
 _obj_get = _proto("bpf_obj_get", i32, C.c_char_p)
 _RB_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_void_p, C.c_size_t)
@@ -189,6 +195,17 @@ class _ProgInfo(C.Structure):
         ("name", C.c_char * 16),
         ("rest", C.c_uint8 * 160),
     ]
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """A map's shape: what must match for a new program to share an old one's map."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
 
 
 def map_info(fd: int) -> _MapInfo:
@@ -448,6 +465,13 @@ class BpfObject:
             m = _next_map(self._obj, m)
         raise BpfError(_errno.ENOENT, f"no {suffix} map in {self.path.name}")
 
+    def map_def(self, name: str) -> MapDef:
+        """How the opened object would create map `name` (a ".bss"/".rodata" suffix names
+        a global-data map)."""
+        ptr = self._mapptr_suffix(name) if name.startswith(".") else self._mapptr(name)
+        return MapDef(_map_type(ptr), _map_key_size(ptr), _map_value_size(ptr),
+                      _map_max_entries(ptr), _map_flags(ptr))
+
     def initial_value(self, suffix: str) -> bytes:
         """The initial contents of a global-data map (".rodata", ".bss") of the opened
         object, as compiled (or as set before load)."""
@@ -561,6 +585,34 @@ def prog_maps(prog_id: int) -> dict[str, Map]:
         return out
     finally:
         os.close(pfd)
+
+
+def xdp_attachment(ifindex: int) -> tuple[int, str]:
+    """(program id, mode) of the XDP program on `ifindex`: mode "native" or "generic"
+    (what replace/detach must name), (0, "") when nothing is attached."""
+    for mode, flag in (("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)):
+        pid = u32(0)
+        _check(_xdp_query_id(ifindex, flag, C.byref(pid)), "XDP query")
+        if pid.value:
+            return pid.value, mode
+    return 0, ""
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new file descriptor of program `prog_id` (close it)."""
+    return _check(_prog_by_id(prog_id), f"opening program id {prog_id}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A new file descriptor of map `map_id` (close it)."""
+    return _check(_map_by_id(map_id), f"opening map id {map_id}")
+
+
+def prog_id_of_fd(fd: int) -> int:
+    info = _ProgInfo()
+    n = u32(C.sizeof(info))
+    _check(_info_by_fd(fd, C.byref(info), C.byref(n)), "program info")
+    return info.id
 
 
 def prog_name(prog_id: int) -> str:

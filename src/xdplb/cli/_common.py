@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from ..config import parse_listen
 from ..errors import UsageError, XdplbError
 
 
@@ -33,6 +34,16 @@ def run_command(args: argparse.Namespace) -> int:
     except (XdplbError, OSError, KeyboardInterrupt) as e:
         info("interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
         return exit_code(e)
+
+
+def listen_option(value: str | None) -> tuple[str, int] | None:
+    """--metrics ADDR:PORT (None: not given)."""
+    if not value:
+        return None
+    try:
+        return parse_listen(value)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--metrics: {e}") from None
 
 
 def print_changes(changes: list[str], none: str = "no changes") -> None:

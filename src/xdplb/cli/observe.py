@@ -9,7 +9,7 @@ from ._common import require_root
 
 
 def cmd_stats(args) -> int:
-    from ..service import attached_report
+    from ..attached import attached_report
 
     require_root("xdplb stats")
     report = attached_report(args.iface)
@@ -34,7 +34,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from ..service import trace_events
+    from ..attached import trace_events
 
     require_root("xdplb trace")
     try:

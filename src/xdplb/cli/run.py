@@ -1,24 +1,22 @@
-"""`xdplb run IFACE BACKEND_IP BACKEND_MAC ...`: the tutorial's command line."""
+"""`xdplb run IFACE BACKEND_IP BACKEND_MAC ...`: the tutorial's command line, a foreground
+serve built from its arguments (no control socket, no pins unless --keep)."""
 from __future__ import annotations
 
-import ipaddress
-import signal
-import time
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from .._signals import Stop, deferred, stop_on
-from ..config import DEFAULTS
+from ..config import DEFAULTS, IPAddress, format_mac, parse_ip, parse_mac
 from ..errors import UsageError
-from ._common import info, require_root
+from ..logfmt import Notes
+from ._common import info, listen_option, require_root
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
 
 DEFAULT_PORTS = (8000,)
 
 
-def parse_backend_args(words: list[str]):
-    """BACKEND_IP BACKEND_MAC pairs -> BackendSpec list (the tutorial's form)."""
-    from ..config import parse_ip, parse_mac
-    from ..lb import BackendSpec
-
+def parse_backend_args(words: list[str]) -> list[tuple[IPAddress, bytes]]:
+    """BACKEND_IP BACKEND_MAC pairs -> (address, MAC) list (the tutorial's form)."""
     if not words:
         raise UsageError("at least one BACKEND_IP BACKEND_MAC pair is needed")
     if len(words) % 2:
@@ -34,7 +32,7 @@ def parse_backend_args(words: list[str]):
             mac = parse_mac(words[i + 1])
         except ValueError as e:
             raise UsageError(f"backend {i // 2 + 1}: {e}") from None
-        out.append(BackendSpec(address=ip, mac=mac))
+        out.append((ip, mac))
     return out
 
 
@@ -56,65 +54,63 @@ def _parse_ports(values: list[str] | None) -> list[int]:
 
 
 def cmd_run(args) -> int:
-    from ..lb import VipSpec
-    from ..service import Service, ServiceOptions
+    from ..daemon import Daemon, Hooks, ServeOptions, run_config
 
     backends = parse_backend_args(args.backends)
     ports = _parse_ports(args.port)
-    if args.mode == "dsr" and any(b.port for b in backends):
-        raise UsageError("backend ports are a NAT-mode feature")
     require_root("xdplb run")
     if args.udp_stateless and (args.mode, args.proto) != ("dsr", "udp"):
         raise UsageError("--udp-stateless needs --mode dsr --proto udp")
-    svc = Service.for_interface(args.iface, ServiceOptions(xdp_mode=args.xdp_mode,
-                                                           conntrack=args.conntrack,
-                                                           nat_ports=args.nat_ports,
-                                                           frag_drop=args.frag == "drop",
-                                                           egress=args.egress))
-    vip_addr = args.vip or svc.interface_ipv4()
-    snat = args.snat or svc.egress_ipv4()
-    if svc.egress_ifindex:
-        backends = [replace(b, ifindex=svc.egress_ifindex) for b in backends]
-    try:
-        vip_ip = ipaddress.ip_address(vip_addr)
-    except ValueError:
-        raise UsageError(f"--vip: {vip_addr!r} is not an IP address") from None
-    if any(b.address.version != vip_ip.version for b in backends):
-        raise UsageError(f"backends must be IPv{vip_ip.version} like the VIP {vip_ip}")
-    specs = [VipSpec(address=vip_ip, port=p, protocol=args.proto, mode=args.mode,
-                     backends=tuple(backends), on_backend_removed=args.on_removed,
-                     udp_stateless=args.udp_stateless,
-                     snat=ipaddress.ip_address(snat) if snat else None) for p in ports]
-    with stop_on(signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
-            svc.start(specs, trace_rate=args.trace)
-            print("XDP load balancer configured with backends:")
-            for i, b in enumerate(backends, 1):
-                mac = ":".join(f"{x:02x}" for x in b.mac)
-                print(f"Backend {i} - IP: {b.address}, MAC: {mac}")
-            # stdout carries exactly the tutorial's lines; what xdplb adds goes to stderr
-            info(f"balancing {args.proto.upper()} {vip_addr} port(s) "
-                 f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on "
-                 f"{args.iface}; other traffic goes to the host")
-            if svc.interface_kind() == "veth":
-                info(f"{args.iface} is a veth: XDP_TX frames reach its peer only if the peer "
-                     "has an XDP program (the lab attaches an XDP_PASS stub to veth7)")
-            print("Press Ctrl+C to exit...", flush=True)
-            last = time.monotonic()
-            while True:
-                time.sleep(0.2)
-                if args.stats_interval and time.monotonic() - last >= args.stats_interval:
-                    last = time.monotonic()
-                    print(svc.summary_line(), flush=True)
-        except Stop:
-            pass
-        finally:
-            with deferred():
-                summary = svc.summary_line() if svc.started else ""
-                svc.stop()
+    metrics = listen_option(args.metrics)
+    cfg = run_config(args.iface, backends, ports=ports, protocol=args.proto, mode=args.mode,
+                     vip=args.vip, snat=args.snat, egress=args.egress,
+                     conntrack_size=args.conntrack, nat_ports=args.nat_ports,
+                     frag_policy=args.frag, on_backend_removed=args.on_removed,
+                     udp_stateless=args.udp_stateless)
+    # a plain run refuses an xdplb left attached (kill -9: `xdplb stop --iface`); with
+    # --keep it takes over what a `run --keep` or `serve --keep` left, as serve does
+    opts = ServeOptions(control=False, pins=False, keep=args.keep, takeover=args.keep,
+                        xdp_mode=args.xdp_mode,
+                        egress=args.egress, trace_rate=args.trace, metrics=metrics)
+    vip = cfg.vips[0].address
+    summary: list[str] = []
+
+    def ready(d: Daemon) -> None:
+        # stdout carries exactly the tutorial's lines; what xdplb adds goes to stderr
+        print("XDP load balancer configured with backends:")
+        for i, (addr, mac) in enumerate(backends, 1):
+            print(f"Backend {i} - IP: {addr}, MAC: {format_mac(mac)}")
+        info(f"balancing {args.proto.upper()} {vip} port(s) "
+             f"{','.join(str(p) if p else 'all' for p in ports)} ({args.mode}) on "
+             f"{args.iface}; other traffic goes to the host")
+        if d.interface_kind == "veth":
+            info(f"{args.iface} is a veth: XDP_TX frames reach its peer only if the peer "
+                 "has an XDP program (the lab attaches an XDP_PASS stub to veth7)")
+        print("Press Ctrl+C to exit...", flush=True)
+
+    def tick(d: Daemon) -> None:
+        print(summary_line(d), flush=True)
+
+    def stopping(d: Daemon) -> None:
+        summary.append(summary_line(d))
+
+    hooks = Hooks(ready=ready, tick=tick if args.stats_interval else None,
+                  every=args.stats_interval, stopping=stopping)
+    rc = Daemon(None, cfg, opts, log=Notes(), hooks=hooks).run()
     if summary:
-        info(f"detached from {args.iface}; {summary}")
-    return 0
+        info(f"{'kept on' if args.keep else 'detached from'} {args.iface}; {summary[0]}")
+    return rc
+
+
+def summary_line(d: Daemon) -> str:
+    """One line of counters for `run`'s terminal."""
+    st = d.dp.stats() if d.dp else {}
+    if not st:
+        return ""
+    dropped = sum(v[0] for k, v in st.items() if k.startswith("drop"))
+    passed = sum(v[0] for k, v in st.items() if k.startswith("pass"))
+    return (f"flows {st['fwd_new'][0]}, to backends {st['fwd_new'][0] + st['fwd_est'][0]} "
+            f"pkts, replies {st['reply'][0]} pkts, to host {passed}, dropped {dropped}")
 
 
 def register(sub) -> None:
@@ -130,7 +126,8 @@ def register(sub) -> None:
     r.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
     r.add_argument("--mode", choices=("nat", "dsr"), default="nat")
     r.add_argument("--vip", help="VIP address (default: IFACE's first IPv4 address)")
-    r.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    r.add_argument("--xdp-mode", choices=("auto", "native", "generic"),
+                   default=DEFAULTS.xdp_mode)
     r.add_argument("--conntrack", type=int, default=DEFAULTS.conntrack_size,
                    help="flow table entries for non-NAT (DSR) flows; NAT flows get 4 a NAT port")
     r.add_argument("--nat-ports", default="{}-{}".format(*DEFAULTS.nat_ports),
@@ -151,6 +148,10 @@ def register(sub) -> None:
                    help="DSR+UDP: pick the backend by hash per packet, no conntrack entry")
     r.add_argument("--trace", type=int, default=0, metavar="N",
                    help="sample one packet in N to the trace ring (see `xdplb trace`)")
+    r.add_argument("--keep", action="store_true",
+                   help="on exit leave the program attached and its state pinned under "
+                   "/sys/fs/bpf/xdplb/IFACE, for a `serve` (or `run`) to take over")
+    r.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics")
     r.add_argument("--stats-interval", type=float, default=0, metavar="S",
                    help="print counters every S seconds")
     r.set_defaults(func=cmd_run)

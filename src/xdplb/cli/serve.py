@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._proc import alive as _alive
-from ..config import Config, ConfigError, load_config, parse_listen
+from ..config import DEFAULTS, Config, ConfigError, load_config
 from ..daemon import (
     DEFAULT_RUN_DIR,
     PIN_ROOT,
@@ -27,7 +27,7 @@ from ..daemon import (
     stop_kept,
 )
 from ..errors import UsageError, XdplbError
-from ._common import print_changes, require_root
+from ._common import listen_option, print_changes, require_root
 
 
 def _config_or_usage(path: str) -> Config:
@@ -63,15 +63,11 @@ def _target(args) -> tuple[Paths, Config | None]:
 
 def cmd_serve(args) -> int:
     cfg = _config_or_usage(args.config)
-    metrics = None
-    if args.metrics:
-        try:
-            metrics = parse_listen(args.metrics)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"--metrics: {e}") from None
+    metrics = listen_option(args.metrics)
     require_root("xdplb serve")
     opts = ServeOptions(keep=args.keep, metrics=metrics, xdp_mode=args.xdp_mode,
-                        run_dir=args.run_dir or run_dir_default(), object_path=args.object)
+                        run_dir=args.run_dir or run_dir_default(), object_path=args.object,
+                        egress=args.egress, trace_rate=args.trace)
     return Daemon(os.path.abspath(args.config), cfg, opts).run()
 
 
@@ -235,7 +231,14 @@ def register(sub) -> None:
                    "restart or upgrade that keeps every connection")
     s.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics (overrides [lb] metrics)")
-    s.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    s.add_argument("--xdp-mode", choices=("auto", "native", "generic"),
+                   default=DEFAULTS.xdp_mode)
+    s.add_argument("--egress", metavar="IFACE",
+                   help="two-armed: backends are reached through IFACE (XDP_REDIRECT); xdplb "
+                   "attaches there too to catch the replies (give each VIP's snat an "
+                   "address of IFACE)")
+    s.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="sample one packet in N to the trace ring (see `xdplb trace`)")
     s.add_argument("--run-dir", metavar="DIR", default=None,
                    help=f"pid file and control socket (default $XDPLB_RUN_DIR or "
                    f"{DEFAULT_RUN_DIR})")

@@ -10,15 +10,20 @@ serve -c FILE
     and the maps pinned, and the next `serve` takes them over (same conntrack, same ids)
     and swaps its program in atomically.
 
+`xdplb run` is the same daemon in the foreground, built from its arguments (run_config)
+without control socket, pid file or pins.
+
 The parts, one concept each: `desired` (the file plus runtime overrides), `controller`
 (desired state -> data plane; requests, status and metrics), `lifecycle` (lock, load and
-attach, event loop, socket, neighbours, teardown) and `control` (the socket's protocol,
-both sides). Log lines are logfmt (`xdplb.logfmt`). The command line is `xdplb.cli`.
+attach through the one loader `_bpf.loader`, event loop, socket, neighbours, teardown),
+`control` (the socket's protocol, both sides) and `run_config` (run's arguments as a
+Config). Log lines are logfmt (`xdplb.logfmt`). The command line is `xdplb.cli`.
 """
 from .control import DEFAULT_RUN_DIR, Paths, call, request, run_dir_default
 from .controller import Controller
 from .desired import BKey, Desired, RequestError, parse_backend_ref, specs_from_config, vip_label
-from .lifecycle import PIN_ROOT, Daemon, ServeOptions, pin_dir, stop_kept
+from .lifecycle import PIN_ROOT, Daemon, Hooks, ServeOptions, pin_dir, stop_kept
+from .run_config import interface_ipv4, run_config
 
 __all__ = [
     "DEFAULT_RUN_DIR",
@@ -27,13 +32,16 @@ __all__ = [
     "Controller",
     "Daemon",
     "Desired",
+    "Hooks",
     "Paths",
     "RequestError",
     "ServeOptions",
     "call",
+    "interface_ipv4",
     "parse_backend_ref",
     "pin_dir",
     "request",
+    "run_config",
     "run_dir_default",
     "specs_from_config",
     "stop_kept",

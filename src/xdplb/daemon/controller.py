@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, format_mac, load_config
 from ..health import HealthMonitor, HealthState
-from ..lb import LoadBalancer, MapState
+from ..lb import LoadBalancer, MapState, VipSpec
 from ..logfmt import Log
 from ..metrics import MetricsSnapshot
 from .desired import BKey, Desired, RequestError, vip_label, vip_spec
@@ -52,8 +52,9 @@ class Controller:
 
     def __init__(self, dp, cfg: Config, config_path: str | None = None,
                  log: Log | None = None, monitor: HealthMonitor[BKey] | None = None,
-                 info: dict | None = None):
+                 info: dict | None = None, egress_ifindex: int = 0):
         self.dp = dp
+        self.egress_ifindex = egress_ifindex  # two-armed: backends are reached through it
         self.cfg = cfg
         self.config_path = config_path or cfg.source
         self.log = log or Log()
@@ -81,20 +82,25 @@ class Controller:
                 check = self.desired.vips[key].health
                 if check.kind != "none":
                     self.monitor.seed((key, bkey), check, up=False)
-            changes = self.lb.adopt(self.desired.specs(self.monitor.is_up), existing)
+            changes = self.lb.adopt(self._specs(self.desired), existing)
         else:
-            changes = self.lb.apply(self.desired.specs(self.monitor.is_up))
+            changes = self.lb.apply(self._specs(self.desired))
         self._after(changes, "start")
         return changes
 
-    def apply(self, why: str) -> list[str]:
-        specs = self.desired.specs(self.monitor.is_up)
-        if self.neighbour_macs:  # MAC-less backends: the neighbour table's answer
+    def _specs(self, desired: Desired) -> list[VipSpec]:
+        """What to write for `desired`: health as active flags, MAC-less backends with
+        the neighbour table's answer, the egress interface of a two-armed LB."""
+        specs = desired.specs(self.monitor.is_up)
+        if self.neighbour_macs or self.egress_ifindex:
             specs = [replace(v, backends=tuple(
-                replace(b, mac=self.neighbour_macs[b.address])
-                if b.mac is None and b.address in self.neighbour_macs else b
+                replace(b, mac=self.neighbour_macs.get(b.address, b.mac) if b.mac is None
+                        else b.mac, ifindex=self.egress_ifindex or b.ifindex)
                 for b in v.backends)) for v in specs]
-        changes = self.lb.apply(specs)
+        return specs
+
+    def apply(self, why: str) -> list[str]:
+        changes = self.lb.apply(self._specs(self.desired))
         self._after(changes, why)
         return changes
 
@@ -121,7 +127,7 @@ class Controller:
             changes = self.apply(why)
         except Exception:
             self.desired = before
-            self.lb.apply(before.specs(self.monitor.is_up))
+            self.lb.apply(self._specs(before))
             raise
         for o in trial.overrides[n:]:
             self.log("override", what=o)

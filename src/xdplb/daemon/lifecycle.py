@@ -10,11 +10,16 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from .._bpf import takeover
+from .._bpf.dataplane import DataPlane, Knobs, Sizes, ensure_bpffs
+from .._bpf.loader import Instance, LoadRequest, interface_index, open_instance
+from .._bpf.netlink import interface_kind
 from .._signals import Stop, deferred, raise_stop
-from ..config import Config
+from ..config import DEFAULTS, Config
 from ..errors import UsageError, XdplbError
 from ..lb import read_map_state
 from ..logfmt import Log
@@ -23,8 +28,6 @@ from .controller import Controller
 from .desired import RequestError
 
 if TYPE_CHECKING:
-    from .._bpf.dataplane import DataPlane
-    from .._bpf.libbpf import Map
     from ..metrics import Exporter
 
 PIN_ROOT = "/sys/fs/bpf/xdplb"
@@ -32,12 +35,31 @@ PIN_ROOT = "/sys/fs/bpf/xdplb"
 
 @dataclass
 class ServeOptions:
+    """How to serve. `xdplb serve` uses the defaults; `xdplb run` is a foreground serve
+    without control socket, pid file or pins (control=False, pins=False)."""
+
     keep: bool = False  # exit leaves the program attached and the maps pinned
     metrics: tuple[str, int] | None = None  # overrides [lb] metrics
-    xdp_mode: str = "auto"
+    xdp_mode: str = DEFAULTS.xdp_mode
     run_dir: str = DEFAULT_RUN_DIR
     pin_root: str = PIN_ROOT
     object_path: str | None = None  # the .bpf.o to load (default: the built one)
+    control: bool = True  # the pid-file lock and the control socket
+    pins: bool = True  # pin maps and program under pin_root/<instance> (keep implies it)
+    egress: str | None = None  # two-armed: backends are reached through this interface
+    trace_rate: int = 0  # sample one packet in N to the trace ring (0: off)
+    takeover: bool = True  # take over a kept (or orphaned) xdplb on the interface
+
+
+@dataclass
+class Hooks:
+    """What a foreground front end (`xdplb run`) adds: `ready` once attached and serving,
+    `tick` every `every` seconds, `stopping` before the data plane is released."""
+
+    ready: Callable[[Daemon], None] | None = None
+    tick: Callable[[Daemon], None] | None = None
+    every: float = 0
+    stopping: Callable[[Daemon], None] | None = None
 
 
 
@@ -49,15 +71,19 @@ def pin_dir(pin_root: str, instance: str) -> str:
 class Daemon:
     """`xdplb serve`: set up (or take over) the data plane, run until stopped."""
 
-    def __init__(self, config_path: str, cfg: Config, opts: ServeOptions, log: Log | None = None):
-        self.config_path = config_path
+    def __init__(self, config_path: str | None, cfg: Config, opts: ServeOptions,
+                 log: Log | None = None, hooks: Hooks | None = None):
+        self.config_path = config_path  # None: built from arguments, nothing to reload
         self.cfg = cfg
         self.opts = opts
         self.log = log or Log()
         self.instance = cfg.lb.instance
         self.paths = Paths(opts.run_dir, self.instance)
         self.pins = pin_dir(opts.pin_root, self.instance)
+        self.hooks = hooks or Hooks()
         self.dp: DataPlane | None = None
+        self.inst: Instance | None = None
+        self.interface_kind: str | None = None  # "veth", ... (netlink's kind)
         self.ctl: Controller | None = None
         self.keep = opts.keep
         self._pidfile: IO[str] | None = None
@@ -75,22 +101,31 @@ class Daemon:
 
         signal.signal(signal.SIGINT, raise_stop)
         signal.signal(signal.SIGTERM, raise_stop)
-        signal.signal(signal.SIGHUP, lambda s, f: setattr(self, "_pending_reload", True))
+        if self.config_path is None:  # nothing to reload: a hangup stops, as for any command
+            signal.signal(signal.SIGHUP, raise_stop)
+        else:
+            signal.signal(signal.SIGHUP, lambda s, f: setattr(self, "_pending_reload", True))
         ok = False
         try:
             try:
-                self._lock()
+                if self.opts.control:
+                    self._lock()
                 self._setup()
             except Stop as e:
                 self.log("interrupted", level="warning", signal=str(e), during="setup")
                 return 1
             signal.signal(signal.SIGINT, lambda s, f: setattr(self, "_pending_stop", self.keep))
             signal.signal(signal.SIGTERM, lambda s, f: setattr(self, "_pending_stop", self.keep))
+            if self.config_path is None:
+                signal.signal(signal.SIGHUP,
+                              lambda s, f: setattr(self, "_pending_stop", self.keep))
             asyncio.run(self._main())
             ok = True
             return 0
         finally:
             with deferred():
+                if self._attached and self.hooks.stopping:
+                    self.hooks.stopping(self)
                 self._teardown(ok)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -117,127 +152,34 @@ class Daemon:
         self._pidfile = f
 
     def _setup(self) -> None:
-        from .._bpf import dataplane as dpm
-        from .._bpf import object_path as default_object
-        from .._bpf.libbpf import AttachError, BpfError, VerifierError, prog_name
-
+        """Load (taking over what is attached), fill the maps, attach, pin: traffic meets
+        the new program only once its maps are complete."""
         lb = self.cfg.lb
-        try:
-            ifindex = dpm.ifindex_of(lb.interface)
-        except OSError:
-            raise XdplbError(f"unknown interface {lb.interface!r} (in this network "
-                             "namespace)") from None
-        self.ifindex = ifindex
-        try:
-            dpm.ensure_bpffs()
-        except OSError as e:
-            raise XdplbError(f"{e.strerror or e}: pinned state needs bpffs") from None
-
-        old_id, old_mode = dpm.xdp_attachment(ifindex)
-        existing: dict = {}
-        source = None
-        if old_id:
-            name = prog_name(old_id)
-            if name != dpm.PROG_NAME:
-                raise XdplbError(f"{lb.interface} already has an XDP program ({name!r}, id "
-                                 f"{old_id}); xdplb will not replace it")
-            holders = dpm.prog_holders(old_id)
-            if holders:
-                raise XdplbError(f"{lb.interface} is served by another xdplb process (pid "
-                                 f"{', '.join(map(str, holders))}); stop it first")
-            pinned: dict[str, Map]
-            pinned, pinned_prog = ({}, 0)
-            if os.path.isdir(self.pins):
-                pinned, pinned_prog = dpm.open_pinned(self.pins)
-            if pinned and pinned_prog == old_id:
-                existing, source = pinned, "pins"
-            else:
-                for m in pinned.values():
-                    m.close()
-                existing, source = dpm.existing_maps(old_id), "attached program"
-            if self.opts.xdp_mode not in ("auto", old_mode):
-                self.log("xdp_mode_kept", level="warning", wanted=self.opts.xdp_mode,
-                         attached=old_mode, why="an atomic replace keeps the attach mode")
-        elif os.path.isdir(self.pins):
-            dpm.DataPlane.unpin(self.pins)
-            self.log("stale_pins_removed", level="warning", path=self.pins,
-                     why="no program attached to the interface")
-
-        sizes = dpm.Sizes(max_vips=lb.max_vips, max_backends=lb.max_backends,
-                          conntrack=lb.conntrack_size)
-        knobs = dpm.Knobs(hash_seed=lb.hash_seed, nat_port_min=lb.nat_ports[0],
-                          nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop")
-        old_knobs_map = existing.pop(dpm.KNOBS_PIN, None)
-        if old_knobs_map is not None:
-            old_knobs = dpm.read_knobs(old_knobs_map)
-            old_knobs_map.close()
-            old_range = old_knobs and (old_knobs.nat_port_min, old_knobs.nat_port_max)
-            new_format = dpm.object_flow_format(self.opts.object_path or default_object())
-            if old_knobs and old_knobs.flow_format != new_format:
-                for m in existing.values():
-                    m.close()
-                raise XdplbError(
-                    f"cannot take over the xdplb on {lb.interface} (program id {old_id}): its "
-                    f"flow table has format {old_knobs.flow_format}, this xdplb uses "
-                    f"{new_format} (another flow hash or layout); `xdplb stop` it "
-                    "first (its flows are dropped)")
-            if old_knobs and old_knobs.ct_sets:  # the kept flow table's geometry
-                knobs.ct_sets = old_knobs.ct_sets
-            if old_range and old_range != lb.nat_ports:
-                # live flows hold NAT ports of the old range: their replies must still
-                # be recognised
-                knobs.nat_port_min, knobs.nat_port_max = old_range
-                self.log("takeover_note", level="warning",
-                         what=f"lb.nat_ports stays {old_range[0]}-{old_range[1]} (configured "
-                         f"{lb.nat_ports[0]}-{lb.nat_ports[1]}: takes effect after a full "
-                         "stop)")
-        try:
-            self.dp = dpm.DataPlane.load(self.opts.object_path, sizes, knobs,
-                                         reuse=existing or None)
-        except dpm.UpgradeError as e:
-            raise XdplbError(f"cannot take over the xdplb on {lb.interface} (program id "
-                             f"{old_id}): {e}; `xdplb stop` it first (its flows are "
-                             "dropped)") from None
-        except VerifierError as e:
-            raise XdplbError(f"the kernel's verifier rejected the data plane: {e}") from None
-        except BpfError as e:
-            raise XdplbError(f"cannot load the data plane: {e}") from None
-        finally:
-            for m in existing.values():
-                m.close()
-        self._took_over = bool(existing)
-        for note in self.dp.reuse_notes:
-            self.log("takeover_note", level="warning", what=note)
-
+        req = LoadRequest(
+            interface=lb.interface, egress=self.opts.egress, xdp_mode=self.opts.xdp_mode,
+            sizes=Sizes(max_vips=lb.max_vips, max_backends=lb.max_backends,
+                        conntrack=lb.conntrack_size),
+            knobs=Knobs(hash_seed=lb.hash_seed, nat_port_min=lb.nat_ports[0],
+                        nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop"),
+            pins=self.pins if self.opts.pins or self.keep else None,
+            object_path=self.opts.object_path, trace_rate=self.opts.trace_rate,
+            takeover=self.opts.takeover)
+        self.inst = inst = open_instance(req, self.log)
+        self.dp = inst.dp
+        self.interface_kind = interface_kind(inst.ifindex)
+        self._took_over = inst.took_over
         info = {"instance": self.instance, "interface": lb.interface}
-        self.ctl = Controller(self.dp, self.cfg, self.config_path, self.log, info=info)
+        self.ctl = Controller(self.dp, self.cfg, self.config_path, self.log, info=info,
+                              egress_ifindex=inst.egress_ifindex)
         self.ctl.on_stop = self._request_stop
-        if existing:
-            self.ctl.start(read_map_state(self.dp))
-        else:
-            self.ctl.start()
-        try:
-            if old_id:
-                old_fd = dpm.prog_fd_by_id(old_id)
-                try:
-                    self.dp.replace_attached(ifindex, old_fd, old_mode)
-                finally:
-                    os.close(old_fd)
-            else:
-                self.dp.attach(ifindex, self.opts.xdp_mode)
-        except AttachError as e:
-            raise XdplbError(f"cannot attach XDP to {lb.interface}: {e}") from None
+        self.ctl.start(read_map_state(self.dp) if inst.took_over else None)
+        prog_id = inst.attach()
         self._attached = True
-        assert self.dp.program is not None  # loaded above
-        prog_id = dpm.prog_id_of_fd(self.dp.program.fd)
         self.ctl.info["program_id"] = prog_id
-        try:
-            self.dp.pin(self.pins)
-        except OSError as e:
-            raise XdplbError(f"cannot pin state under {self.pins}: {e}") from None
-        if old_id:
-            self.log("took_over", interface=lb.interface, old_program=old_id,
-                     program=prog_id, maps_from=source, reused=",".join(self.dp.reused))
+        inst.pin()
+        if inst.took_over:
+            self.log("took_over", interface=lb.interface, old_program=inst.old_id,
+                     program=prog_id, maps_from=inst.source, reused=",".join(self.dp.reused))
         else:
             self.log("attached", interface=lb.interface, program=prog_id,
                      mode=self.opts.xdp_mode)
@@ -246,8 +188,6 @@ class Daemon:
         """Keep (program attached, pins left) or detach and unpin; either way release the
         socket and pid file. An instance that was kept before we started is kept again if
         we fail after taking it over: traffic never loses its program because of us."""
-        from .._bpf.dataplane import DataPlane
-
         keep = self._attached and (self.keep or (not clean and self._took_over))
         if self.dp is not None:
             try:
@@ -257,8 +197,9 @@ class Daemon:
             if keep:
                 self.log("kept", interface=self.cfg.lb.interface, pins=self.pins,
                          program=self.ctl.info.get("program_id") if self.ctl else None)
-            elif self._attached:  # (pins are made after attaching; a failed takeover
-                DataPlane.unpin(self.pins)  # leaves the kept instance's pins alone)
+            elif self._attached and self.inst and self.inst.req.pins:  # (pins are made
+                DataPlane.unpin(self.pins)  # after attaching; a failed takeover leaves the
+                # kept instance's pins alone)
                 self.log("detached", interface=self.cfg.lb.interface)
             self.dp = None
         with contextlib.suppress(FileNotFoundError):
@@ -295,17 +236,11 @@ class Daemon:
         self._stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-        sock = self.paths.sock
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()  # stale: the pid file lock says no daemon owns it
-        old_umask = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(self._client, path=str(sock),
-                                                     limit=MAX_REQUEST)
-        finally:
-            os.umask(old_umask)
-        self._owns_socket = True
+        if self.config_path is None:
+            loop.add_signal_handler(signal.SIGHUP, self._on_signal_stop, signal.SIGHUP)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        server = await self._open_socket() if self.opts.control else None
         assert self.ctl is not None  # set up before the event loop runs
         self.ctl.sync_health()
         metrics = self.opts.metrics or self.cfg.lb.metrics
@@ -327,8 +262,12 @@ class Daemon:
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
-                 vips=len(self.cfg.vips), backends=n_be, socket=str(sock),
-                 pid=os.getpid(), keep=self.opts.keep)
+                 vips=len(self.cfg.vips), backends=n_be,
+                 socket=str(self.paths.sock) if server else None, pid=os.getpid(),
+                 keep=self.opts.keep)
+        if self.hooks.ready:
+            self.hooks.ready(self)
+        ticker = asyncio.ensure_future(self._tick()) if self.hooks.tick else None
         if self._pending_reload:
             self._on_hup()
         if self._pending_stop is not None:
@@ -336,13 +275,35 @@ class Daemon:
         try:
             await self._stop_event.wait()
         finally:
-            server.close()
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await server.wait_closed()
+            if ticker is not None:
+                ticker.cancel()
             self._neigh_task.cancel()
             await self.ctl.monitor.close()
             if self._exporter:
                 self._exporter.close()
+
+    async def _open_socket(self) -> asyncio.Server:
+        sock = self.paths.sock
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # stale: the pid file lock says no daemon owns it
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(sock),
+                                                     limit=MAX_REQUEST)
+        finally:
+            os.umask(old_umask)
+        self._owns_socket = True
+        return server
+
+    async def _tick(self) -> None:
+        assert self.hooks.tick is not None
+        while True:
+            await asyncio.sleep(self.hooks.every)
+            self.hooks.tick(self)
 
     async def _resolve_neighbours(self, every: float = 1.0) -> None:
         """Backends configured without a MAC get the one the kernel's neighbour table
@@ -398,35 +359,12 @@ class Daemon:
 def stop_kept(instance: str, iface: str | None, pin_root: str = PIN_ROOT) -> str:
     """Detach and unpin an instance that a `serve --keep` left behind (no process owns
     it); what was done, as one line."""
-    from .._bpf import dataplane as dpm
-    from .._bpf.libbpf import prog_name, xdp_detach
-
-    dpm.ensure_bpffs()
     pins = pin_dir(pin_root, instance)
-    done = []
-    if iface:
-        try:
-            ifindex = dpm.ifindex_of(iface)
-        except OSError:
-            raise XdplbError(f"unknown interface {iface!r} (in this network namespace)") from None
-        prog_id, mode = dpm.xdp_attachment(ifindex)
-        if prog_id:
-            if prog_name(prog_id) != dpm.PROG_NAME:
-                raise XdplbError(f"the XDP program on {iface} (id {prog_id}) is not xdplb's")
-            holders = dpm.prog_holders(prog_id)
-            if holders:
-                raise XdplbError(f"the xdplb on {iface} belongs to a running process (pid "
-                                 f"{', '.join(map(str, holders))}): stop that instead")
-            fd = dpm.prog_fd_by_id(prog_id)
-            try:
-                xdp_detach(ifindex, fd, mode)
-            finally:
-                os.close(fd)
-            done.append(f"detached program id {prog_id} from {iface}")
-    elif not os.path.isdir(pins):
+    ifindex = interface_index(iface) if iface else 0
+    ensure_bpffs()
+    if not iface and not os.path.isdir(pins):
         raise UsageError("give -c FILE or --iface IFACE to detach a kept instance")
-    if dpm.DataPlane.unpin(pins):
-        done.append(f"removed {pins}")
+    done = takeover.release(iface, ifindex, pins)
     if not done:
         raise XdplbError(f"nothing to stop: no xdplb attached{' to ' + iface if iface else ''} "
                          f"and no pins under {pins}")

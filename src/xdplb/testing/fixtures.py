@@ -30,6 +30,7 @@ import pytest
 
 from .._bpf import abi, object_path
 from .._bpf.dataplane import DataPlane, Knobs
+from .._bpf.loader import load
 from ..lb import LoadBalancer, VipSpec
 
 __all__ = [
@@ -76,7 +77,7 @@ class DataPlanePool:
         knobs = knobs or Knobs()
         key = knobs.pack()
         if key not in self._dps:
-            self._dps[key] = DataPlane.load(self.path, knobs=knobs)
+            self._dps[key] = load(self.path, knobs=knobs)
         dp = self._dps[key]
         clear_flows(dp)
         return dp
