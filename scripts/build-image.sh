@@ -30,6 +30,16 @@ mmopts="--variant=apt --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
 hash=$(printf '%s\n' "$SUITE" "$packages" "$mmopts" | sha256sum | cut -c1-12)
 base=localhost/xdplb-base:$SUITE-$hash
 
+ctx=$root/build/image
+mkdir -p "$ctx"
+log=$ctx/build.log
+: >"$log"
+step() {  # step WHAT CMD...: run CMD with its output in the log; on failure its tail and exit
+  what=$1; shift
+  "$@" >>"$log" 2>&1 || { tail -n 15 "$log" >&2; die "$what failed (log: $log)"; }
+}
+t0=$(date +%s)
+
 # 1. the base: bootstrapped once per package list
 if podman image exists "$base"; then
   echo "base: $base (cached)"
@@ -39,25 +49,18 @@ else
   trap 'rm -rf "$tmp"' EXIT INT TERM
   echo "base: bootstrapping Debian $SUITE with: $packages"
   # shellcheck disable=SC2086 # mmopts is a word list on purpose
-  mmdebstrap --quiet $mmopts --include="$(echo "$packages" | tr ' ' ,)" "$SUITE" "$tmp/base.tar" \
-    || die "mmdebstrap failed"
-  podman import --quiet "$tmp/base.tar" "$base" >/dev/null || die "podman import failed"
+  step mmdebstrap mmdebstrap --quiet $mmopts --include="$(echo "$packages" | tr ' ' ,)" \
+    "$SUITE" "$tmp/base.tar"
+  step "podman import" podman import --quiet "$tmp/base.tar" "$base"
   rm -rf "$tmp"
-  echo "base: $base"
+  echo "base: $base ($(($(date +%s) - t0)) s)"
 fi
 
 # 2. the build context: xdplb's wheel (with its BPF objects) and its dependencies' wheels
-ctx=$root/build/image
 rm -rf "$ctx/wheels"
 mkdir -p "$ctx/wheels"
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800)
 export SOURCE_DATE_EPOCH
-log=$ctx/build.log
-: >"$log"
-step() {  # step WHAT CMD...: run CMD with its output in the log; on failure its tail and exit
-  what=$1; shift
-  "$@" >>"$log" 2>&1 || { tail -n 15 "$log" >&2; die "$what failed (log: $log)"; }
-}
 step "building the wheel" "$PY" -m pip wheel --no-deps --wheel-dir "$ctx/wheels" .
 wheel=$(ls "$ctx"/wheels/xdplb-*.whl)
 step "fetching the dependencies' wheels" "$PY" -m pip download --disable-pip-version-check \
@@ -67,6 +70,6 @@ step "fetching the dependencies' wheels" "$PY" -m pip download --disable-pip-ver
 step "podman build" podman build --network none --pull=never --layers \
   --build-arg BASE="$base" --iidfile "$ctx/image-id" -f Containerfile -t "$tag" "$ctx"
 size=$(podman image inspect --format '{{.Size}}' "$tag")
-echo "image: $tag $(cat "$ctx/image-id" | cut -c1-19), $((size / 1000000)) MB"
+echo "image: $tag $(cut -c1-19 "$ctx/image-id"), $((size / 1000000)) MB, built in $(($(date +%s) - t0)) s"
 cat "$ctx/image-id"
 echo
