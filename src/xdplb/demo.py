@@ -45,8 +45,8 @@ def _wait_for_line(p: subprocess.Popen, needle: str, timeout: float) -> list[str
 def run_demo(requests: int = 20, backends: int = 2, containers: bool = False,
              image: str | None = None) -> int:
     """The demo; with ``containers`` every host is a container of the xdplb image (``image``,
-    default xdplb:VERSION) in the same namespaces, and the LB is ``xdplb run`` in a privileged
-    container."""
+    default xdplb:VERSION) in the same namespaces, and the LB is ``xdplb run`` in a container
+    with CAP_NET_ADMIN and CAP_SYS_ADMIN."""
     lab: Lab
     if containers:
         lab = ContainerLab(backends=backends, image=image)
@@ -66,7 +66,8 @@ def run_demo(requests: int = 20, backends: int = 2, containers: bool = False,
         for role, h in lab.hosts.items():
             print(f"   {role:<7} {lab.ns(role):<18} {h.ifname:<6} {h.ipv4:<10} {h.mac}")
         argv = prog + lab.run_argv()[1:]
-        where = (f"podman run --privileged --network ns:/run/netns/{lab.ns('lb')} {lab.image}"
+        where = (f"podman run --cap-add NET_ADMIN,SYS_ADMIN --network ns:/run/netns/"
+                 f"{lab.ns('lb')} {lab.image}"
                  if isinstance(lab, ContainerLab) else f"ip netns exec {lab.ns('lb')} xdplb")
         print(f"== LB: {where} {' '.join(lab.run_argv()[1:])}")
         lb = lab.popen("lb", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

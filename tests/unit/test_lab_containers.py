@@ -58,12 +58,13 @@ def test_the_lab_saves_its_containers_so_another_process_removes_them():
     assert back.containers == ["ct1-client", "ct1-lb", "ct1-lb.1"]
 
 
-def test_commands_run_in_the_hosts_container_and_the_lb_is_privileged():
+def test_commands_run_in_the_hosts_container_and_only_the_lb_gets_capabilities():
     lab = ContainerLab("ct2")
     assert lab.image == f"xdplb:{__version__}"
     assert lab._exec_argv("client", ["curl", "x"]) == ["podman", "exec", "ct2-client", "curl",
                                                        "x"]
     assert lab._exec_argv("sw", ["ip", "link"])[:4] == ["ip", "netns", "exec", "ct2-sw"]
     lb = lab._run_flags("lb", "ct2-lb")
-    assert "--privileged" in lb and "ns:/run/netns/ct2-lb" in lb
-    assert "--privileged" not in lab._run_flags("h2", "ct2-h2")
+    assert "NET_ADMIN,SYS_ADMIN" in lb and "ns:/run/netns/ct2-lb" in lb
+    assert "--privileged" not in lb
+    assert "--cap-add" not in lab._run_flags("h2", "ct2-h2")

@@ -72,7 +72,7 @@ def container_hint(lab: ContainerLab) -> str:
         f"(podman ps --filter label=xdplb.lab={lab.name})"),
         f"switch: netns {lab.switch_ns}, bridge br0",
         "",
-        "run the load balancer (its container is privileged):",
+        "run the load balancer (its container has CAP_NET_ADMIN and CAP_SYS_ADMIN):",
         f"  {PROG} lab exec --name {lab.name} lb -- {run}",
         "serve and ask:",
         f"  {PROG} lab exec --name {lab.name} h2 -- python3 -m http.server 8000   # each backend",

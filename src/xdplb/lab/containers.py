@@ -13,7 +13,8 @@ Each host has one idle container named like its namespace (``xl123-lb``): ``run(
 ``xdplb lab exec`` execute in it (``podman exec``).  A long-running process (``popen()``:
 the LB, an HTTP server) gets a container of its own in the same namespace, whose ``podman
 run`` proxies signals, so SIGINT/SIGTERM reach the process as they do under ``ip netns
-exec``.  The LB's containers are privileged (XDP and BPF).  ``down()`` removes every
+exec``.  The LB's containers get what XDP and BPF need, as in production (docs/operations.md):
+CAP_NET_ADMIN and CAP_SYS_ADMIN, not --privileged.  ``down()`` removes every
 container it started, then the namespaces, on success, failure and Ctrl-C.
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ from .topology import NETNS_DIR, Lab, _deferred_signals
 
 #: the containers.conf every podman call of xdplb uses (runc, cgroupfs, ulimits, no network)
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
+#: what the LB's container needs: XDP attach (NET_ADMIN); bpf() through podman's seccomp
+#: profile, loading, and opening the program by id for `xdplb stats` (SYS_ADMIN, which also
+#: passes the kernel's CAP_BPF and CAP_PERFMON checks). docs/operations.md shows each is needed.
+LB_PRIVILEGES = ["--cap-add", "NET_ADMIN,SYS_ADMIN"]
 #: podman messages and what to do about them (the first match is appended to the error)
 _HINTS = (
     ("cgroups in hybrid mode", ("crun cannot run here: install runc, which xdplb's "
@@ -145,9 +150,7 @@ class ContainerLab(Lab):
         flags = ["--name", name, "--network", f"ns:{NETNS_DIR / self.ns(host)}",
                  "--hostname", host, "--label", f"xdplb.lab={self.name}"]
         if host == LB_ROLE:
-            # XDP attach and BPF loading: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN
-            # and the bpf() syscall through the seccomp filter; --privileged grants them all
-            flags.append("--privileged")
+            flags += LB_PRIVILEGES
         return flags
 
     # ------------------------------------------------------------------ lifecycle
