@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -31,13 +32,16 @@ __all__ = [
     "LbSettings",
     "Vip",
     "backend_from_table",
+    "check_document",
     "config_from_dict",
     "format_mac",
     "load_config",
+    "load_request",
     "parse_config",
     "parse_ip",
     "parse_listen",
     "parse_mac",
+    "run_config",
     "vip_from_table",
 ]
 
@@ -79,8 +83,8 @@ class ConfigError(XdplbError, ValueError):
         self.source = source
         self.key = key
         self.reason = reason
-        where = f"{source}: {key}: " if key else f"{source}: "
-        super().__init__(where + reason)
+        where = ": ".join(x for x in (source, key) if x)
+        super().__init__(f"{where}: {reason}" if where else reason)
 
 
 # --- value parsers shared with the CLI -----------------------------------------------
@@ -154,17 +158,41 @@ class Backend:
         return _host_port(self.address, self.port)
 
 
+HEALTH_KINDS = ("tcp", "http", "udp", "dns", "exec", "none")
+MIN_HEALTH_INTERVAL = 0.1  # seconds: a floor, so a typo cannot make the daemon spin
+MAX_HEALTH_INTERVAL = 3600.0
+MIN_HEALTH_TIMEOUT = 0.01
+DNS_QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
+              "AAAA": 28, "SRV": 33}
+
+
 @dataclass(frozen=True)
 class HealthCheck:
-    """A [vip.health] table; kind 'none' (the default) means backends are always up."""
+    """A [vip.health] table; kind 'none' (the default) means backends are always up.
 
-    kind: str = "none"  # "tcp" | "http" | "none"
+    A backend that fails `fall` checks is *down*: by default (`on_down = "drain"`) it gets
+    no new flows and keeps its established ones, for at most `max_drain_time` seconds
+    (0: no limit); `on_down = "reset"` ends them at once. New backends start `initial`
+    ("down": no traffic before `rise` checks pass)."""
+
+    kind: str = "none"  # one of HEALTH_KINDS
     port: int | None = None  # None: each backend's port
     path: str = "/"  # http only
     interval: float = 2.0
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    on_down: str = "drain"  # "drain" | "reset"
+    max_drain_time: float = 0.0  # seconds; 0 = no limit
+    initial: str = "up"  # "up" | "down": state of a backend before its first checks
+    expect_status: tuple[int, ...] = ()  # http: accepted codes; () = any 2xx or 3xx
+    host: str | None = None  # http: Host header (default: the backend's address:port)
+    expect_body: str | None = None  # http: a substring the body must contain
+    send: bytes = b""  # udp: the datagram sent
+    expect: bytes | None = None  # udp: a substring the reply must hold; None = any reply
+    query: str = "."  # dns: the name asked for (required for kind dns)
+    qtype: str = "A"  # dns: the record type asked for
+    command: tuple[str, ...] = ()  # exec: argv, run with XDPLB_BACKEND_ADDRESS/PORT set
 
 
 @dataclass(frozen=True)
@@ -212,6 +240,9 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, source)
 
 
+MAX_DEPTH = 16  # tables and arrays nested deeper than any valid file needs
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and validate TOML text; `source` names it in error messages."""
     try:
@@ -222,13 +253,112 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if m:
             raise ConfigError(source, f"line {m[2]}, column {m[3]}", m[1]) from None
         raise ConfigError(source, "syntax", msg) from None
-    return _Parser(source).config(doc)
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(source, None, f"nested more than {MAX_DEPTH} levels deep") from None
+    return config_from_dict(doc, source)
 
 
 def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
-    """A configuration given as the dict a TOML file would parse to (`xdplb run` builds
-    one from its arguments), validated exactly like a file."""
+    """Validate a parsed document (TOML, JSON or built by the command line) with the
+    same rules as a file."""
+    check_document(doc, source)
     return _Parser(source).config(doc)
+
+
+def check_document(doc: Any, source: str = "request", key: str = "") -> None:
+    """Reject what no valid document holds and what would break a parser downstream:
+    NUL bytes in strings or keys, and nesting deeper than MAX_DEPTH (iterative, so a
+    100,000-deep document costs no recursion)."""
+    stack: list[tuple[Any, str, int]] = [(doc, key, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(source, where or None, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ConfigError(source, where or None, "contains a NUL byte")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str) or "\x00" in k:
+                    raise ConfigError(source, where or None, f"key {k!r} contains a NUL byte")
+                stack.append((v, f"{where}.{k}" if where else k, depth + 1))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                stack.append((v, f"{where}[{i}]", depth + 1))
+
+
+def load_request(line: bytes | str, source: str = "request") -> Any:
+    """One JSON control request, checked like a config document: ValueError (one line)
+    for bad JSON, a NUL byte or nesting deeper than MAX_DEPTH."""
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    try:
+        check_document(req, source)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return req
+
+
+# `xdplb run`'s words for the keys its arguments fill (errors name what the user typed)
+_RUN_KEYS = [
+    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]\.address"), lambda m: f"backend {int(m[1]) + 1} IP"),
+    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]\.mac"), lambda m: f"backend {int(m[1]) + 1} MAC"),
+    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]"), lambda m: f"backend {int(m[1]) + 1}"),
+    (re.compile(r"vip\[\d+\]\.address"), lambda m: "--vip"),
+    (re.compile(r"vip\[\d+\]\.snat"), lambda m: "--snat"),
+    (re.compile(r"vip\[\d+\]\.udp_stateless"), lambda m: "--udp-stateless"),
+    (re.compile(r"vip\[\d+\]\.ring_size"), lambda m: "backends"),
+    (re.compile(r"vip\[\d+\](\.port)?"), lambda m: "--port"),
+    (re.compile(r"lb\.conntrack_size"), lambda m: "--conntrack"),
+    (re.compile(r"lb\.nat_ports"), lambda m: "--nat-ports"),
+    (re.compile(r"lb\.frag_policy"), lambda m: "--frag"),
+    (re.compile(r"lb\.interface"), lambda m: "IFACE"),
+    (re.compile(r"lb\.max_backends"), lambda m: "backends"),
+    (re.compile(r"lb\.max_vips"), lambda m: "--port"),
+]
+
+
+def _run_words(text: str) -> str:
+    for rx, word in _RUN_KEYS:
+        text = rx.sub(word, text)
+    return text
+
+
+def run_config(interface: str, backends: list[tuple[str, str]], *, vip: str,
+               ports: list[int], protocol: str = "tcp", mode: str = "nat",
+               snat: str | None = None, conntrack: int | None = None,
+               nat_ports: str | None = None, frag: str = "pass",
+               on_removed: str = "reselect", udp_stateless: bool = False,
+               lb: dict[str, Any] | None = None) -> Config:
+    """The configuration `xdplb run` describes (one VIP per port, the same backends),
+    validated by exactly the rules of a file; a ConfigError names the argument
+    ('--snat: ...', 'backend 2 MAC: ...'), not a TOML key."""
+    table: dict[str, Any] = {"interface": interface, "frag_policy": frag, **(lb or {})}
+    if conntrack is not None:
+        table["conntrack_size"] = conntrack
+    if nat_ports is not None:
+        table["nat_ports"] = nat_ports
+    vips = []
+    for port in ports:
+        v: dict[str, Any] = {"address": vip, "port": port, "protocol": protocol,
+                             "mode": mode, "on_backend_removed": on_removed,
+                             "backend": [{"address": ip, "mac": mac} for ip, mac in backends]}
+        if udp_stateless:
+            v["udp_stateless"] = True
+        if snat is not None and mode == "nat":
+            v["snat"] = snat
+        if len(backends) > DEFAULT_SIZE // 100:  # room for Maglev's spread, like a file's rule
+            v["ring_size"] = next_prime(100 * len(backends))
+        vips.append(v)
+    try:
+        return config_from_dict({"lb": table, "vip": vips}, "")
+    except ConfigError as e:
+        raise ConfigError("", _run_words(e.key) if e.key else None,
+                          _run_words(e.reason)) from None
 
 
 def vip_from_table(data: dict[str, Any], source: str = "request", key: str = "vip") -> Vip:
@@ -237,6 +367,7 @@ def vip_from_table(data: dict[str, Any], source: str = "request", key: str = "vi
     p = _Parser(source)
     if not isinstance(data, dict):
         raise ConfigError(source, key, "expected a table")
+    check_document(data, source, key)
     return p.vip(_Table(p, key, data))
 
 
@@ -245,6 +376,7 @@ def backend_from_table(data: dict[str, Any], vip: Vip, source: str = "request",
     """One [[vip.backend]] table given as a dict, validated for `vip` like a file's."""
     if not isinstance(data, dict):
         raise ConfigError(source, key, "expected a table")
+    check_document(data, source, key)
     return _Parser(source).backend(_Table(_Parser(source), key, data), vip.address, vip.port,
                                    vip.mode)
 
@@ -465,13 +597,14 @@ def _instance(v: Any) -> str:
 
 
 def parse_listen(v: Any) -> tuple[str, int]:
-    """'0.0.0.0:9100', '[::]:9100' or ':9100' (all addresses) -> (host, port)."""
+    """'127.0.0.1:9100', '[::1]:9100', '10.0.0.1:9100'; ':9100' (no address) listens on
+    loopback only: metrics reach other hosts only where the operator says so."""
     if not isinstance(v, str):
         raise _WrongType
     m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]*)):(\d{1,5})", v)
     if not m:
-        raise ValueError(f'{v!r} is not an address like "0.0.0.0:9100" or "[::]:9100"')
-    host = m[1] or m[2] or "0.0.0.0"
+        raise ValueError(f'{v!r} is not an address like "127.0.0.1:9100" or "[::1]:9100"')
+    host = m[1] or m[2] or "127.0.0.1"
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -550,7 +683,7 @@ class _Parser:
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULTS.max_backends),
             frag_policy=t.choice("frag_policy", ("pass", "drop"), DEFAULTS.frag_policy),
             name=t.get("name", _instance, "a string", None),
-            metrics=t.get("metrics", parse_listen, 'a string like "0.0.0.0:9100"', None),
+            metrics=t.get("metrics", parse_listen, 'a string like "127.0.0.1:9100"', None),
         )
         t.done()
         return s
@@ -595,7 +728,8 @@ class _Parser:
             )
 
         health_table = t.table("health")
-        health = HealthCheck() if health_table is None else self.health(health_table, port)
+        health = (HealthCheck() if health_table is None
+                  else self.health(health_table, port, protocol))
         t.done()
         return Vip(
             name=name,
@@ -635,21 +769,55 @@ class _Parser:
         t.done()
         return Backend(address=address, port=port, weight=weight, mac=mac)
 
-    def health(self, t: _Table, vip_port: int) -> HealthCheck:
-        kind = t.choice("kind", ("tcp", "http", "none"), "tcp")
+    def health(self, t: _Table, vip_port: int, protocol: str) -> HealthCheck:
+        kind = t.choice("kind", HEALTH_KINDS, "udp" if protocol == "udp" else "tcp")
         port = t.integer("port", 1, 65535, None)
-        if kind != "none" and port is None and vip_port == 0:
-            raise t.fail("port", "required when the VIP's port is 0 (all ports)")
-        if t.has("path") and kind != "http":
-            t.used.add("path")
-            raise t.fail("path", "only for kind = 'http'")
+        if kind not in ("none", "exec") and port is None:
+            if vip_port == 0:
+                raise t.fail("port", "required when the VIP's port is 0 (all ports)")
+            # a check speaks one protocol to the backend's port: on the VIP's own port it
+            # must be the VIP's protocol (a TCP connect to a UDP service always fails)
+            own = "udp" if kind in ("udp", "dns") else "tcp"
+            if own != protocol:
+                raise t.fail("kind", f"{kind!r} checks a {own.upper()} port but the VIP is "
+                             f"{protocol.upper()}: use " + ("'udp' or 'dns'" if protocol == "udp"
+                                                             else "'tcp' or 'http'")
+                             + f", or give the {own.upper()} port to check (port = N)")
+        only = {"path": "http", "expect_status": "http", "host": "http", "expect_body": "http",
+                "send": "udp", "expect": "udp", "query": "dns", "qtype": "dns",
+                "command": "exec"}
+        for key, owner in only.items():
+            if t.has(key) and kind != owner:
+                t.used.add(key)
+                raise t.fail(key, f"only for kind = {owner!r}")
         path = t.get("path", _path, "a string", "/")
+        expect_status = tuple(t.get("expect_status", _status_list,
+                                    "an array of HTTP status codes", ()))
+        host = t.get("host", _header_value, "a string", None)
+        expect_body = t.get("expect_body", _nonempty, "a string", None)
+        send = t.get("send", _payload, "a string", "").encode()
+        expect_s = t.get("expect", _payload, "a string", None)
+        query = t.get("query", _dns_name, "a domain name string",
+                      _REQUIRED if kind == "dns" else ".")
+        qtype = t.choice("qtype", tuple(DNS_QTYPES), "A")
+        command: tuple[str, ...] = ()
+        if kind == "exec":
+            command = tuple(t.get("command", _argv, "an array of strings (argv)"))
         interval = t.number("interval", 2.0)
+        if not MIN_HEALTH_INTERVAL <= interval <= MAX_HEALTH_INTERVAL:
+            raise t.fail("interval", f"{interval:g} s is out of range {MIN_HEALTH_INTERVAL:g}.."
+                         f"{MAX_HEALTH_INTERVAL:g} s")
         timeout = t.number("timeout", min(1.0, interval))
+        if timeout < MIN_HEALTH_TIMEOUT:
+            raise t.fail("timeout", f"{timeout:g} s is below {MIN_HEALTH_TIMEOUT:g} s")
         if timeout > interval:
             raise t.fail("timeout", f"{timeout:g} s is longer than the interval ({interval:g} s)")
         rise = t.integer("rise", 1, 1000, 2)
         fall = t.integer("fall", 1, 1000, 3)
+        on_down = t.choice("on_down", ("drain", "reset"), "drain")
+        max_drain_time = t.get("max_drain_time", _seconds_or_zero,
+                               "a number of seconds", 0.0)
+        initial = t.choice("initial", ("up", "down"), "up")
         t.done()
         return HealthCheck(
             kind=kind,
@@ -659,4 +827,83 @@ class _Parser:
             timeout=timeout,
             rise=rise,
             fall=fall,
+            on_down=on_down,
+            max_drain_time=max_drain_time,
+            initial=initial,
+            expect_status=expect_status,
+            host=host,
+            expect_body=expect_body,
+            send=send,
+            expect=None if expect_s is None else expect_s.encode(),
+            query=query,
+            qtype=qtype,
+            command=command,
         )
+
+
+def _status_list(v: Any) -> list[int]:
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                          for x in v):
+        raise _WrongType
+    if not v:
+        raise ValueError("empty: list the accepted codes, e.g. [200, 204]")
+    for x in v:
+        if not 100 <= x <= 599:
+            raise ValueError(f"{x} is not an HTTP status code (100..599)")
+    return v
+
+
+def _header_value(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not v or not v.isascii() or not v.isprintable():
+        raise ValueError(f"{v!r} is not a header value (printable ASCII)")
+    return v
+
+
+def _nonempty(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not v:
+        raise ValueError("empty (leave the key out instead)")
+    return v
+
+
+def _payload(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if len(v.encode()) > 1400:
+        raise ValueError(f"{len(v.encode())} bytes: a check datagram is at most 1400")
+    return v
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _dns_name(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    name = v.rstrip(".")
+    if v != "." and (not name or len(name) > 253
+                     or not all(_LABEL.fullmatch(x) for x in name.split("."))):
+        raise ValueError(f"{v!r} is not a domain name")
+    return v
+
+
+def _argv(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _WrongType
+    if not v or not v[0]:
+        raise ValueError("empty: give the program and its arguments, e.g. "
+                         '["/usr/local/bin/check", "--quick"]')
+    if not v[0].startswith("/"):
+        raise ValueError(f"{v[0]!r}: give the program's absolute path")
+    return v
+
+
+def _seconds_or_zero(v: Any) -> float:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise _WrongType
+    if not math.isfinite(v) or v < 0 or v > 86400 * 7:
+        raise ValueError(f"{v} must be a number of seconds 0..604800 (0 = no limit)")
+    return float(v)

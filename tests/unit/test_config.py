@@ -532,7 +532,7 @@ class TestHealthErrors:
         assert_error(
             self.H + 'kind = "icmp"\n',
             "vip[0].health.kind",
-            "'icmp' is not one of 'tcp', 'http', 'none'",
+            "'icmp' is not one of 'tcp', 'http', 'udp', 'dns', 'exec', 'none'",
         )
 
     def test_path_only_for_http(self):

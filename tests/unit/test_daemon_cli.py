@@ -65,7 +65,7 @@ def test_config_additions():
     assert (c.lb.instance, c.lb.metrics) == ("edge-1", ("::", 9100))
     assert parse_config("[lb]\ninterface = 'veth6'\n").lb.instance == "veth6"
     assert parse_config("[lb]\ninterface = 'veth6'\nmetrics = ':9100'\n").lb.metrics == \
-        ("0.0.0.0", 9100)
+        ("127.0.0.1", 9100), "no address given: loopback only"
     for bad, why in (("'a/b'", "not a valid instance name"), ("'.x'", "not a valid instance")):
         with pytest.raises(ConfigError, match=why):
             parse_config(f"[lb]\ninterface = 'veth6'\nname = {bad}\n")

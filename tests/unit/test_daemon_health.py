@@ -69,7 +69,7 @@ def scripted(results: dict):
     return factory, calls
 
 
-FAST = HealthCheck(kind="tcp", interval=0.01, timeout=0.01, rise=2, fall=2)
+FAST = HealthCheck(kind="tcp", interval=0.01, timeout=0.01, rise=2, fall=2, initial="up")
 
 
 async def wait_for(cond, timeout=3.0):
@@ -100,7 +100,8 @@ class TestMonitor:
             mon = HealthMonitor(lambda k, st: changes.append((k, st.up)), factory)
             mon.update({"a": Target(LOCAL, 1, FAST), "b": Target(LOCAL, 2, FAST)})
             await wait_for(lambda: changes == [("a", False)])
-            slower = HealthCheck(kind="tcp", interval=0.02, timeout=0.01, rise=5, fall=2)
+            slower = HealthCheck(kind="tcp", interval=0.02, timeout=0.01, rise=5, fall=2,
+                                 initial="up")
             mon.update({"a": Target(LOCAL, 1, slower)})  # new settings, same state
             assert not mon.is_up("a") and mon.states["a"].rise == 5
             assert "b" not in mon.states
@@ -204,10 +205,12 @@ address = "10.0.0.3"
 port = 2
 [vip.health]
 kind = "tcp"
-interval = 0.01
-timeout = 0.01
+interval = 0.1
+timeout = 0.05
 rise = 2
 fall = 3
+initial = "up"
+on_down = "reset"
 """
 WEB = (ipaddress.ip_address("10.0.0.10"), 8000, "tcp")
 
