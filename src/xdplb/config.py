@@ -41,7 +41,6 @@ __all__ = [
     "parse_ip",
     "parse_listen",
     "parse_mac",
-    "run_config",
     "vip_from_table",
 ]
 
@@ -301,64 +300,6 @@ def load_request(line: bytes | str, source: str = "request") -> Any:
     except ConfigError as e:
         raise ValueError(str(e)) from None
     return req
-
-
-# `xdplb run`'s words for the keys its arguments fill (errors name what the user typed)
-_RUN_KEYS = [
-    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]\.address"), lambda m: f"backend {int(m[1]) + 1} IP"),
-    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]\.mac"), lambda m: f"backend {int(m[1]) + 1} MAC"),
-    (re.compile(r"vip\[\d+\]\.backend\[(\d+)\]"), lambda m: f"backend {int(m[1]) + 1}"),
-    (re.compile(r"vip\[\d+\]\.address"), lambda m: "--vip"),
-    (re.compile(r"vip\[\d+\]\.snat"), lambda m: "--snat"),
-    (re.compile(r"vip\[\d+\]\.udp_stateless"), lambda m: "--udp-stateless"),
-    (re.compile(r"vip\[\d+\]\.ring_size"), lambda m: "backends"),
-    (re.compile(r"vip\[\d+\](\.port)?"), lambda m: "--port"),
-    (re.compile(r"lb\.conntrack_size"), lambda m: "--conntrack"),
-    (re.compile(r"lb\.nat_ports"), lambda m: "--nat-ports"),
-    (re.compile(r"lb\.frag_policy"), lambda m: "--frag"),
-    (re.compile(r"lb\.interface"), lambda m: "IFACE"),
-    (re.compile(r"lb\.max_backends"), lambda m: "backends"),
-    (re.compile(r"lb\.max_vips"), lambda m: "--port"),
-]
-
-
-def _run_words(text: str) -> str:
-    for rx, word in _RUN_KEYS:
-        text = rx.sub(word, text)
-    return text
-
-
-def run_config(interface: str, backends: list[tuple[str, str]], *, vip: str,
-               ports: list[int], protocol: str = "tcp", mode: str = "nat",
-               snat: str | None = None, conntrack: int | None = None,
-               nat_ports: str | None = None, frag: str = "pass",
-               on_removed: str = "reselect", udp_stateless: bool = False,
-               lb: dict[str, Any] | None = None) -> Config:
-    """The configuration `xdplb run` describes (one VIP per port, the same backends),
-    validated by exactly the rules of a file; a ConfigError names the argument
-    ('--snat: ...', 'backend 2 MAC: ...'), not a TOML key."""
-    table: dict[str, Any] = {"interface": interface, "frag_policy": frag, **(lb or {})}
-    if conntrack is not None:
-        table["conntrack_size"] = conntrack
-    if nat_ports is not None:
-        table["nat_ports"] = nat_ports
-    vips = []
-    for port in ports:
-        v: dict[str, Any] = {"address": vip, "port": port, "protocol": protocol,
-                             "mode": mode, "on_backend_removed": on_removed,
-                             "backend": [{"address": ip, "mac": mac} for ip, mac in backends]}
-        if udp_stateless:
-            v["udp_stateless"] = True
-        if snat is not None and mode == "nat":
-            v["snat"] = snat
-        if len(backends) > DEFAULT_SIZE // 100:  # room for Maglev's spread, like a file's rule
-            v["ring_size"] = next_prime(100 * len(backends))
-        vips.append(v)
-    try:
-        return config_from_dict({"lb": table, "vip": vips}, "")
-    except ConfigError as e:
-        raise ConfigError("", _run_words(e.key) if e.key else None,
-                          _run_words(e.reason)) from None
 
 
 def vip_from_table(data: dict[str, Any], source: str = "request", key: str = "vip") -> Vip:

@@ -1,4 +1,4 @@
-"""Prometheus exporter for `xdplb serve` (prometheus-client, optional dependency).
+"""Prometheus exporter for `xdplb serve`: GET /metrics, nothing else.
 
 Counters are read from the data plane's per-CPU maps at scrape time, so a scrape always
 sees the kernel's current numbers; labels come from the daemon's current view (VIP name
@@ -15,10 +15,21 @@ and address, backend address:port).
 """
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["MetricsSnapshot", "start_exporter"]
+from .errors import XdplbError
+
+__all__ = ["Exporter", "MetricsError", "MetricsSnapshot", "start_exporter"]
+
+
+class MetricsError(XdplbError):
+    """The exporter cannot start (address in use, not available, ...)."""
 
 
 @dataclass
@@ -117,9 +128,16 @@ class _Collector:
 
 
 class Exporter:
-    def __init__(self, server, thread):
+    """The HTTP side: GET /metrics (and HEAD) answers the exposition; any other path 404."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread):
         self._server = server
         self._thread = thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -135,9 +153,61 @@ def make_registry(snapshot: Callable[[], MetricsSnapshot]):
     return reg
 
 
-def start_exporter(host: str, port: int, snapshot: Callable[[], MetricsSnapshot]) -> Exporter:
-    """Serve /metrics on host:port from a thread; OSError if the address is taken."""
-    from prometheus_client import start_http_server
+def _handler(registry) -> type[BaseHTTPRequestHandler]:
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-    server, thread = start_http_server(port, addr=host, registry=make_registry(snapshot))
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "xdplb"
+
+        def _answer(self, body: bool) -> None:
+            if urlsplit(self.path).path != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            try:
+                data = generate_latest(registry)
+            except Exception as e:  # noqa: BLE001 - a failed scrape is a 500, not a dead thread
+                self.send_error(500, f"scrape failed: {e}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._answer(True)
+
+        def do_HEAD(self) -> None:
+            self._answer(False)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes are not events worth a log line
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def start_exporter(host: str, port: int, snapshot: Callable[[], MetricsSnapshot]) -> Exporter:
+    """Serve /metrics on host:port from a thread. MetricsError (one line) when the address
+    cannot be bound, so the daemon refuses to start rather than run unobserved."""
+    try:
+        handler = _handler(make_registry(snapshot))
+    except ImportError as e:
+        raise MetricsError(f"metrics need prometheus-client ({e})") from None
+    cls = _Server6 if ":" in host else _Server
+    try:
+        server = cls((host, port), handler)
+    except OSError as e:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise MetricsError(f"cannot serve metrics on {where}: {e.strerror or e}") from None
+    thread = threading.Thread(target=server.serve_forever, name="xdplb-metrics", daemon=True)
+    thread.start()
     return Exporter(server, thread)

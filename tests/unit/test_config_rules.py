@@ -9,68 +9,10 @@ from xdplb.config import (
     load_request,
     parse_config,
     parse_listen,
-    run_config,
     vip_from_table,
 )
 
 pytestmark = pytest.mark.unit
-
-GOOD = [("10.0.0.2", "de:ad:be:ef:00:02")]
-
-
-def run_error(**kw) -> str:
-    args = {"interface": "veth6", "backends": GOOD, "vip": "10.0.0.10", "ports": [8000]}
-    args.update(kw)
-    with pytest.raises(ConfigError) as e:
-        run_config(**args)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
-
-
-@pytest.mark.parametrize("kw, want", [
-    ({"backends": [("10.0.0.2", "ff:ff:ff:ff:ff:ff")]}, ("backend 1 MAC: 'ff:ff:ff:ff:ff:ff' is a "
-     "multicast or broadcast MAC")),
-    ({"backends": [("10.0.0.2", "01:00:5e:00:00:01")]}, ("backend 1 MAC: '01:00:5e:00:00:01' is a "
-     "multicast")),
-    ({"backends": [("10.0.0.2", "00:00:00:00:00:00")]}, ("backend 1 MAC: '00:00:00:00:00:00' is the "
-     "all-zero MAC")),
-    ({"backends": [("0.0.0.0", "de:ad:be:ef:00:02")]}, "backend 1 IP: 0.0.0.0 is not a unicast"),
-    ({"backends": [("255.255.255.255", "de:ad:be:ef:00:02")]}, "backend 1 IP: 255.255.255.255"),
-    ({"backends": [("224.0.0.1", "de:ad:be:ef:00:02")]}, "backend 1 IP: 224.0.0.1 is not"),
-    ({"backends": GOOD * 2}, "backend 2: duplicate of backend 1 (10.0.0.2:8000)"),
-    ({"vip": "0.0.0.0"}, "--vip: 0.0.0.0 is not a unicast host address"),
-    ({"vip": "239.1.1.1"}, "--vip: 239.1.1.1 is not a unicast host address"),
-    ({"vip": "255.255.255.255"}, "--vip: 255.255.255.255 is not a unicast host address"),
-    ({"snat": "fd00::1"}, "--snat: fd00::1 is IPv6 but the VIP is IPv4"),
-    ({"snat": "abc"}, "--snat: 'abc' is not an IPv4 or IPv6 address"),
-    ({"conntrack": 0}, "--conntrack: 0 is out of range 1024.."),
-    ({"conntrack": -1}, "--conntrack: -1 is out of range"),
-    ({"conntrack": 4294967296}, "--conntrack: 4294967296 is out of range"),
-    ({"conntrack": 1 << 40}, "--conntrack: 1099511627776 is out of range"),
-    ({"nat_ports": "5-3"}, "--nat-ports: '5-3'"),
-    ({"interface": "a/b"}, "IFACE: 'a/b' is not a valid interface name"),
-    ({"interface": "veth\x006"}, "IFACE: contains a NUL byte"),
-    ({"udp_stateless": True}, "--udp-stateless: only allowed with mode = 'dsr'"),
-])
-def test_run_arguments_meet_the_files_rules(kw, want):
-    assert run_error(**kw).startswith(want)
-
-
-def test_run_config_builds_one_vip_per_port():
-    c = run_config("veth6", GOOD, vip="10.0.0.10", ports=[80, 443], snat="10.0.0.10",
-                   conntrack=1 << 16)
-    assert [v.port for v in c.vips] == [80, 443]
-    assert c.lb.conntrack_size == 1 << 16
-    assert c.vips[0].backends[0].port == 80 and c.vips[0].backends[0].mac == bytes.fromhex(
-        "deadbeef0002")
-
-
-def test_many_backends_get_a_ring_that_fits_them():
-    many = [(f"10.0.{i // 250}.{i % 250 + 1}", "de:ad:be:ef:00:02") for i in range(700)]
-    c = run_config("veth6", many, vip="10.1.0.10", ports=[80])
-    assert c.vips[0].ring_size >= 70000
-
 
 @pytest.mark.parametrize("text, key, why", [
     ('[lb]\ninterface = "veth\\u00006"\n', "lb.interface", "contains a NUL byte"),
@@ -115,3 +57,12 @@ def test_a_runtime_vip_meets_the_files_rules():
 ])
 def test_metrics_listen_on_loopback_unless_told(text, want):
     assert parse_listen(text) == want
+
+
+def test_the_shipped_example_config_is_valid():
+    from importlib.resources import files
+
+    text = files("xdplb").joinpath("example.toml").read_text()
+    c = parse_config(text, "example.toml")
+    assert [v.health.kind for v in c.vips] == ["http", "dns"]
+    assert c.lb.metrics == ("127.0.0.1", 9100)

@@ -1,0 +1,46 @@
+"""The exporter's HTTP side: /metrics only, and a bind failure is an error, not a log line."""
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from xdplb.metrics import MetricsError, MetricsSnapshot, start_exporter
+
+pytestmark = pytest.mark.unit
+
+
+def snap() -> MetricsSnapshot:
+    return MetricsSnapshot(info={"instance": "t"}, reasons={"fwd_new": (3, 180)})
+
+
+def test_only_metrics_is_served():
+    ex = start_exporter("127.0.0.1", 0, snap)
+    try:
+        host, port = ex.address
+        body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+        assert 'xdplb_packets_total{reason="fwd_new"} 3.0' in body
+        for path in ("/", "/metrics/x", "/favicon.ico", "/debug"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5)
+            assert e.value.code == 404
+    finally:
+        ex.close()
+
+
+def test_an_address_in_use_is_one_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(MetricsError, match=f"cannot serve metrics on 127.0.0.1:{port}: "
+                           "Address already in use"):
+            start_exporter("127.0.0.1", port, snap)
+
+
+def test_an_address_not_on_this_host_is_one_clear_error():
+    with pytest.raises(MetricsError, match="cannot serve metrics on 192.0.2.1:9100: Cannot "
+                       "assign requested address"):
+        start_exporter("192.0.2.1", 9100, snap)
