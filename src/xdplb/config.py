@@ -183,7 +183,7 @@ class HealthCheck:
     fall: int = 3
     on_down: str = "drain"  # "drain" | "reset"
     max_drain_time: float = 0.0  # seconds; 0 = no limit
-    initial: str = "up"  # "up" | "down": state of a backend before its first checks
+    initial: str = "down"  # "up" | "down": state of a backend before its first checks
     expect_status: tuple[int, ...] = ()  # http: accepted codes; () = any 2xx or 3xx
     host: str | None = None  # http: Host header (default: the backend's address:port)
     expect_body: str | None = None  # http: a substring the body must contain
@@ -758,7 +758,7 @@ class _Parser:
         on_down = t.choice("on_down", ("drain", "reset"), "drain")
         max_drain_time = t.get("max_drain_time", _seconds_or_zero,
                                "a number of seconds", 0.0)
-        initial = t.choice("initial", ("up", "down"), "up")
+        initial = t.choice("initial", ("up", "down"), "down")
         t.done()
         return HealthCheck(
             kind=kind,

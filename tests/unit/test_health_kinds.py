@@ -43,7 +43,7 @@ def health_error(proto: str, table: str, port: int = 53) -> str:
 class TestRules:
     def test_defaults_drain_and_follow_the_protocol(self):
         h = health("tcp", "")
-        assert (h.kind, h.on_down, h.max_drain_time) == ("tcp", "drain", 0)
+        assert (h.kind, h.on_down, h.initial, h.max_drain_time) == ("tcp", "drain", "down", 0)
         assert health("udp", "send = 'ping'\n").kind == "udp"
 
     @pytest.mark.parametrize("proto, kind, want", [

@@ -30,6 +30,9 @@ class BackendView:
     up: bool  # passes its health check (or has none)
     state: str  # up, draining or down
     health: dict | None  # HealthState.as_dict() when it is checked
+    # what it gets: "new" flows (up, weight > 0), only its "established" ones (drained,
+    # or down under on_down = "drain"), or "none" (down under "reset": flows moved away)
+    traffic: str = "new"
 
 
 @dataclass(frozen=True)
@@ -72,26 +75,52 @@ class Controller:
         self.on_stop: Callable[[bool], None] | None = None  # stop(keep) from a request
         self._live = False
         self._view: tuple[VipView, ...] = ()
+        self._expired: set[BKey] = set()  # down longer than max_drain_time: pulled
+        self._serving: set[tuple] = set()  # VIPs with a backend taking new flows
+        self._serving_once: set[tuple] = set()  # VIPs that ever had one (start is quiet)
+        self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
 
     # state changes -----------------------------------------------------------------------
     def start(self, existing: MapState | None = None) -> list[str]:
         """First write: fill empty maps, or adopt those of a kept instance. Backends found
         inactive in kept maps (pulled by the previous daemon) start down."""
         if existing is not None:
-            for (key, bkey) in _inactive_in(existing, self.desired):
-                check = self.desired.vips[key].health
-                if check.kind != "none":
-                    self.monitor.seed((key, bkey), check, up=False)
+            # a restart keeps what the previous daemon served: backends it had pulled
+            # start down (pulled), the others up whatever the check's `initial`
+            inactive = set(_inactive_in(existing, self.desired))
+            for key, v in self.desired.vips.items():
+                if v.health.kind == "none" or key not in existing.vips:
+                    continue
+                for b in v.backends:
+                    down = (key, b.key) in inactive
+                    self.monitor.seed((key, b.key), v.health, up=not down)
+                    if down:
+                        self._expired.add((key, b.key))
+            self.monitor.update(self.desired.health_targets())
             changes = self.lb.adopt(self._specs(self.desired), existing)
         else:
+            self.monitor.update(self.desired.health_targets())
             changes = self.lb.apply(self._specs(self.desired))
         self._after(changes, "start")
         return changes
 
+    def health_of(self, key: BKey) -> str:
+        """What a backend's health means for traffic: "up", "drain" (down: no new
+        flows, established ones kept) or "pulled" (down under on_down = "reset", or
+        draining longer than max_drain_time: its flows move or end)."""
+        st = self.monitor.states.get(key)
+        if st is None or st.up:
+            return "up"
+        v = self.desired.vips.get(key[0])
+        if key in self._expired or v is None or v.health.on_down == "reset":
+            return "pulled"
+        return "drain"
+
     def _specs(self, desired: Desired) -> list[VipSpec]:
-        """What to write for `desired`: health as active flags, MAC-less backends with
-        the neighbour table's answer, the egress interface of a two-armed LB."""
-        specs = desired.specs(self.monitor.is_up)
+        """What to write for `desired`: health as weights and active flags, MAC-less
+        backends with the neighbour table's answer, the egress interface of a two-armed
+        LB."""
+        specs = desired.specs(self.health_of)
         if self.neighbour_macs or self.egress_ifindex:
             specs = [replace(v, backends=tuple(
                 replace(b, mac=self.neighbour_macs.get(b.address, b.mac) if b.mac is None
@@ -100,6 +129,10 @@ class Controller:
         return specs
 
     def apply(self, why: str) -> list[str]:
+        # health states first: a check added, changed or removed by this change decides
+        # what is served now (a removed check's pulled backends come back in this apply)
+        self.monitor.update(self.desired.health_targets())
+        self._expired &= set(self.monitor.states)
         changes = self.lb.apply(self._specs(self.desired))
         self._after(changes, why)
         return changes
@@ -108,8 +141,26 @@ class Controller:
         for c in changes:
             self.log("change", cause=why, what=c)
         self._refresh_view()
+        self._note_serving(why)
         if self._live:
             self.sync_health()
+
+    def _note_serving(self, why: str) -> None:
+        """Say (and count) when a VIP loses its last backend taking new flows, whatever
+        the cause (health, drain, weight, removal), and when it gets one back."""
+        serving = {key for key, v in self.desired.vips.items()
+                   if any(self.health_of((key, b.key)) == "up"
+                          and self.desired.effective_weight(key, b) for b in v.backends)}
+        for key in self.desired.vips.keys() & (self._serving - serving):
+            name = self.desired.vips[key].name
+            self.vips_without_backend[name] = self.vips_without_backend.get(name, 0) + 1
+            self.log("vip_without_backend", level="error", vip=name, cause=why,
+                     what="no backend takes new flows: new connections are dropped")
+        for key in serving - self._serving:
+            if key in self._serving_once:
+                self.log("vip_serving", vip=self.desired.vips[key].name, cause=why)
+        self._serving_once |= serving
+        self._serving = serving
 
     def sync_health(self) -> None:
         """(Re)start health checks for the current desired state (in the event loop)."""
@@ -178,19 +229,33 @@ class Controller:
             self.log("apply_failed", level="error", cause="health", error=str(e))
             return
         if st.up:
+            self._expired.discard(key)
             self.log("backend_up", vip=name, backend=bkey, successes=st.rise)
         else:
+            action = self.health_of(key)
             self.log("backend_down", level="warning", vip=name, backend=bkey,
-                     failures=st.fall, reason=st.last_detail)
-        if v and not st.up and not any(
-                self.monitor.is_up((vkey, b.key)) and self.desired.effective_weight(vkey, b)
-                for b in v.backends):
-            self.log("vip_without_backend", level="error", vip=name)
+                     failures=st.fall, reason=st.last_detail,
+                     action="drain: established flows kept" if action == "drain"
+                     else "reset: its flows are re-selected or dropped")
 
     def _on_health_result(self, key: BKey, ok: bool, detail: str) -> None:
         v = self.desired.vips.get(key[0])
         k = (v.name if v else vip_label(key[0]), key[1], "ok" if ok else "fail")
         self.checks[k] = self.checks.get(k, 0) + 1
+        st = self.monitor.states.get(key)
+        if v is None or st is None or st.up or key in self._expired:
+            return
+        limit = v.health.max_drain_time
+        if limit and v.health.on_down == "drain" and time.time() - st.since >= limit:
+            self._expired.add(key)  # checked at every probe: no timer of its own
+            try:
+                self.apply("max_drain_time")
+            except Exception as e:  # noqa: BLE001 - retried at the next probe
+                self._expired.discard(key)
+                self.log("apply_failed", level="error", cause="max_drain_time", error=str(e))
+                return
+            self.log("drain_expired", level="warning", vip=v.name, backend=key[1],
+                     after=f"{limit:g}s", what="its remaining flows are re-selected or reset")
 
     # requests --------------------------------------------------------------------------------
     def handle(self, req: Any) -> dict:
@@ -267,13 +332,16 @@ class Controller:
                 st = self.monitor.states.get((key, b.key))
                 up = self.monitor.is_up((key, b.key))
                 weight = self.desired.effective_weight(key, b)
+                action = self.health_of((key, b.key))
+                traffic = ("none" if action == "pulled" else "established"
+                           if action == "drain" or weight == 0 else "new")
                 backends.append(BackendView(
                     key=b.key, address=str(b.address), port=b.port,
                     mac=format_mac(b.mac) if b.mac else None, id=ids.get(b.key),
                     weight=weight, config_weight=b.weight,
                     drained=(key, b.key) in self.desired.drained, up=up,
                     state="down" if not up else "draining" if weight == 0 else "up",
-                    health=st.as_dict() if st else None))
+                    health=st.as_dict() if st else None, traffic=traffic))
             h = v.health
             vips.append(VipView(
                 name=v.name, label=vip_label(key), id=vid, mode=v.mode,
@@ -281,7 +349,8 @@ class Controller:
                 health=None if h.kind == "none" else {
                     "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
                     "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
-                    "fall": h.fall},
+                    "fall": h.fall, "on_down": h.on_down, "max_drain_time": h.max_drain_time,
+                    "initial": h.initial},
                 backends=tuple(backends)))
         return tuple(vips)
 
@@ -336,12 +405,14 @@ class Controller:
             backends = [{
                 "backend": b.key, "address": b.address, "port": b.port, "mac": b.mac,
                 "id": b.id, "weight": b.weight, "config_weight": b.config_weight,
-                "drained": b.drained, "state": b.state, "health": b.health,
+                "drained": b.drained, "state": b.state, "traffic": b.traffic,
+                "health": b.health,
                 **self._counters("be_stats", b.id)} for b in v.backends]
             total, dropped = self._vip_counters(v.id, backends)
             vips.append({
                 "name": v.name, "vip": v.label, "mode": v.mode, "id": v.id, "snat": v.snat,
                 "on_backend_removed": v.on_backend_removed, "health": v.health,
+                "lost_last_backend": self.vips_without_backend.get(v.name, 0),
                 **total, "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
                 "backends": backends})
         return {**self.info, "config": self.config_path, "pid": os.getpid(),

@@ -200,11 +200,21 @@ class Desired:
     def effective_weight(self, key: tuple, b: Backend) -> int:
         return 0 if (key, b.key) in self.drained else b.weight
 
-    def specs(self, is_up: Callable[[BKey], bool] = lambda k: True) -> list[VipSpec]:
-        """VipSpecs with drains as weight 0 and failed health checks as inactive."""
-        return [vip_spec(v, tuple(backend_spec(b, self.effective_weight(key, b),
-                                               is_up((key, b.key))) for b in v.backends))
-                for key, v in self.vips.items()]
+    def specs(self, health: Callable[[BKey], str | bool] = lambda k: "up") -> list[VipSpec]:
+        """VipSpecs for what `health` says of each backend: "up" (or True) serves with its
+        weight (0 when drained); "drain" keeps its established flows and gets no new ones
+        (weight 0); "pulled" (or False) is inactive: its flows are re-selected or reset by
+        the VIP's on_backend_removed."""
+        out = []
+        for key, v in self.vips.items():
+            backends = []
+            for b in v.backends:
+                h = health((key, b.key))
+                h = {True: "up", False: "pulled"}.get(h, h) if isinstance(h, bool) else h
+                weight = self.effective_weight(key, b) if h == "up" else 0
+                backends.append(backend_spec(b, weight, h != "pulled"))
+            out.append(vip_spec(v, tuple(backends)))
+        return out
 
     def health_targets(self) -> dict[BKey, Target]:
         out = {}
