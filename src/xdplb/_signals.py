@@ -15,8 +15,28 @@ class Stop(KeyboardInterrupt):
     KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
+_pending: str | None = None  # the last stop signal raise_stop saw (see checkpoint)
+
+
 def raise_stop(signum: int, frame: object) -> None:
-    raise Stop(signal.Signals(signum).name)
+    global _pending
+    _pending = signal.Signals(signum).name
+    raise Stop(_pending)
+
+
+def clear() -> None:
+    """Forget stop signals seen before (a new start-up begins)."""
+    global _pending
+    _pending = None
+
+
+def checkpoint() -> None:
+    """Raise Stop if a stop signal arrived since `clear()`, even one whose exception was
+    swallowed: a signal that lands while libbpf calls back into Python (its print
+    callback, a ring buffer's) raises inside the callback, where ctypes can only drop it.
+    Start-up calls this between its steps, so a Ctrl-C at any point stops it."""
+    if _pending is not None:
+        raise Stop(_pending)
 
 
 @contextlib.contextmanager

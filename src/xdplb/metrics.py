@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._version import __version__
 from .errors import XdplbError
 
 __all__ = ["Exporter", "MetricsError", "MetricsSnapshot", "start_exporter"]
@@ -55,6 +56,10 @@ def _families(snap: MetricsSnapshot):
                              labels=list(snap.info))
     info.add_metric(list(snap.info.values()), 1)
     yield info
+    build = GaugeMetricFamily("xdplb_build_info", "The xdplb version serving",
+                              labels=["version"])
+    build.add_metric([__version__], 1)
+    yield build
 
     pk = CounterMetricFamily("xdplb_packets", "Packets by what the data plane did with them",
                              labels=["reason"])

@@ -53,12 +53,15 @@ _messages_lock = threading.Lock()
 
 @_PRINT_FN
 def _printer(level: int, fmt: bytes, args: int) -> int:
-    buf = C.create_string_buffer(4096)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    with _messages_lock:
-        _messages.append(buf.value.decode(errors="replace").rstrip("\n"))
-        del _messages[:-200]
-    return 0
+    try:
+        buf = C.create_string_buffer(4096)
+        _libc.vsnprintf(buf, len(buf), fmt, args)
+        with _messages_lock:
+            _messages.append(buf.value.decode(errors="replace").rstrip("\n"))
+            del _messages[:-200]
+    except BaseException:  # noqa: BLE001, S110 - a Ctrl-C raised in here cannot leave
+        pass  # a ctypes callback (ctypes would print it and go on); _signals.checkpoint()
+    return 0  # sees the signal after libbpf returns
 
 
 _lib.libbpf_set_print.argtypes = [_PRINT_FN]

@@ -3,11 +3,49 @@ stderr note. Every failure prints one line, `xdplb: <what>: <why>`, and exits no
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from ..config import parse_listen
 from ..errors import UsageError, XdplbError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with xdplb's one-line errors: `xdplb: run: argument --count: ...` on
+    stderr, exit 2 (argparse's default is a usage block and the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("xdplb").strip()
+        info(f"{where + ': ' if where else ''}{message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
+
+
+def count_arg(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"{v} is out of range {lo}..{hi}" if hi is not None else f"{v} is below {lo}")
+        return v
+    return parse
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return v
 
 
 def info(msg: str) -> None:

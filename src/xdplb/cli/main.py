@@ -10,11 +10,11 @@ from typing import cast
 from .. import __version__
 from ..lab import register_cli as register_lab
 from . import observe, run, serve, tools
-from ._common import run_command
+from ._common import Parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xdplb", description="XDP layer-4 load balancer")
+    p = Parser(prog="xdplb", description="XDP layer-4 load balancer")
     p.add_argument("--version", action="version", version=f"xdplb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run.register(sub)

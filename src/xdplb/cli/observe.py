@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .._signals import Stop, stop_on
-from ._common import require_root
+from ._common import count_arg, require_root, seconds_arg
 
 
 def cmd_stats(args) -> int:
@@ -55,7 +55,10 @@ def register(sub) -> None:
 
     t = sub.add_parser("trace", help="live sampled decisions of the LB running on IFACE")
     t.add_argument("iface")
-    t.add_argument("--rate", type=int, default=1, help="one event per N packets (default 1)")
-    t.add_argument("--count", type=int, default=0, help="stop after N events")
-    t.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    t.add_argument("--rate", type=count_arg(1, 1 << 30), default=1,
+                   help="one event per N packets (default 1)")
+    t.add_argument("--count", type=count_arg(0), default=0,
+                   help="stop after N events (default 0: no limit)")
+    t.add_argument("--duration", type=seconds_arg, default=0,
+                   help="stop after S seconds (default 0: no limit)")
     t.set_defaults(func=cmd_trace)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..config import DEFAULTS, IPAddress, format_mac, parse_ip, parse_mac
 from ..errors import UsageError
 from ..logfmt import Notes
-from ._common import info, listen_option, require_root
+from ._common import count_arg, info, listen_option, require_root, seconds_arg
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -146,12 +146,12 @@ def register(sub) -> None:
                    help="flows of a removed backend: re-select a backend or drop")
     r.add_argument("--udp-stateless", action="store_true",
                    help="DSR+UDP: pick the backend by hash per packet, no conntrack entry")
-    r.add_argument("--trace", type=int, default=0, metavar="N",
+    r.add_argument("--trace", type=count_arg(0, 1 << 30), default=0, metavar="N",
                    help="sample one packet in N to the trace ring (see `xdplb trace`)")
     r.add_argument("--keep", action="store_true",
                    help="on exit leave the program attached and its state pinned under "
                    "/sys/fs/bpf/xdplb/IFACE, for a `serve` (or `run`) to take over")
     r.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics")
-    r.add_argument("--stats-interval", type=float, default=0, metavar="S",
+    r.add_argument("--stats-interval", type=seconds_arg, default=0, metavar="S",
                    help="print counters every S seconds")
     r.set_defaults(func=cmd_run)

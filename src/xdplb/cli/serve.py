@@ -21,6 +21,7 @@ from ..daemon import (
     RequestError,
     ServeOptions,
     call,
+    lock_holder,
     parse_backend_ref,
     request,
     run_dir_default,
@@ -71,10 +72,32 @@ def cmd_serve(args) -> int:
     return Daemon(os.path.abspath(args.config), cfg, opts).run()
 
 
+def cmd_check(args) -> int:
+    """Validate FILE; with its instance running, print what a reload would change."""
+    cfg = _config_or_usage(args.config)
+    paths, _ = _target(args)
+    if not paths.sock.exists():
+        print(f"{args.config}: valid ({len(cfg.vips)} VIPs, "
+              f"{sum(len(v.backends) for v in cfg.vips)} backends); instance "
+              f"{paths.instance} is not running: nothing to compare")
+        return 0
+    reply = request(paths, {"cmd": "check", "config": os.path.abspath(args.config)})
+    print(f"{args.config}: valid; against instance {paths.instance} (serving "
+          f"{reply['serving']}):")
+    print_changes(["  " + c for c in reply["changes"]], "  no changes")
+    if reply.get("dropped_overrides"):
+        print(f"  a reload drops {len(reply['dropped_overrides'])} runtime override(s): "
+              + "; ".join(reply["dropped_overrides"]))
+    return 0
+
+
 def cmd_reload(args) -> int:
     paths, _ = _target(args)
     if paths.sock.exists():
-        reply = request(paths, {"cmd": "reload"})
+        req: dict[str, Any] = {"cmd": "reload"}
+        if args.config:  # the daemon refuses a file other than the one it serves
+            req["config"] = os.path.abspath(args.config)
+        reply = request(paths, req)
         print_changes(reply["changes"])
         if reply.get("dropped_overrides"):
             print(f"dropped {len(reply['dropped_overrides'])} runtime override(s): "
@@ -82,11 +105,16 @@ def cmd_reload(args) -> int:
         for k in reply.get("needs_restart", []):
             print(f"{k} changed: takes effect after `xdplb stop` and a new `xdplb serve`")
         return 0
+    # no socket yet: a serve still starting holds the lock and reloads after setup; a pid
+    # file that no process holds names a pid that may be anything now: never signal it
+    pid = lock_holder(paths)
+    if pid is None:
+        raise XdplbError(f"no xdplb serve is running for instance {paths.instance} "
+                         f"(no answer on {paths.sock}, no process holds {paths.pid})")
     try:
-        pid = int(paths.pid.read_text().strip())
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
-        raise XdplbError(f"no xdplb serve is running for instance {paths.instance}") from None
+    except OSError as e:
+        raise XdplbError(f"cannot signal pid {pid}: {e.strerror}") from None
     print(f"sent SIGHUP to pid {pid}")
     return 0
 
@@ -249,6 +277,18 @@ def register(sub) -> None:
                        "the difference")
     _add_target(r)
     r.set_defaults(func=cmd_reload)
+
+    c = sub.add_parser("check", help="validate a config file and show what a reload of it "
+                       "would change on the running instance (applies nothing)",
+                       description="Exit 0 when FILE is valid (whether or not it differs "
+                       "from what runs), 2 with one line when it is not.")
+    c.add_argument("-c", "--config", required=True, metavar="FILE")
+    c.add_argument("--instance", metavar="NAME", help="compare with this instance "
+                   "(default: the file's [lb] name or interface)")
+    c.add_argument("--run-dir", metavar="DIR", default=None,
+                   help=f"pid files and control sockets (default $XDPLB_RUN_DIR or "
+                   f"{DEFAULT_RUN_DIR})")
+    c.set_defaults(func=cmd_check)
 
     st = sub.add_parser("status", help="VIPs, backends (health, weight) and counters of a "
                         "running serve")

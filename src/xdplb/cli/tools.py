@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..errors import UsageError, XdplbError
-from ._common import require_root
+from ..lab.plan import MAX_BACKENDS as MAX_LAB_BACKENDS
+from ._common import count_arg, require_root
 
 
 def cmd_demo(args) -> int:
@@ -26,14 +27,26 @@ def cmd_doctor(args) -> int:
     return run_doctor(args.iface)
 
 
+def cmd_example_config(args) -> int:
+    from importlib.resources import files
+
+    print(files("xdplb").joinpath("example.toml").read_text(), end="")
+    return 0
+
+
 def register(sub) -> None:
+    e = sub.add_parser("example-config", help="print a commented example config file "
+                       "(`xdplb example-config > /etc/xdplb/edge.toml`)")
+    e.set_defaults(func=cmd_example_config)
+
     dr = sub.add_parser("doctor", help="checks that explain 'it does not forward'")
     dr.add_argument("iface", nargs="?")
     dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("demo", help="lab up, LB on, curl traffic, summary, lab down")
-    d.add_argument("--requests", type=int, default=20)
-    d.add_argument("--backends", type=int, default=2)
+    d.add_argument("--requests", type=count_arg(1, 100000), default=20)
+    d.add_argument("--backends", type=count_arg(1, MAX_LAB_BACKENDS), default=2,
+                   help=f"backend hosts in the lab, 1..{MAX_LAB_BACKENDS}")
     d.add_argument("--containers", action="store_true",
                    help="every host a podman container of the xdplb image (`make image`)")
     d.add_argument("--image", help="the image for --containers (default xdplb:VERSION)")

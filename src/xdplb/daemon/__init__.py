@@ -19,7 +19,7 @@ attach through the one loader `_bpf.loader`, event loop, socket, neighbours, tea
 `control` (the socket's protocol, both sides) and `run_config` (run's arguments as a
 Config). Log lines are logfmt (`xdplb.logfmt`). The command line is `xdplb.cli`.
 """
-from .control import DEFAULT_RUN_DIR, Paths, call, request, run_dir_default
+from .control import DEFAULT_RUN_DIR, Paths, call, lock_holder, request, run_dir_default
 from .controller import Controller
 from .desired import BKey, Desired, RequestError, parse_backend_ref, specs_from_config, vip_label
 from .lifecycle import PIN_ROOT, Daemon, Hooks, ServeOptions, pin_dir, stop_kept
@@ -38,6 +38,7 @@ __all__ = [
     "ServeOptions",
     "call",
     "interface_ipv4",
+    "lock_holder",
     "parse_backend_ref",
     "pin_dir",
     "request",

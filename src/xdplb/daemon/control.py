@@ -2,6 +2,7 @@
 socket, and one request (a JSON object per connection, one JSON reply)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -24,6 +25,27 @@ class Paths:
         self.sock = self.run_dir / f"{instance}.sock"
         self.pid = self.run_dir / f"{instance}.pid"
 
+
+
+def lock_holder(paths: Paths) -> int | None:
+    """The pid of the daemon that holds the instance's lock (its pid file), or None: a
+    pid file nobody holds is stale, and the pid it names may belong to anything now."""
+    try:
+        fd = os.open(paths.pid, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a serve is running (maybe still starting)
+            try:
+                return int(os.read(fd, 64).decode().strip())
+            except ValueError:
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def call(sock_path: str | os.PathLike, req: dict, timeout: float = 30) -> dict:

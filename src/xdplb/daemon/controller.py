@@ -14,7 +14,7 @@ from ..health import HealthMonitor, HealthState
 from ..lb import LoadBalancer, MapState, VipSpec
 from ..logfmt import Log
 from ..metrics import MetricsSnapshot
-from .desired import BKey, Desired, RequestError, vip_label, vip_spec
+from .desired import BKey, Desired, RequestError, config_diff, vip_label, vip_spec
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,21 @@ class Controller:
         return {"changes": changes, "dropped_overrides": dropped,
                 "needs_restart": [f"lb.{k}" for k in ignored]}
 
+    def check(self, path: object) -> dict:
+        """What a reload from `path` would change (nothing is applied)."""
+        if not isinstance(path, str):
+            raise RequestError("check needs the config file's path")
+        try:
+            cfg = load_config(path)
+        except ConfigError as e:
+            raise RequestError(str(e)) from None
+        diff = config_diff(self.cfg, cfg)
+        if cfg.lb.interface != self.cfg.lb.interface:
+            diff.insert(0, f"lb.interface: {self.cfg.lb.interface!r} -> {cfg.lb.interface!r} "
+                        "(another instance: stop this one and serve the new file)")
+        return {"changes": diff, "serving": self.config_path,
+                "dropped_overrides": list(self.desired.overrides)}
+
     def _on_health_change(self, key: BKey, st: HealthState) -> None:
         """A backend flipped: apply first, then say so (the event means it is done)."""
         vkey, bkey = key
@@ -276,7 +291,14 @@ class Controller:
         if cmd == "status":
             return {"status": self.status()}
         if cmd == "reload":
+            other = req.get("config")
+            if other is not None and other != self.config_path:
+                raise RequestError(f"this instance serves {self.config_path}, not {other}: "
+                                   "a reload re-reads the file it serves (to serve another, "
+                                   "`xdplb check -c` it, then restart serve with it)")
             return self.reload()
+        if cmd == "check":
+            return self.check(req.get("config"))
         if cmd == "stop":
             if self.on_stop is None:
                 raise RequestError("this daemon cannot be stopped by request", 1)

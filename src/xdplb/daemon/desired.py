@@ -224,3 +224,50 @@ class Desired:
             for b in v.backends:
                 out[(key, b.key)] = Target(b.address, v.health.port or b.port, v.health)
         return out
+
+
+# --- what a new file would change --------------------------------------------------------
+
+RESTART_KEYS = ("hash_seed", "nat_ports", "conntrack_size", "max_vips", "max_backends",
+                "frag_policy", "metrics")
+
+
+def config_diff(old: Config, new: Config) -> list[str]:
+    """What serving `new` instead of `old` changes, one line each, in the words of the
+    file: VIPs and backends added or removed, settings and weights changed, checks
+    changed, [lb] keys that need a restart."""
+    out: list[str] = []
+    for k in RESTART_KEYS:
+        if getattr(old.lb, k) != getattr(new.lb, k):
+            out.append(f"lb.{k}: {getattr(old.lb, k)!r} -> {getattr(new.lb, k)!r} "
+                       "(takes effect after a restart)")
+    before = {v.key: v for v in old.vips}
+    after = {v.key: v for v in new.vips}
+    for key in before.keys() - after.keys():
+        out.append(f"remove VIP {before[key].name} ({vip_label(key)})")
+    for key, v in after.items():
+        if key not in before:
+            out.append(f"add VIP {v.name} ({vip_label(key)}) with {len(v.backends)} backends")
+            continue
+        o = before[key]
+        for f in ("name", "mode", "snat", "ring_size", "on_backend_removed", "udp_stateless"):
+            if getattr(o, f) != getattr(v, f):
+                out.append(f"VIP {v.name}: {f} {getattr(o, f)} -> {getattr(v, f)}")
+        if o.health != v.health:
+            out.append(f"VIP {v.name}: health check {_check_words(o)} -> {_check_words(v)}")
+        ob = {b.key: b for b in o.backends}
+        nb = {b.key: b for b in v.backends}
+        out += [f"VIP {v.name}: remove backend {k}" for k in ob if k not in nb]
+        for k, b in nb.items():
+            if k not in ob:
+                out.append(f"VIP {v.name}: add backend {k} weight {b.weight}")
+            elif ob[k] != b:
+                changed = [f"{f} {getattr(ob[k], f)!s} -> {getattr(b, f)!s}"
+                           for f in ("weight", "mac") if getattr(ob[k], f) != getattr(b, f)]
+                out.append(f"VIP {v.name}: backend {k} " + ", ".join(changed))
+    return out
+
+
+def _check_words(v: Vip) -> str:
+    h = v.health
+    return "none" if h.kind == "none" else f"{h.kind} every {h.interval:g}s on_down={h.on_down}"

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from .. import _signals as signals
 from .._bpf import takeover
 from .._bpf.dataplane import DataPlane, Knobs, Sizes, ensure_bpffs
 from .._bpf.loader import Instance, LoadRequest, interface_index, open_instance
 from .._bpf.netlink import interface_kind
 from .._signals import Stop, deferred, raise_stop
-from ..config import DEFAULTS, Config
+from .._version import __version__
+from ..config import DEFAULTS, Config, load_request
 from ..errors import UsageError, XdplbError
 from ..lb import read_map_state
 from ..logfmt import Log
@@ -106,11 +108,14 @@ class Daemon:
         else:
             signal.signal(signal.SIGHUP, lambda s, f: setattr(self, "_pending_reload", True))
         ok = False
+        signals.clear()
         try:
             try:
                 if self.opts.control:
                     self._lock()
-                self._setup()
+                self._start_metrics()  # before attaching: an address that cannot be
+                self._setup()          # bound stops the start with nothing attached
+                signals.checkpoint()   # a stop that arrived inside a libbpf callback
             except Stop as e:
                 self.log("interrupted", level="warning", signal=str(e), during="setup")
                 return 1
@@ -136,7 +141,10 @@ class Daemon:
             self.paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         except OSError as e:
             raise XdplbError(f"cannot create {self.paths.run_dir}: {e.strerror}") from None
-        f = open(self.paths.pid, "a+")  # noqa: SIM115 - held for the daemon's life
+        # 0644 whatever the umask: anyone may read it, only root may write it
+        fd = os.open(self.paths.pid, os.O_RDWR | os.O_CREAT, 0o644)
+        os.fchmod(fd, 0o644)
+        f = open(fd, "a+")  # noqa: SIM115 - held for the daemon's life
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -150,6 +158,21 @@ class Daemon:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self._pidfile = f
+
+    def _start_metrics(self) -> None:
+        """The Prometheus exporter, bound before anything is attached: MetricsError (one
+        line, exit 1) when its address cannot be bound."""
+        metrics = self.opts.metrics or self.cfg.lb.metrics
+        if not metrics:
+            return
+        from ..metrics import MetricsSnapshot, start_exporter
+
+        def snapshot() -> MetricsSnapshot:
+            return self.ctl.metrics_snapshot() if self.ctl else MetricsSnapshot()
+
+        self._exporter = start_exporter(metrics[0], metrics[1], snapshot)
+        host, port = self._exporter.address
+        self.log("metrics", listen=f"{host}:{port}")
 
     def _setup(self) -> None:
         """Load (taking over what is attached), fill the maps, attach, pin: traffic meets
@@ -166,13 +189,15 @@ class Daemon:
             takeover=self.opts.takeover)
         self.inst = inst = open_instance(req, self.log)
         self.dp = inst.dp
+        signals.checkpoint()
         self.interface_kind = interface_kind(inst.ifindex)
         self._took_over = inst.took_over
-        info = {"instance": self.instance, "interface": lb.interface}
+        info = {"instance": self.instance, "interface": lb.interface, "version": __version__}
         self.ctl = Controller(self.dp, self.cfg, self.config_path, self.log, info=info,
                               egress_ifindex=inst.egress_ifindex)
         self.ctl.on_stop = self._request_stop
         self.ctl.start(read_map_state(self.dp) if inst.took_over else None)
+        signals.checkpoint()
         prog_id = inst.attach()
         self._attached = True
         self.ctl.info["program_id"] = prog_id
@@ -189,6 +214,9 @@ class Daemon:
         socket and pid file. An instance that was kept before we started is kept again if
         we fail after taking it over: traffic never loses its program because of us."""
         keep = self._attached and (self.keep or (not clean and self._took_over))
+        if self._exporter is not None:
+            self._exporter.close()
+            self._exporter = None
         if self.dp is not None:
             try:
                 self.dp.close(detach=not keep)
@@ -243,22 +271,6 @@ class Daemon:
         server = await self._open_socket() if self.opts.control else None
         assert self.ctl is not None  # set up before the event loop runs
         self.ctl.sync_health()
-        metrics = self.opts.metrics or self.cfg.lb.metrics
-        if metrics:
-            from ..metrics import start_exporter
-
-            try:
-                self._exporter = start_exporter(metrics[0], metrics[1],
-                                                self.ctl.metrics_snapshot)
-            except OSError as e:
-                self.log("metrics_failed", level="error", listen=f"{metrics[0]}:{metrics[1]}",
-                         error=e.strerror or str(e))
-            except ImportError:
-                self.log("metrics_failed", level="error",
-                         error="prometheus-client is not installed (pip install "
-                         "'xdplb[metrics]')")
-            else:
-                self.log("metrics", listen=f"{metrics[0]}:{metrics[1]}")
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
@@ -283,8 +295,6 @@ class Daemon:
                 ticker.cancel()
             self._neigh_task.cancel()
             await self.ctl.monitor.close()
-            if self._exporter:
-                self._exporter.close()
 
     async def _open_socket(self) -> asyncio.Server:
         sock = self.paths.sock
@@ -340,7 +350,7 @@ class Daemon:
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), 10)
-                req = json.loads(line or b"null")
+                req = load_request(line or b"null")  # bounded depth, no NUL bytes
             except (ValueError, TimeoutError, asyncio.LimitOverrunError) as e:
                 reply = {"ok": False, "error": f"bad request: {e}", "code": 2}
             else:

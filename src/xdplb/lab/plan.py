@@ -38,6 +38,7 @@ CLIENT_ROLE = "client"
 _SKIP_BACKEND = frozenset({10, 16})
 #: backend numbers stop below the clients' range (10.0.0.100+)
 _MAX_BACKEND_NUM = 99
+MAX_BACKENDS = len([n for n in range(2, _MAX_BACKEND_NUM + 1) if n not in _SKIP_BACKEND])
 _MAX_CLIENT_NUM = 154  # 10.0.0.254
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")
