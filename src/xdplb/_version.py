@@ -1,2 +1,2 @@
-"""The one place the version is written (pyproject.toml reads it from here)."""
+"""The version, in one importable place (pyproject.toml repeats it: a unit test checks)."""
 __version__ = "0.1.0"

@@ -44,3 +44,17 @@ def test_an_address_not_on_this_host_is_one_clear_error():
     with pytest.raises(MetricsError, match="cannot serve metrics on 192.0.2.1:9100: Cannot "
                        "assign requested address"):
         start_exporter("192.0.2.1", 9100, snap)
+
+
+def test_one_version_everywhere():
+    import tomllib
+    from pathlib import Path
+
+    from xdplb import __version__
+    from xdplb.metrics import _families
+
+    root = Path(__file__).resolve().parents[2]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"] == \
+        __version__
+    fams = {f.name: f for f in _families(snap())}
+    assert fams["xdplb_build_info"].samples[0].labels == {"version": __version__}
