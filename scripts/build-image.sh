@@ -67,8 +67,15 @@ step "fetching the dependencies' wheels" "$PY" -m pip download --disable-pip-ver
   --only-binary=:all: --python-version "$PYVER" --dest "$ctx/wheels" "$wheel[metrics]" pip
 
 # 3. the image (no network for the build steps, never a pull)
+deps=$(cd "$ctx/wheels" && ls | grep -v -e '^xdplb-' -e '^pip-' | tr '\n' ' ')
+xdplb_wheel="$(basename "$wheel") $(sha256sum "$wheel" | cut -c1-64)"
 step "podman build" podman build --network none --pull=never --layers \
-  --build-arg BASE="$base" --iidfile "$ctx/image-id" -f Containerfile -t "$tag" "$ctx"
+  --build-arg BASE="$base" --build-arg DEPS="$deps" --build-arg XDPLB_WHEEL="$xdplb_wheel" \
+  --iidfile "$ctx/image-id" -f Containerfile -t "$tag" "$ctx"
+# earlier builds that no tag names any more, after an hour (a test still running on the image
+# it built keeps it); the layers the current image shares stay
+podman image prune --force --filter label=org.opencontainers.image.title=xdplb \
+  --filter until=1h >/dev/null 2>&1 || true
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "image: $tag $(cut -c1-19 "$ctx/image-id"), $((size / 1000000)) MB, built in $(($(date +%s) - t0)) s"
 cat "$ctx/image-id"
