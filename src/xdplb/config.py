@@ -24,6 +24,9 @@ from .ring import DEFAULT_SIZE, is_prime, next_prime
 __all__ = [
     "DEFAULTS",
     "Backend",
+    "BgpAggregate",
+    "BgpPeer",
+    "BgpSettings",
     "Config",
     "ConfigError",
     "Defaults",
@@ -73,6 +76,10 @@ class Defaults:
 DEFAULTS = Defaults()
 MAX_RING_SIZE = 1 << 24
 MAX_WEIGHT = 0xFFFF
+DEFAULT_HOLD_TIME = 9  # seconds; keepalive every hold/3 (BGP's minimum hold is 3)
+DEFAULT_BFD_INTERVAL_MS = 100  # 50 ms x 3 flapped on a loaded 2-core machine; 100 ms held
+DEFAULT_BFD_MULTIPLIER = 3
+MAX_ASN = 0xFFFFFFFF
 
 
 class ConfigError(XdplbError, ValueError):
@@ -209,6 +216,10 @@ class Vip:
     udp_stateless: bool = False
     backends: tuple[Backend, ...] = ()
     health: HealthCheck = HealthCheck()
+    announce: bool = True  # over [bgp], while at least min_healthy backends are healthy
+    min_healthy: int = 1
+    communities: tuple[str, ...] = ()  # "65000:100" (standard) or "65000:1:2" (large)
+    med: int | None = None
 
     @property
     def key(self) -> tuple[IPAddress, int, str]:
@@ -216,10 +227,41 @@ class Vip:
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    """A [[bgp.peer]]: a router this node announces its VIPs to."""
+
+    address: IPAddress
+    asn: int
+    password: str | None = None  # TCP MD5 (RFC 2385)
+
+
+@dataclass(frozen=True)
+class BgpAggregate:
+    """A [[bgp.aggregate]]: announced instead of the VIPs inside it while any is healthy."""
+
+    prefix: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class BgpSettings:
+    """The [bgp] table: announcing VIPs through a routing daemon (BIRD 2)."""
+
+    asn: int
+    router_id: ipaddress.IPv4Address
+    peers: tuple[BgpPeer, ...]
+    hold_time: int = DEFAULT_HOLD_TIME
+    bfd: bool = False
+    bfd_interval_ms: int = DEFAULT_BFD_INTERVAL_MS
+    bfd_multiplier: int = DEFAULT_BFD_MULTIPLIER
+    aggregates: tuple[BgpAggregate, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     lb: LbSettings
     vips: tuple[Vip, ...] = ()
     source: str = "<string>"
+    bgp: BgpSettings | None = None
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -564,6 +606,42 @@ def _path(v: Any) -> str:
     return v
 
 
+def _password(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    # it goes into the routing daemon's config between quotes
+    if not 1 <= len(v) <= 80 or not v.isascii() or not v.isprintable() or any(
+            c in v for c in "\"\\"):
+        raise ValueError("must be 1..80 printable ASCII characters without quotes or backslashes")
+    return v
+
+
+def _prefix(v: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(v, str):
+        raise _WrongType
+    try:
+        return ipaddress.ip_network(v, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{v!r} is not a prefix like \"10.9.0.0/24\" ({e})") from None
+
+
+_COMMUNITY_RE = re.compile(r"(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?")
+
+
+def _communities(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
+        raise _WrongType
+    for c in v:
+        m = _COMMUNITY_RE.fullmatch(c)
+        if not m:
+            raise ValueError(f"{c!r} is not a community like \"65000:100\" or \"65000:1:2\"")
+        parts = [int(x) for x in m.groups() if x is not None]
+        hi = 0xFFFF if len(parts) == 2 else 0xFFFFFFFF
+        if any(x > hi for x in parts):
+            raise ValueError(f"{c!r}: each part must be within 0..{hi}")
+    return tuple(v)
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -572,10 +650,12 @@ class _Parser:
         root = _Table(self, "", doc)
         lb_table = root.table("lb")
         vip_tables = root.tables("vip")
+        bgp_table = root.table("bgp")
         root.done()
         if lb_table is None:
             raise ConfigError(self.source, "lb", "required table missing ([lb] with interface)")
         lb = self.lb(lb_table)
+        bgp = None if bgp_table is None else self.bgp(bgp_table)
 
         vips: list[Vip] = []
         by_key: dict[tuple[IPAddress, int, str], str] = {}
@@ -594,6 +674,12 @@ class _Parser:
                              "source ports towards backends)")
             by_key[vip.key] = by_name[vip.name] = t.path
             total_backends += len(vip.backends)
+            if bgp is not None and vip.announce and vip.mode == "nat" and vip.snat == vip.address:
+                # replies to the VIP would reach whichever node ECMP picks, not the one that
+                # holds the flow's NAT port
+                raise t.fail("snat", f"{vip.snat} is the VIP itself, but a VIP announced over "
+                             "BGP runs on several nodes: give each node its own SNAT address "
+                             "(e.g. the node's address) or set announce = false")
             vips.append(vip)
 
         if len(vips) > lb.max_vips:
@@ -609,7 +695,45 @@ class _Parser:
                 f"{total_backends} backends configured over all VIPs, "
                 f"max_backends is {lb.max_backends}",
             )
-        return Config(lb=lb, vips=tuple(vips), source=self.source)
+        return Config(lb=lb, vips=tuple(vips), source=self.source, bgp=bgp)
+
+    def bgp(self, t: _Table) -> BgpSettings:
+        asn = t.integer("asn", 1, MAX_ASN)
+
+        def router_id(v: Any) -> ipaddress.IPv4Address:
+            if not isinstance(v, str):
+                raise _WrongType
+            try:
+                return ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IPv4 address (BGP router ids are 32-bit, "
+                                 "written like one)") from None
+
+        rid = t.get("router_id", router_id, "an IPv4 address string")
+        hold = t.integer("hold_time", 3, 65535, DEFAULT_HOLD_TIME)
+        bfd = t.boolean("bfd", False)
+        interval = t.integer("bfd_interval_ms", 10, 10000, DEFAULT_BFD_INTERVAL_MS)
+        mult = t.integer("bfd_multiplier", 1, 255, DEFAULT_BFD_MULTIPLIER)
+        peers: list[BgpPeer] = []
+        seen: dict[IPAddress, str] = {}
+        for pt in t.tables("peer"):
+            address = pt.ip("address")
+            if address in seen:
+                raise pt.fail("address", f"{address} is already {seen[address]}")
+            seen[address] = pt.path
+            peers.append(BgpPeer(address=address, asn=pt.integer("asn", 1, MAX_ASN),
+                                 password=pt.get("password", _password, "a string", None)))
+            pt.done()
+        if not peers:
+            raise t.fail("peer", "at least one [[bgp.peer]] (address, asn) is required")
+        aggregates: list[BgpAggregate] = []
+        for at in t.tables("aggregate"):
+            aggregates.append(BgpAggregate(at.get("prefix", _prefix, "a prefix string")))
+            at.done()
+        t.done()
+        return BgpSettings(asn=asn, router_id=rid, peers=tuple(peers), hold_time=hold, bfd=bfd,
+                           bfd_interval_ms=interval, bfd_multiplier=mult,
+                           aggregates=tuple(aggregates))
 
     def lb(self, t: _Table) -> LbSettings:
         interface = t.get("interface", _ifname, "an interface name string")
@@ -671,6 +795,11 @@ class _Parser:
         health_table = t.table("health")
         health = (HealthCheck() if health_table is None
                   else self.health(health_table, port, protocol))
+        announce = t.boolean("announce", True)
+        min_healthy = t.integer("min_healthy", 1, 1 << 16, 1)
+        communities = t.get("communities", _communities, "an array of strings like \"65000:100\"",
+                            ())
+        med = t.integer("med", 0, 0xFFFFFFFF, None)
         t.done()
         return Vip(
             name=name,
@@ -684,6 +813,10 @@ class _Parser:
             udp_stateless=udp_stateless,
             backends=tuple(backends),
             health=health,
+            announce=announce,
+            min_healthy=min_healthy,
+            communities=communities,
+            med=med,
         )
 
     def backend(self, t: _Table, vip_address: IPAddress, vip_port: int, mode: str) -> Backend:

@@ -10,6 +10,7 @@ import os
 import sys
 
 from .containers import ContainerLab
+from .ecmp import NODE_ASN, ROUTER_ASN, EcmpLab
 from .plan import LabError
 from .topology import Lab, sigterm_as_interrupt
 
@@ -81,14 +82,38 @@ def container_hint(lab: ContainerLab) -> str:
     ])
 
 
+def ecmp_hint(lab: EcmpLab) -> str:
+    n1 = lab.node_hosts[0]
+    return "\n".join([
+        (f"router: netns {lab.router.ns}, BIRD 2 (socket {lab.router_socket}), multipath "
+         "with L4 hash, client-facing ingress hash cleared (tc)"),
+        f"VIP for the nodes to announce: {lab.vip}" + (f", {lab.vip6}" if lab.vip6 else ""),
+        f"BGP: router AS {ROUTER_ASN} at {lab.router.ipv4}; nodes AS {NODE_ASN}",
+        "",
+        f"  ip netns exec {n1.ns} xdplb serve -c NODE.toml    (each node, with a [bgp] table)",
+        f"  birdc -s {lab.router_socket} show route    (what the router learned)",
+        f"  {PROG} lab exec --name {lab.name} client -- curl http://{lab.vip}:80/",
+        f"remove it: {PROG} lab down --name {lab.name}",
+    ])
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
-    kw = {"backends": args.backends, "clients": args.clients, "offloads": args.offloads,
-          "ipv6": not args.no_ipv6}
-    if args.image and not args.containers:
-        raise LabError("--image needs --containers")
-    lab = (ContainerLab(args.name, image=args.image, **kw) if args.containers
-           else Lab(args.name, **kw))
+    lab: Lab
+    if args.topology == "ecmp":
+        if args.containers or args.image:
+            raise LabError("--containers is for the tutorial's topology")
+        lab = EcmpLab(args.name, nodes=args.nodes or 3, backends=args.backends,
+                      clients=args.clients, ipv6=not args.no_ipv6, bfd=not args.no_bfd)
+    else:
+        if args.nodes is not None:
+            raise LabError("--nodes is for --topology ecmp")
+        kw = {"backends": args.backends, "clients": args.clients, "offloads": args.offloads,
+              "ipv6": not args.no_ipv6}
+        if args.image and not args.containers:
+            raise LabError("--image needs --containers")
+        lab = (ContainerLab(args.name, image=args.image, **kw) if args.containers
+               else Lab(args.name, **kw))
     if lab.state_path(lab.name).exists():
         raise LabError(f"lab {lab.name!r} already exists (`{PROG} lab down --name {lab.name}`)")
     lab.autosave = True  # state on disk from the first namespace on: `lab down` can always find it
@@ -103,7 +128,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"lab {lab.name} is up (state: {lab.state_path(lab.name)})\n")
     print(hosts_table(lab))
     print()
-    print(container_hint(lab) if isinstance(lab, ContainerLab) else usage_hint(lab))
+    if isinstance(lab, EcmpLab):
+        print(ecmp_hint(lab))
+    else:
+        print(container_hint(lab) if isinstance(lab, ContainerLab) else usage_hint(lab))
     return 0
 
 
@@ -141,7 +169,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "up" if up == total else ("down" if up == 0 else f"partial ({up}/{total})")
         if i:
             print()
-        print(f"lab {name}: {state}; backends={lab.n_backends} clients={lab.n_clients} "
+        extra = f"topology=ecmp nodes={lab.n_nodes} " if isinstance(lab, EcmpLab) else ""
+        print(f"lab {name}: {state}; {extra}backends={lab.n_backends} clients={lab.n_clients} "
               f"offloads={lab.offloads} ipv6={'on' if lab.ipv6 else 'off'} "
               f"lb-peer={lab.lb_peer_mode}")
         print(hosts_table(lab))
@@ -197,6 +226,11 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="create a lab and print how to use it")
     up.add_argument("--name", help="lab name (default xl<pid>); namespaces are NAME-<host>")
+    up.add_argument("--topology", choices=("tutorial", "ecmp"), default="tutorial",
+                    help="tutorial (client, lb, backends on one bridge) or ecmp (clients -> "
+                         "BGP router with ECMP -> N nodes -> backends)")
+    up.add_argument("--nodes", type=int, help="ecmp: number of xdplb nodes (default 3)")
+    up.add_argument("--no-bfd", action="store_true", help="ecmp: router without BFD")
     up.add_argument("--backends", type=int, default=2, help="number of backends (default 2)")
     up.add_argument("--clients", type=int, default=1, help="number of clients (default 1)")
     up.add_argument("--offloads", choices=("default", "off"), default="default",
