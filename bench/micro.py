@@ -188,9 +188,11 @@ class Rig:
         from xdplb._bpf.loader import load
         from xdplb.lb import BackendSpec, LoadBalancer, VipSpec
 
-        # the default sizes (config.DEFAULTS), a wide NAT port range (see NAT_PORTS)
+        # the default sizes (config.DEFAULTS), a wide NAT port range (see NAT_PORTS), and
+        # the interface's MAC set, as serve and run do (frames to another MAC are not ours)
         sizes = Sizes()
-        knobs = Knobs(nat_port_min=NAT_PORTS[0], nat_port_max=NAT_PORTS[1])
+        knobs = Knobs(nat_port_min=NAT_PORTS[0], nat_port_max=NAT_PORTS[1],
+                      if_mac=F.mac(LB_MAC))
         dp = load(sizes=sizes, knobs=knobs)
         self.closers.append(dp.close)
         lb = LoadBalancer(dp, max_vips=sizes.max_vips, max_backends=sizes.max_backends)

@@ -156,6 +156,7 @@ enum xdplb_stat {
 	ST_ICMP_REPLY,       /* ICMP error from a backend, reverse-translated */
 	ST_CT_FULL,          /* conntrack set full: a live flow was evicted */
 	ST_TX_ERROR,         /* redirect failed */
+	ST_PASS_OTHER_MAC,   /* frame for another MAC (flooded or promiscuous): not ours */
 	ST__MAX,
 };
 
@@ -167,8 +168,10 @@ struct lb_knobs {
 	__u8 frag_drop;     /* 1: drop fragments to a VIP, 0: pass to the stack */
 	__u8 csum_fixup;    /* 1: finish CHECKSUM_PARTIAL L4 checksums (veth) */
 	__u8 flow_format;   /* FLOW_FORMAT of the object */
-	__u8 pad;
+	__u8 mac_check;     /* 1: only frames to if_mac are ours; the rest pass untouched */
 	__u32 ct_sets;      /* conntrack sets of the flows table, a power of two */
+	__u8 if_mac[6];     /* the interface's MAC: what mac_check accepts, our source MAC */
+	__u16 pad;
 };
 
 #define PORT_BITS_WORDS 1024 /* 65536 bits: one per destination port */

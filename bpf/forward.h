@@ -12,7 +12,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-/* Frame was addressed to us: our MAC becomes the source. */
+/* Back out of the ingress interface: its MAC becomes the source (knobs.if_mac
+ * when the loader set it; else the frame's destination, which was ours). */
 static __always_inline int tx_to_mac(struct xdp_md *ctx, const __u8 *mac)
 {
 	void *data_end = (void *)(long)ctx->data_end;
@@ -20,7 +21,11 @@ static __always_inline int tx_to_mac(struct xdp_md *ctx, const __u8 *mac)
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	if (knobs.mac_check) { /* volatile reads: set by the loader */
+		*(__u32 *)eth->h_source = *(const volatile __u32 *)knobs.if_mac;
+		*(__u16 *)(eth->h_source + 4) = *(const volatile __u16 *)(knobs.if_mac + 4);
+	} else
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
 	return XDP_TX;
 }

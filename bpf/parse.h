@@ -51,6 +51,22 @@ struct packet {
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
 
+/* Is the frame addressed to the interface's own MAC (knobs.if_mac)? A switch
+ * floods unknown unicast and a promiscuous NIC hands over everything: such a
+ * frame is another host's, never balanced. Broadcast/multicast (ARP, NDP) are
+ * not ours either: the stack takes them. */
+static __always_inline int is_for_us(const struct xdp_md *ctx, const volatile __u8 *if_mac)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *dst = (void *)(long)ctx->data;
+
+	if ((void *)(dst + ETH_ALEN) > data_end)
+		return 0;
+	/* volatile reads: the knob is set by the loader, not the initializer */
+	return *(__u32 *)dst == *(const volatile __u32 *)if_mac &&
+	       *(__u16 *)(dst + 4) == *(const volatile __u16 *)(if_mac + 4);
+}
+
 static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data, void *data_end)
 {
 	pkt->l4_off = l4 - data;

@@ -47,6 +47,10 @@ int xdplb(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
 
+	if (knobs.mac_check && !is_for_us(ctx, knobs.if_mac)) {
+		pkt.frame_len = ctx->data_end - ctx->data;
+		return verdict(&pkt, ST_PASS_OTHER_MAC, XDP_PASS);
+	}
 	switch (parse_packet(ctx, &pkt)) {
 	case PARSE_OK:
 		break;

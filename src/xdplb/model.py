@@ -652,7 +652,7 @@ class Model:
     configuration is re-read whenever the source's `writes` log grows, so a
     LoadBalancer driving a FakeDataPlane reconfigures the model live.
     `knobs`: anything with Knobs' attributes (hash_seed, nat_port_min/max, ct_sets,
-    frag_drop, csum_fixup, *_timeout_s, refresh_s); defaults = Knobs() defaults.
+    frag_drop, csum_fixup, if_mac, *_timeout_s, refresh_s); defaults = Knobs() defaults.
     `ct_sets` 0 (or absent) means what the loader derives from Sizes().conntrack.
     """
 
@@ -666,6 +666,8 @@ class Model:
         self.ct_sets = int(getattr(k, "ct_sets", 0) or _default_ct_sets())
         self.frag_drop = bool(getattr(k, "frag_drop", False))
         self.csum_fixup = bool(getattr(k, "csum_fixup", True))
+        mac = getattr(k, "if_mac", None)
+        self.if_mac: bytes | None = None if mac is None else bytes(mac)
         self.hz = hz
         self.tcp_timeout = min(int(getattr(k, "tcp_timeout_s", 300.0) * hz), AGE_MAX)
         self.closing_timeout = min(int(getattr(k, "closing_timeout_s", 10.0) * hz), AGE_MAX)
@@ -712,6 +714,7 @@ class Model:
             m.nat_port_min, m.nat_port_max = loaded.nat_port_min, loaded.nat_port_max
             m.frag_drop, m.csum_fixup = bool(loaded.frag_drop), bool(loaded.csum_fixup)
             m.ct_sets = loaded.ct_sets or m.ct_sets
+            m.if_mac = bytes(loaded.if_mac) if loaded.mac_check else None
         rt = snap.rt
         if rt.hz and rt.refresh:
             m.tcp_timeout, m.closing_timeout = rt.tcp_timeout, rt.closing_timeout
@@ -799,6 +802,10 @@ class Model:
         self._cfg_now = self.config
         self.last_counters = {}
         buf = bytearray(frame)
+        if self.if_mac is not None and frame[0:6] != self.if_mac:
+            pkt = Packet(frame_len=len(frame), ifindex=ifindex)
+            action, stat = self._verdict(pkt, Stat.PASS_OTHER_MAC, XDP_PASS)
+            return Result(action, bytes(buf), stat)
         res, pkt = parse(frame, ifindex)
         if res == PARSE_OK:
             if not self._maybe_vip(pkt) and not self._is_nat_reply(pkt):
@@ -1313,7 +1320,8 @@ def _default_ct_sets() -> int:
 
 
 def _tx_to_mac(buf: bytearray, mac: bytes) -> int:
-    """forward.h::tx_to_mac: the frame's destination MAC (ours) becomes its source."""
+    """forward.h::tx_to_mac: the frame's destination MAC (ours) becomes its source (with
+    knobs.if_mac set, only frames to if_mac get here, so that is the same bytes)."""
     buf[6:12] = buf[0:6]
     buf[0:6] = mac
     return XDP_TX

@@ -76,8 +76,12 @@ def test_knob_defaults_match_the_object(bpf_object_path):
     rodata = B.elf_sections(bpf_object_path)[".rodata"]
     got = abi.LbKnobs.from_buffer_copy(rodata[:C.sizeof(abi.LbKnobs)])
     want = abi.LbKnobs.from_buffer_copy(Knobs().pack())
-    diff = {f: (getattr(want, f), getattr(got, f)) for f, *_ in abi.LbKnobs._fields_
-            if f != "pad" and getattr(want, f) != getattr(got, f)}
+    def value(k, f):
+        v = getattr(k, f)
+        return bytes(v) if isinstance(v, C.Array) else v
+
+    diff = {f: (value(want, f), value(got, f)) for f, *_ in abi.LbKnobs._fields_
+            if f != "pad" and value(want, f) != value(got, f)}
     assert not diff, f"Knobs() defaults differ from the object's (python, C): {diff}"
 
 

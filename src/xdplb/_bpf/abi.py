@@ -139,9 +139,10 @@ class Stat(enum.IntEnum):
     ICMP_REPLY = 17
     CT_FULL = 18
     TX_ERROR = 19
+    PASS_OTHER_MAC = 20
 
 
-ST_MAX = 20
+ST_MAX = 21
 
 
 class LbKnobs(C.Structure):
@@ -152,8 +153,10 @@ class LbKnobs(C.Structure):
         ("frag_drop", C.c_uint8),
         ("csum_fixup", C.c_uint8),
         ("flow_format", C.c_uint8),
-        ("pad", C.c_uint8),
+        ("mac_check", C.c_uint8),
         ("ct_sets", C.c_uint32),
+        ("if_mac", C.c_uint8 * 6),
+        ("pad", C.c_uint16),
     ]
 
 

@@ -60,6 +60,9 @@ class Knobs:
     udp_timeout_s: float = DEFAULTS.udp_timeout_s
     refresh_s: float = DEFAULTS.refresh_s
     ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
+    #: the interface's MAC: only frames addressed to it are balanced, and it is the source of
+    #: what goes back out of the interface; None: every frame is looked at (tests, `run`)
+    if_mac: bytes | None = None
 
     def nat_sets(self) -> int:
         """Sets of the NAT region of `flows`: one per NAT port."""
@@ -82,7 +85,12 @@ class Knobs:
             csum_fixup=int(self.csum_fixup),
             flow_format=flow_format,
             ct_sets=ct_sets or self.ct_sets_for(Sizes().conntrack),
+            mac_check=int(self.if_mac is not None),
         )
+        if self.if_mac is not None:
+            if len(self.if_mac) != 6:
+                raise ValueError(f"if_mac must be 6 bytes, not {len(self.if_mac)}")
+            k.if_mac[:] = list(self.if_mac)
         return bytes(k)
 
     def timeouts(self, rt: abi.LbRuntime, hz: int) -> None:
@@ -361,9 +369,11 @@ KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, n
 def read_knobs(m: Map) -> abi.LbKnobs | None:
     """The load-time knobs of a running instance, from its .rodata map."""
     raw = m.lookup(0)
-    if raw is None or len(raw) < C.sizeof(abi.LbKnobs):
+    if raw is None or len(raw) < abi.LbKnobs.if_mac.offset:
         return None
-    return abi.LbKnobs.from_buffer_copy(raw[: C.sizeof(abi.LbKnobs)])
+    # an older object's knobs end before if_mac (no MAC check): zero-filled
+    raw = bytes(raw[: C.sizeof(abi.LbKnobs)]).ljust(C.sizeof(abi.LbKnobs), b"\0")
+    return abi.LbKnobs.from_buffer_copy(raw)
 
 
 def _pinned_id(path: str, name: str) -> int:

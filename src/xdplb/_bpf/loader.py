@@ -28,7 +28,7 @@ from .dataplane import (
     kernel_hz,
 )
 from .libbpf import AttachError, BpfError, BpfObject, VerifierError
-from .netlink import interface_mac
+from .netlink import interface_mac, mac_bytes
 from .takeover import Found, LogFn, UpgradeError, reuse_plan
 
 
@@ -189,6 +189,10 @@ def open_instance(req: LoadRequest, log: LogFn) -> Instance:
         log("stale_pins_removed", level="warning", path=req.pins,
             why="no program attached to the interface")
     knobs = copy.copy(req.knobs)
+    if knobs.if_mac is None and not egress_ifindex:
+        # one-armed: only frames to the interface's MAC are ours; two-armed, one program
+        # serves two interfaces with two MACs and the knob holds one: no check there
+        knobs.if_mac = mac_bytes(interface_mac(ifindex))
     path = req.object_path
     if path is None:
         from . import object_path

@@ -26,6 +26,13 @@ def interface_mac(ifindex: int) -> str | None:
         return links[0].get_attr("IFLA_ADDRESS") if links else None
 
 
+def mac_bytes(mac: str | None) -> bytes | None:
+    """'de:ad:be:ef:00:10' -> 6 bytes; None (or not an Ethernet MAC) -> None."""
+    if not mac or mac.count(":") != 5:
+        return None
+    return bytes.fromhex(mac.replace(":", ""))
+
+
 def interface_kind(ifindex: int) -> str | None:
     """IFLA_INFO_KIND of a link ("veth", "bridge", ...), None for physical NICs."""
     from pyroute2 import IPRoute

@@ -512,6 +512,33 @@ def _frag_drop() -> Case:
 
 
 @_case
+def _mac_check() -> Case:
+    knobs = Knobs(if_mac=bytes.fromhex(LB_MAC.replace(":", "")))
+    m = Predictor(tutorial_vips(), knobs)
+    p = m.forward(CLIENT, 40090, VIP, 8000)
+    other = "de:ad:be:ef:00:99"
+    return Case(
+        name="With the interface's MAC set, frames for another MAC pass untouched and ours "
+             "leave with that MAC as source",
+        seed_note="issue: a flooded or promiscuous frame was forwarded and stole the MAC",
+        knobs=knobs,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=other)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40090, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_other_mac",), "another host's frame (flooded)"),
+            Step(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40090, dport=8000, flags="S"),
+                 XDP_PASS, None, ("pass_other_mac",), "broadcast is the stack's"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40090, dport=8000, flags="S"),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=p.mac)
+                 / IP(src=VIP, dst=p.addr) / TCP(sport=p.nat_port, dport=8000, flags="S"),
+                 ("fwd_new",)),
+        ])
+
+
+@_case
 def _not_vip() -> Case:
     return Case(
         name="TCP to another address on the VIP's port passes untouched",
