@@ -140,6 +140,15 @@ def cmd_status(args) -> int:
                 extra = f"  last check: {b['health']['last_error']}"
             print(f"  {b['backend']:<24} {b['state']:<9} weight {b['weight']:<5} "
                   f"{b['packets']:>10} pkts {b['new_flows']:>8} flows{extra}")
+    bgp = st.get("bgp")
+    if bgp:
+        state = "drained (nothing announced)" if bgp["drained"] else (
+            f"offering {', '.join(bgp['offered']) or 'nothing'}")
+        print(f"BGP: BIRD pid {bgp['pid'] or '-'}"
+              f"{'' if bgp['running'] else ' (not running)'}; {state}")
+        for s in bgp["sessions"]:
+            print(f"  peer {s['peer']} AS {s['asn']}: {s['state']} {s['info']}".rstrip()
+                  + (f"; announced {', '.join(s['announced'])}" if s["announced"] else ""))
     if st["overrides"]:
         print("runtime overrides (replaced by the next reload from the file):")
         for o in st["overrides"]:
@@ -230,6 +239,12 @@ def cmd_vip(args) -> int:
     print_changes(request(paths, {"cmd": "vip", "op": "add", "vip": t})["changes"])
     return 0
 
+
+
+def cmd_node(args) -> int:
+    paths, _ = _target(args)
+    print_changes(request(paths, {"cmd": "node", "op": args.op})["changes"])
+    return 0
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -336,6 +351,16 @@ def register(sub) -> None:
     a.add_argument("--backend", action="append", metavar="IP[:PORT][@MAC]")
     _add_target(a)
     a.set_defaults(func=cmd_vip)
+    n = sub.add_parser("node", help="this node in an ECMP group: drain (withdraw every route, "
+                       "keep forwarding established flows) or resume (announce again)")
+    nsub = n.add_subparsers(dest="op", required=True)
+    for op, hlp in (("drain", ("withdraw every VIP from the routers; the data plane stays "
+                     "attached, so flows still arriving are forwarded")),
+                    ("resume", "announce the healthy VIPs again")):
+        p = nsub.add_parser(op, help=hlp)
+        _add_target(p)
+        p.set_defaults(func=cmd_node)
+
     rm = vsub.add_parser("remove", help="remove a VIP")
     rm.add_argument("vip", metavar="VIP", help="name or ADDRESS:PORT[/PROTO]")
     _add_target(rm)

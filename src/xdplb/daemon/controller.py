@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config, ConfigError, format_mac, load_config
+from ..errors import XdplbError
 from ..health import HealthMonitor, HealthState
 from ..lb import LoadBalancer, MapState, VipSpec
 from ..logfmt import Log
@@ -79,6 +80,8 @@ class Controller:
         self._serving: set[tuple] = set()  # VIPs with a backend taking new flows
         self._serving_once: set[tuple] = set()  # VIPs that ever had one (start is quiet)
         self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
+        #: announce.Announcer when [bgp] is configured and the data plane is attached
+        self.announcer: Any = None
 
     # state changes -----------------------------------------------------------------------
     def start(self, existing: MapState | None = None) -> list[str]:
@@ -142,6 +145,7 @@ class Controller:
             self.log("change", cause=why, what=c)
         self._refresh_view()
         self._note_serving(why)
+        self.announce()
         if self._live:
             self.sync_health()
 
@@ -161,6 +165,23 @@ class Controller:
                 self.log("vip_serving", vip=self.desired.vips[key].name, cause=why)
         self._serving_once |= serving
         self._serving = serving
+
+    def vip_health(self) -> list:
+        """Each VIP with the number of its backends that take new flows (up, weight > 0)."""
+        from ..announce import VipHealth
+
+        states = {v.name: sum(b.state == "up" for b in v.backends) for v in self._view}
+        return [VipHealth(v, states.get(v.name, 0)) for v in self.desired.vips.values()]
+
+    def announce(self) -> list[str]:
+        """Tell the routing daemon what to announce now (no-op without [bgp])."""
+        if self.announcer is None:
+            return []
+        try:
+            return list(self.announcer.update(self.vip_health()))
+        except XdplbError as e:  # keep serving; the next change retries
+            self.log("announce_failed", level="error", error=str(e))
+            return []
 
     def sync_health(self) -> None:
         """(Re)start health checks for the current desired state (in the event loop)."""
@@ -200,6 +221,10 @@ class Controller:
         ignored = [k for k in ("hash_seed", "nat_ports", "conntrack_size", "max_vips",
                                "max_backends", "frag_policy", "metrics")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
+        if (cfg.bgp is None) != (self.cfg.bgp is None):
+            ignored.append("bgp")  # starting or stopping the routing daemon: a restart
+        elif cfg.bgp is not None and self.announcer is not None:
+            self.announcer.bgp = cfg.bgp  # peers, timers: rewritten with the next update
         dropped = list(self.desired.overrides)
         before = self.desired
         self.desired = Desired(cfg)
@@ -214,9 +239,9 @@ class Controller:
         self.reloads["ok"] += 1
         self.log("reloaded", config=self.config_path, changes=len(changes),
                  dropped_overrides=len(dropped) or None,
-                 needs_restart=",".join(f"lb.{k}" for k in ignored) or None)
+                 needs_restart=",".join(_key(k) for k in ignored) or None)
         return {"changes": changes, "dropped_overrides": dropped,
-                "needs_restart": [f"lb.{k}" for k in ignored]}
+                "needs_restart": [_key(k) for k in ignored]}
 
     def check(self, path: object) -> dict:
         """What a reload from `path` would change (nothing is applied)."""
@@ -308,7 +333,22 @@ class Controller:
             return {"changes": self._backend(req)}
         if cmd == "vip":
             return {"changes": self._vip(req)}
+        if cmd == "node":
+            return {"changes": self._node(req)}
         raise RequestError(f"unknown command {cmd!r}")
+
+    def _node(self, req: dict) -> list[str]:
+        """drain: withdraw every route (established flows keep being forwarded: the data
+        plane stays attached); resume: announce again."""
+        op = req.get("op")
+        if op not in ("drain", "resume"):
+            raise RequestError(f"unknown node operation {op!r}")
+        if self.announcer is None:
+            raise RequestError("this node announces nothing: no [bgp] table in its config")
+        changes = self.announcer.drain() if op == "drain" else self.announcer.resume()
+        self.log("node_" + ("drained" if op == "drain" else "resumed"),
+                 routes=len(self.announcer.routes))
+        return list(changes) or [f"node already {'drained' if op == 'drain' else 'resumed'}"]
 
     def _backend(self, req: dict) -> list[str]:
         op, vip = req.get("op"), req.get("vip")
@@ -440,7 +480,12 @@ class Controller:
         return {**self.info, "config": self.config_path, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 1), "reloads": dict(self.reloads),
                 "overrides": list(self.desired.overrides), "vips": vips,
-                "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()}}
+                "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()},
+                "bgp": None if self.announcer is None else self.announcer.status()}
+
+
+def _key(k: str) -> str:
+    return k if k == "bgp" else f"lb.{k}"
 
 
 def _id_limits(dp, cfg: Config) -> tuple[int, int]:

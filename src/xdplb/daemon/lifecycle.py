@@ -30,6 +30,7 @@ from .controller import Controller
 from .desired import RequestError
 
 if TYPE_CHECKING:
+    from ..announce import Announcer
     from ..metrics import Exporter
 
 PIN_ROOT = "/sys/fs/bpf/xdplb"
@@ -96,6 +97,7 @@ class Daemon:
         self._pending_reload = False
         self._stop_event: asyncio.Event | None = None
         self._exporter: Exporter | None = None
+        self.announcer: Announcer | None = None
 
     # lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -208,12 +210,34 @@ class Daemon:
         else:
             self.log("attached", interface=lb.interface, program=prog_id,
                      mode=self.opts.xdp_mode)
+        if self.cfg.bgp is not None:
+            self._start_announcer()
+
+    def _start_announcer(self) -> None:
+        """BIRD as our child (from the main thread: its parent-death signal is tied to the
+        thread that forks it), then the first announcement from the current health."""
+        from ..announce import AnnounceError, Announcer
+
+        assert self.cfg.bgp is not None and self.ctl is not None
+        ann = Announcer(self.cfg.bgp, self.paths.run_dir / f"{self.instance}.bird",
+                        log=self.log)
+        try:
+            ann.start()
+        except AnnounceError as e:
+            raise XdplbError(f"cannot start the routing daemon: {e}") from None
+        self.announcer = ann
+        self.ctl.announcer = ann
+        self.ctl.announce()
 
     def _teardown(self, clean: bool) -> None:
         """Keep (program attached, pins left) or detach and unpin; either way release the
         socket and pid file. An instance that was kept before we started is kept again if
         we fail after taking it over: traffic never loses its program because of us."""
         keep = self._attached and (self.keep or (not clean and self._took_over))
+        if self.announcer is not None:  # withdraw before detaching (and before exiting)
+            self.announcer.stop()
+            self.log("bgp_stopped")
+            self.announcer = None
         if self._exporter is not None:
             self._exporter.close()
             self._exporter = None
@@ -272,6 +296,7 @@ class Daemon:
         assert self.ctl is not None  # set up before the event loop runs
         self.ctl.sync_health()
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
+        self._bgp_task = asyncio.ensure_future(self._watch_announcer())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
                  vips=len(self.cfg.vips), backends=n_be,
@@ -294,6 +319,7 @@ class Daemon:
             if ticker is not None:
                 ticker.cancel()
             self._neigh_task.cancel()
+            self._bgp_task.cancel()
             await self.ctl.monitor.close()
 
     async def _open_socket(self) -> asyncio.Server:
@@ -314,6 +340,20 @@ class Daemon:
         while True:
             await asyncio.sleep(self.hooks.every)
             self.hooks.tick(self)
+
+    async def _watch_announcer(self, every: float = 1.0) -> None:
+        """A routing daemon that died is started again (nothing is announced meanwhile)."""
+        from ..announce import AnnounceError
+
+        while self.announcer is not None:
+            await asyncio.sleep(every)
+            try:
+                if self.announcer is not None and not self.announcer.running():
+                    self.announcer.check()
+                    assert self.ctl is not None
+                    self.ctl.announce()
+            except AnnounceError as e:
+                self.log("bgp_restart_failed", level="error", error=str(e))
 
     async def _resolve_neighbours(self, every: float = 1.0) -> None:
         """Backends configured without a MAC get the one the kernel's neighbour table

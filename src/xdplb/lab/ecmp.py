@@ -27,12 +27,15 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .plan import Host, LabError, ns_name
-from .topology import Lab, _xdp_prog, netns_exists, state_dir
+from .topology import Lab, _listening, _xdp_prog, netns_exists, state_dir
+
+_FLOWS = Path(__file__).with_name("_flows.py")
 
 ROUTER_ROLE = "rtr"
 CLIENT_ROLE = "client"
@@ -334,6 +337,76 @@ class EcmpLab(Lab):
                 raise LabError(f"bird in {self.router.ns}: no control socket after 5 s")
             time.sleep(0.05)
 
+    # ------------------------------------------------------------------ running the nodes
+    def node_config(self, role: str, mode: str = "dsr", port: int = 80,
+                    backends: list[str] | None = None, health: bool = True,
+                    bfd: bool | None = None, hold_time: int = HOLD_TIME,
+                    extra_vip: str = "") -> str:
+        """A node's serve config: the lab's VIP(s) announced to the router, the backends
+        (MACs from the neighbour table), a fast TCP health check.  Every node gets the same
+        tables (hash seed, VIPs, backends): only the router id and, in NAT mode, the SNAT
+        address (the node's own) differ."""
+        h = self.hosts[role]
+        bfd = self.bfd if bfd is None else bfd
+        roles = backends if backends is not None else [b.role for b in self.backend_hosts]
+        out = ["[lb]", 'interface = "eth0"', f'name = "{self.name}-{role}"', "",
+               "[bgp]", f"asn = {NODE_ASN}", f'router_id = "{h.ipv4}"',
+               f"hold_time = {hold_time}", f"bfd = {'true' if bfd else 'false'}",
+               f"bfd_interval_ms = {BFD_INTERVAL_MS}", f"bfd_multiplier = {BFD_MULTIPLIER}",
+               "[[bgp.peer]]", f'address = "{ROUTER_NODE4}"', f"asn = {ROUTER_ASN}"]
+        if self.ipv6 and h.ipv6:
+            out += ["[[bgp.peer]]", f'address = "{ROUTER_NODE6}"', f"asn = {ROUTER_ASN}"]
+        vips = [(VIP4, h.ipv4)] + ([(VIP6, h.ipv6)] if self.ipv6 and h.ipv6 else [])
+        for vip, own in vips:
+            v6 = ":" in vip
+            out += ["", "[[vip]]", f'name = "web{6 if v6 else 4}"', f'address = "{vip}"',
+                    f"port = {port}", f'mode = "{mode}"']
+            if mode == "nat":
+                out.append(f'snat = "{own}"')
+            out.append(extra_vip)
+            if health:
+                out += ["[vip.health]", 'kind = "tcp"', "interval = 0.5", "timeout = 0.4",
+                        "rise = 1", "fall = 2"]
+            for r in roles:
+                b = self.hosts[r]
+                out += ["[[vip.backend]]", f'address = "{b.ipv6 if v6 else b.ipv4}"']
+        return "\n".join(out) + "\n"
+
+    def write_node_config(self, role: str, **kw) -> Path:
+        path = self.node_config_path(role)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.node_config(role, **kw))
+        return path
+
+    def serve_argv(self, role: str, xdplb: str) -> list[str]:
+        """``xdplb serve`` of a node, with its run directory (socket, pid, BIRD) in the lab's."""
+        return [xdplb, "serve", "-c", str(self.node_config_path(role)), "--run-dir",
+                str(self.run_dir / role)]
+
+    def ctl_argv(self, role: str, xdplb: str, *cmd: str) -> list[str]:
+        """A client command (status, node drain, ...) for a node's serve."""
+        return [xdplb, *cmd, "-c", str(self.node_config_path(role)), "--run-dir",
+                str(self.run_dir / role)]
+
+    def start_echo_servers(self, port: int = 80, timeout: float = 5.0) -> list[subprocess.Popen]:
+        """The long-lived-connection echo server (lab/_flows.py) on every backend."""
+        procs = [self.popen(b.role, [sys.executable, str(_FLOWS), "server", str(port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL) for b in self.backend_hosts]
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            while not _listening(p.pid, port):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(f"echo server not listening on port {port}")
+                time.sleep(0.02)
+        return procs
+
+    def flows_argv(self, addr: str, port: int, n: int, seconds: float,
+                   interval: float = 0.1) -> list[str]:
+        """Client side of lab/_flows.py: N long-lived connections for SECONDS."""
+        return [sys.executable, str(_FLOWS), "client", addr, str(port), str(n), str(seconds),
+                str(interval)]
+
     # ------------------------------------------------------------------ the router's view
     def birdc(self, *cmd: str) -> str:
         """A birdc command on the router; its output."""
@@ -407,4 +480,3 @@ class EcmpLab(Lab):
     def __repr__(self) -> str:
         return (f"EcmpLab({self.name!r}, nodes={self.n_nodes}, backends={self.n_backends}, "
                 f"clients={self.n_clients}, ipv6={self.ipv6})")
-
