@@ -33,6 +33,7 @@ __all__ = [
     "HealthCheck",
     "IPAddress",
     "LbSettings",
+    "SyncSettings",
     "Vip",
     "backend_from_table",
     "check_document",
@@ -257,11 +258,24 @@ class BgpSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The [sync] table: flow-state sync with the other nodes of an ECMP group."""
+
+    listen: tuple[str, int]
+    peers: tuple[tuple[str, int], ...]
+    interval: float = 0.5  # seconds between rounds
+    min_age: float = 1.0  # flows younger than this are not synced
+    resend: float = 5.0  # a live flow is sent again this often (loss tolerance)
+    max_bytes_per_s: int = 2_000_000  # bandwidth bound of what this node sends
+
+
+@dataclass(frozen=True)
 class Config:
     lb: LbSettings
     vips: tuple[Vip, ...] = ()
     source: str = "<string>"
     bgp: BgpSettings | None = None
+    sync: SyncSettings | None = None
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -651,11 +665,13 @@ class _Parser:
         lb_table = root.table("lb")
         vip_tables = root.tables("vip")
         bgp_table = root.table("bgp")
+        sync_table = root.table("sync")
         root.done()
         if lb_table is None:
             raise ConfigError(self.source, "lb", "required table missing ([lb] with interface)")
         lb = self.lb(lb_table)
         bgp = None if bgp_table is None else self.bgp(bgp_table)
+        sync = None if sync_table is None else self.sync(sync_table)
 
         vips: list[Vip] = []
         by_key: dict[tuple[IPAddress, int, str], str] = {}
@@ -695,7 +711,35 @@ class _Parser:
                 f"{total_backends} backends configured over all VIPs, "
                 f"max_backends is {lb.max_backends}",
             )
-        return Config(lb=lb, vips=tuple(vips), source=self.source, bgp=bgp)
+        return Config(lb=lb, vips=tuple(vips), source=self.source, bgp=bgp, sync=sync)
+
+    def sync(self, t: _Table) -> SyncSettings:
+        what = 'a string like "10.2.0.11:5789"'
+        listen = t.get("listen", parse_listen, what)
+
+        def peers(v: Any) -> tuple[tuple[str, int], ...]:
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise _WrongType
+            out = tuple(parse_listen(x) for x in v)
+            if not out:
+                raise ValueError("at least one peer")
+            if len(set(out)) != len(out):
+                raise ValueError("a peer is listed twice")
+            return out
+
+        s = SyncSettings(
+            listen=listen,
+            peers=t.get("peers", peers, f"an array of {what}"),
+            interval=t.number("interval", 0.5),
+            min_age=t.number("min_age", 1.0),
+            resend=t.number("resend", 5.0),
+            max_bytes_per_s=t.integer("max_bytes_per_s", 10_000, 1 << 34, 2_000_000),
+        )
+        if s.resend < s.interval:
+            raise t.fail("resend", f"{s.resend:g} s is shorter than the interval "
+                         f"({s.interval:g} s)")
+        t.done()
+        return s
 
     def bgp(self, t: _Table) -> BgpSettings:
         asn = t.integer("asn", 1, MAX_ASN)

@@ -114,6 +114,34 @@ class TestBgpConfig:
         assert parse(LB + nat).bgp is None
 
 
+class TestSyncConfig:
+    SYNC = '[sync]\nlisten = "10.2.0.11:5789"\npeers = ["10.2.0.12:5789", "[fd02::c]:5789"]\n'
+
+    def test_defaults(self):
+        s = parse(LB + self.SYNC).sync
+        assert s is not None
+        assert s.listen == ("10.2.0.11", 5789)
+        assert s.peers == (("10.2.0.12", 5789), ("fd02::c", 5789))
+        assert (s.interval, s.min_age, s.resend, s.max_bytes_per_s) == (0.5, 1.0, 5.0, 2_000_000)
+
+    @pytest.mark.parametrize("line, key, reason", [
+        ('listen = "10.2.0.11"\n', "listen", "not an address like"),
+        ("peers = []\n", "peers", "at least one peer"),
+        ('peers = ["10.2.0.12:5789", "10.2.0.12:5789"]\n', "peers", "listed twice"),
+        ("min_age = 0\n", "min_age", "> 0"),
+        ("resend = 0.1\n", "resend", "shorter than the interval"),
+        ("max_bytes_per_s = 10\n", "max_bytes_per_s", "out of range"),
+        ("tos = 1\n", "tos", "unknown key"),
+    ])
+    def test_bad_keys(self, line, key, reason):
+        head = self.SYNC
+        for k in ("listen", "peers"):
+            if line.startswith(k):
+                head = "\n".join(x for x in head.splitlines() if not x.startswith(k)) + "\n"
+        msg = error(LB + head + line)
+        assert msg.startswith(f"lb.toml: sync.{key}: ") and reason in msg, msg
+
+
 def vh(addr: str, healthy: int = 1, port: int = 80, **kw) -> VipHealth:
     text = LB + f'[[vip]]\naddress = "{addr}"\nport = {port}\nmode = "dsr"\n'
     for k, v in kw.items():

@@ -13,6 +13,17 @@ def cmd_demo(args) -> int:
     require_root("xdplb demo")
     if args.image and not args.containers:
         raise UsageError("--image needs --containers")
+    if args.nodes is not None:
+        from ..demo import run_ecmp_demo
+
+        if args.containers:
+            raise UsageError("--nodes and --containers do not go together")
+        if not 1 <= args.nodes <= 8:
+            raise UsageError(f"--nodes must be 1..8, not {args.nodes}")
+        try:
+            return run_ecmp_demo(nodes=args.nodes)
+        except LabError as e:  # BIRD missing, a namespace in the way
+            raise XdplbError(str(e)) from None
     try:
         return run_demo(requests=args.requests, backends=args.backends,
                         containers=args.containers, image=args.image)
@@ -50,4 +61,8 @@ def register(sub) -> None:
     d.add_argument("--containers", action="store_true",
                    help="every host a podman container of the xdplb image (`make image`)")
     d.add_argument("--image", help="the image for --containers (default xdplb:VERSION)")
+    d.add_argument("--nodes", type=int, default=None,
+                   help="scale-out demo: N xdplb nodes announce one VIP over BGP to a router "
+                   "with ECMP; traffic spreads; one node is drained without breaking "
+                   "connections")
     d.set_defaults(func=cmd_demo)

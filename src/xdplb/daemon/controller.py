@@ -6,7 +6,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..config import Config, ConfigError, format_mac, load_config
@@ -82,6 +82,8 @@ class Controller:
         self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
         #: announce.Announcer when [bgp] is configured and the data plane is attached
         self.announcer: Any = None
+        #: sync.FlowSync when [sync] is configured (its counters go to status)
+        self.flow_sync: Any = None
 
     # state changes -----------------------------------------------------------------------
     def start(self, existing: MapState | None = None) -> list[str]:
@@ -481,7 +483,8 @@ class Controller:
                 "uptime": round(time.time() - self.started, 1), "reloads": dict(self.reloads),
                 "overrides": list(self.desired.overrides), "vips": vips,
                 "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()},
-                "bgp": None if self.announcer is None else self.announcer.status()}
+                "bgp": None if self.announcer is None else self.announcer.status(),
+                "sync": None if self.flow_sync is None else asdict(self.flow_sync.stats)}
 
 
 def _key(k: str) -> str:

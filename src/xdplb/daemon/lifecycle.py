@@ -297,6 +297,7 @@ class Daemon:
         self.ctl.sync_health()
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         self._bgp_task = asyncio.ensure_future(self._watch_announcer())
+        self._sync_task = asyncio.ensure_future(self._run_sync()) if self.cfg.sync else None
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
                  vips=len(self.cfg.vips), backends=n_be,
@@ -320,6 +321,8 @@ class Daemon:
                 ticker.cancel()
             self._neigh_task.cancel()
             self._bgp_task.cancel()
+            if self._sync_task is not None:
+                self._sync_task.cancel()
             await self.ctl.monitor.close()
 
     async def _open_socket(self) -> asyncio.Server:
@@ -340,6 +343,53 @@ class Daemon:
         while True:
             await asyncio.sleep(self.hooks.every)
             self.hooks.tick(self)
+
+    async def _run_sync(self) -> None:
+        """Flow-state sync with the peers of [sync]: our established flows out every
+        interval, theirs into our table (only datagrams from a configured peer address)."""
+        import ipaddress
+
+        from .._bpf.dataplane import KNOBS_PIN, read_knobs
+        from ..sync import FlowSync, backend_map
+
+        s = self.cfg.sync
+        assert s is not None and self.dp is not None and self.ctl is not None
+        ctl = self.ctl
+        k = read_knobs(self.dp.maps[KNOBS_PIN])
+        fs = FlowSync(self.dp, s, backends=lambda: backend_map(ctl.lb, ctl.desired.specs()),
+                      nat_entries=self.dp._nat_entries(), hash_seed=k.hash_seed if k else 0,
+                      ct_sets=k.ct_sets if k else 1)
+        ctl.flow_sync = fs
+        peers = {ipaddress.ip_address(h) for h, _ in s.peers}
+
+        class Receiver(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr) -> None:
+                with contextlib.suppress(ValueError):
+                    if ipaddress.ip_address(addr[0].split("%")[0]) in peers:
+                        fs.receive(data)
+                        return
+                fs.stats.bad += 1
+
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(Receiver, local_addr=s.listen)
+        except OSError as e:
+            self.log("sync_failed", level="error", listen=f"{s.listen[0]}:{s.listen[1]}",
+                     error=e.strerror or str(e))
+            return
+        self.log("sync", listen=f"{s.listen[0]}:{s.listen[1]}", peers=len(s.peers),
+                 min_age=s.min_age, max_bytes_per_s=s.max_bytes_per_s)
+        try:
+            while True:
+                await asyncio.sleep(s.interval)
+                try:
+                    for d in fs.collect():
+                        for peer in s.peers:
+                            transport.sendto(d, peer)
+                except (OSError, ValueError) as e:  # keep syncing; say why
+                    self.log("sync_error", level="error", error=repr(e))
+        finally:
+            transport.close()
 
     async def _watch_announcer(self, every: float = 1.0) -> None:
         """A routing daemon that died is started again (nothing is announced meanwhile)."""

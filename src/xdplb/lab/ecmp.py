@@ -54,6 +54,7 @@ MAX_CLIENTS = 99
 BFD_INTERVAL_MS = 100
 BFD_MULTIPLIER = 3
 HOLD_TIME = 3
+SYNC_PORT = 5789
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ class EcmpLab(Lab):
     def node_config(self, role: str, mode: str = "dsr", port: int = 80,
                     backends: list[str] | None = None, health: bool = True,
                     bfd: bool | None = None, hold_time: int = HOLD_TIME,
-                    extra_vip: str = "") -> str:
+                    extra_vip: str = "", sync: bool = False, min_age: float = 1.0) -> str:
         """A node's serve config: the lab's VIP(s) announced to the router, the backends
         (MACs from the neighbour table), a fast TCP health check.  Every node gets the same
         tables (hash seed, VIPs, backends): only the router id and, in NAT mode, the SNAT
@@ -356,6 +357,10 @@ class EcmpLab(Lab):
                "[[bgp.peer]]", f'address = "{ROUTER_NODE4}"', f"asn = {ROUTER_ASN}"]
         if self.ipv6 and h.ipv6:
             out += ["[[bgp.peer]]", f'address = "{ROUTER_NODE6}"', f"asn = {ROUTER_ASN}"]
+        if sync:  # every other node of the lab is a peer (a node not running drops them)
+            peers = ", ".join(f'"{n.ipv4}:{SYNC_PORT}"' for n in self.node_hosts if n is not h)
+            out += ["", "[sync]", f'listen = "{h.ipv4}:{SYNC_PORT}"', f"peers = [{peers}]",
+                    "interval = 0.5", f"min_age = {min_age}", "resend = 2.0"]
         vips = [(VIP4, h.ipv4)] + ([(VIP6, h.ipv6)] if self.ipv6 and h.ipv6 else [])
         for vip, own in vips:
             v6 = ":" in vip
@@ -406,6 +411,11 @@ class EcmpLab(Lab):
         """Client side of lab/_flows.py: N long-lived connections for SECONDS."""
         return [sys.executable, str(_FLOWS), "client", addr, str(port), str(n), str(seconds),
                 str(interval)]
+
+    def fail_node(self, role: str) -> None:
+        """The node silently stops answering: its switch port goes down (no BGP Cease, no
+        withdrawal; the router must notice by BFD or its hold timer)."""
+        self._ip("link", "set", self.hosts[role].peer_ifname, "down", ns=self.switch_ns)
 
     # ------------------------------------------------------------------ the router's view
     def birdc(self, *cmd: str) -> str:
