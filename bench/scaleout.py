@@ -147,12 +147,12 @@ def _sleep_until(t: float) -> None:
 
 def plan(quick: bool) -> list[dict]:
     runs = []
-    for change in ("add", "drain", "crash"):
-        for bc in (False, True):
-            for sync in (False, True):
-                runs.append({"mode": "dsr", "change": change, "backend_change": bc, "sync": sync,
-                                 "bfd": True})
-        runs.append({"mode": "nat", "change": change, "backend_change": False, "sync": False, "bfd": True})
+    for mode in ("dsr", "nat"):
+        for change in ("add", "drain", "crash"):
+            for bc in (False, True):
+                for sync in (False, True):
+                    runs.append({"mode": mode, "change": change, "backend_change": bc,
+                                 "sync": sync, "bfd": True})
     runs.append({"mode": "dsr", "change": "crash", "backend_change": False, "sync": True, "bfd": False})
     runs.append({"mode": "dsr", "change": "none", "backend_change": False, "sync": False, "bfd": True})
     runs.append({"mode": "dsr", "change": "none", "backend_change": False, "sync": True, "bfd": True})
@@ -325,11 +325,15 @@ def render(doc: dict) -> str:
         "so a moved flow's packets reach the same backend on any node."),
         ("- After a backend change, a moved flow whose Maglev slot changed reaches another "
         "backend on its new node unless that node has its entry: the sync runs."),
-        ("- NAT: each node has its own SNAT address, and the data plane takes a flow's SNAT "
-        "address from the VIP, not from the flow entry, so NAT entries are not synced yet "
-        "(a flow-entry format change): a NAT flow that ECMP moves to another node breaks."),
+        ("- NAT: each node has its own SNAT address. Without sync a NAT flow that ECMP moves "
+         "to another node breaks (that node has no entry: a new translation the backend does "
+         "not know). A synced NAT entry leaves its new node with the SNAT address and port of "
+         "the node that had it, whose replies still arrive there: that works while that node "
+         "is up (add, drain), not after a crash (its address is gone with it)."),
         ("- A crashed node's own flows: in DSR they continue on the other nodes (Maglev, or "
-        "synced entries after a backend change); traffic stalls for the detection time."),
+         "synced entries after a backend change); traffic stalls for the detection time."),
+        ("- With `[sync]`, a starting node announces its VIPs only after one `resend` period, "
+         "once its peers' flows are in its table."),
     ]
     return "\n".join(lines) + "\n"
 

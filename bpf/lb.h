@@ -115,9 +115,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 		return verdict(pkt, stat, XDP_DROP);
 	}
 	if (vip->mode == XDPLB_MODE_NAT) {
+		/* the backend entry's SNAT address: the VIP's, or, for a flow synced from
+		 * another node, that node's (a backend entry made for it by the sync) */
 		dst = be->addr;
 		dport = be->port ? be->port : pkt->key.dport;
-		if (rewrite_tuple(ctx, pkt, vip->snat_addr, dst, fs.nat_port, dport))
+		if (rewrite_tuple(ctx, pkt, be->snat_addr, dst, fs.nat_port, dport))
 			return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	} else if (finish_csum(ctx, pkt)) {
 		/* DSR keeps the tuple, but a CHECKSUM_PARTIAL frame must still be finished */
@@ -126,7 +128,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 	if (be->flags & BE_F_MAC)
 		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
 	else
-		action = fib_forward(ctx, pkt, vip->mode == XDPLB_MODE_NAT ? vip->snat_addr :
+		action = fib_forward(ctx, pkt, vip->mode == XDPLB_MODE_NAT ? be->snat_addr :
 					       pkt->key.src, dst,
 				     vip->mode == XDPLB_MODE_NAT ? fs.nat_port : pkt->key.sport,
 				     dport, &stat);

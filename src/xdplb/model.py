@@ -1116,7 +1116,7 @@ class Model:
         if vip.mode == abi.MODE_NAT:
             dst = be.addr
             dport = be.port or pkt.dport
-            if self._rewrite_tuple(buf, pkt, vip.snat, dst, fp.nat_port, dport):
+            if self._rewrite_tuple(buf, pkt, be.snat, dst, fp.nat_port, dport):
                 return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         elif self._finish_csum(buf, pkt):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)

@@ -18,9 +18,13 @@ flows to its peers, and a peer writes them into its own flow table:
 - the receiver writes an entry only into a free or expired way of the flow's set and never
   replaces a flow it has itself: a local entry is at least as fresh as a synced one.
 
-DSR (and other non-NAT) entries are synced.  NAT entries are not: the data plane takes a NAT
-flow's SNAT address from its VIP, not from the entry, so a copy would translate with the wrong
-address on another node (a flow-entry format change, left for the flow-table work).
+DSR entries go into the receiver's conntrack region.  A NAT entry keeps its sender's SNAT
+address and port: the backend's replies go to the sender, which still has the flow (a drained
+node keeps forwarding; a crashed node's NAT flows cannot survive, its address is gone).  The
+receiver writes it into the NAT set of the same port and points it at a backend entry of its own
+made for that (SNAT address, backend) pair, from a small range of backend ids reserved for
+this (`FOREIGN_IDS`, at the top of the backends map): the data plane takes a NAT flow's source
+address from its backend entry, so the moved flow leaves this node exactly as it left the other.
 """
 from __future__ import annotations
 
@@ -37,13 +41,19 @@ from ._bpf import abi
 from .config import SyncSettings
 
 MAGIC = b"XLSY"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<4sBBHHHI")  # magic, version, flags, n_ids, n_entries, node, seq
-ID_REC = struct.Struct("<IBBH16s")  # backend id, family, pad, port (host order), address
+F_NAT = 1  # header flags: the entries are NAT entries (client_ifindex carries the NAT port)
+# backend id, family, pad, port (host order), address, the VIP's SNAT address (NAT; else 0)
+ID_REC = struct.Struct("<IBBH16s16s")
 ENTRY = 64
 MAX_DATAGRAM = 1400
+FOREIGN_IDS = 256  # backend ids reserved for peers' NAT flows (top of the backends map)
+NAT_PROBES = 16  # flow.h: sets a NAT flow may spill over
 
-BackendKey = tuple[bytes, int, int, int, bytes, int]  # VIP (addr16, port, proto), backend
+# what a backend id means: VIP (addr16, port, proto), backend (family, addr16, port), SNAT16
+BackendKey = tuple[bytes, int, int, int, bytes, int, bytes]
+IdRec = tuple[int, bytes, int, bytes]  # family, addr16, port, snat16
 
 
 class SyncError(ValueError):
@@ -61,7 +71,7 @@ class SyncStats:
     written: int = 0  # entries written into the local table
     known: int = 0  # already there (ours or synced before)
     no_backend: int = 0  # backend not known here (config differs)
-    no_room: int = 0  # the set had no free or expired way
+    no_room: int = 0  # the set had no free or expired way (or no foreign id was left)
     bad: int = 0  # datagrams that were not ours
 
 
@@ -69,14 +79,13 @@ def entries_per_datagram(n_ids: int) -> int:
     return (MAX_DATAGRAM - HEADER.size - n_ids * ID_REC.size) // ENTRY
 
 
-def encode(entries: np.ndarray, ids: Mapping[int, tuple[int, bytes, int]], node: int = 0,
-           seq: int = 0) -> list[bytes]:
-    """Flow entries (FLOW_DTYPE) -> datagrams, each with the id records its entries use.
-    `ids`: backend id -> (family, addr16, port host order)."""
+def encode(entries: np.ndarray, ids: Mapping[int, IdRec], node: int = 0, seq: int = 0,
+           flags: int = 0) -> list[bytes]:
+    """Flow entries (FLOW_DTYPE) -> datagrams, each with the id records its entries use."""
     out: list[bytes] = []
     i = 0
     while i < len(entries):
-        chunk_ids: dict[int, tuple[int, bytes, int]] = {}
+        chunk_ids: dict[int, IdRec] = {}
         j = i
         while j < len(entries):
             bid = int(entries[j]["backend_id"])
@@ -86,57 +95,61 @@ def encode(entries: np.ndarray, ids: Mapping[int, tuple[int, bytes, int]], node:
             if need:
                 chunk_ids[bid] = ids[bid]
             j += 1
-        recs = b"".join(ID_REC.pack(bid, fam, 0, port, addr)
-                        for bid, (fam, addr, port) in chunk_ids.items())
+        recs = b"".join(ID_REC.pack(bid, fam, 0, port, addr, snat)
+                        for bid, (fam, addr, port, snat) in chunk_ids.items())
         body = entries[i:j].tobytes()
-        out.append(HEADER.pack(MAGIC, VERSION, 0, len(chunk_ids), j - i, node & 0xFFFF,
+        out.append(HEADER.pack(MAGIC, VERSION, flags, len(chunk_ids), j - i, node & 0xFFFF,
                                (seq + len(out)) & 0xFFFFFFFF) + recs + body)
         i = j
     return out
 
 
-def decode(data: bytes) -> tuple[int, dict[int, tuple[int, bytes, int]], np.ndarray]:
-    """A datagram -> (node, id records, entries as FLOW_DTYPE); SyncError if malformed."""
+def decode(data: bytes) -> tuple[int, int, dict[int, IdRec], np.ndarray]:
+    """A datagram -> (flags, node, id records, entries as FLOW_DTYPE); SyncError if bad."""
     from ._bpf.dataplane import FLOW_DTYPE
 
     if len(data) < HEADER.size:
         raise SyncError("short datagram")
-    magic, version, _flags, n_ids, n_entries, node, _seq = HEADER.unpack_from(data)
+    magic, version, flags, n_ids, n_entries, node, _seq = HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise SyncError("not a flow-sync message of this version")
     want = HEADER.size + n_ids * ID_REC.size + n_entries * ENTRY
     if len(data) != want:
         raise SyncError(f"length {len(data)}, header says {want}")
-    ids = {}
+    ids: dict[int, IdRec] = {}
     off = HEADER.size
     for _ in range(n_ids):
-        bid, fam, _pad, port, addr = ID_REC.unpack_from(data, off)
-        ids[bid] = (fam, addr, port)
+        bid, fam, _pad, port, addr, snat = ID_REC.unpack_from(data, off)
+        ids[bid] = (fam, addr, port, snat)
         off += ID_REC.size
     entries = np.frombuffer(data, dtype=FLOW_DTYPE, count=n_entries, offset=off).copy()
-    return node, ids, entries
+    return flags, node, ids, entries
 
 
 @dataclass
 class FlowSync:
     """One node's sender and receiver over its data plane's flow table.
 
-    `backends()` returns the current mapping of this node's backends:
-    {id: (vip addr16, vip port, proto, family, backend addr16, backend port)}; the sender
-    describes its ids with it, the receiver maps them back to its own."""
+    `backends()` returns what this node's backend ids mean (`backend_map`); the sender
+    describes its ids with it, the receiver maps them back to its own.  NAT flows need the
+    data plane's backends map (`foreign_base`: the first id reserved for peers' NAT flows)."""
 
-    dp: object  # DataPlane (flow_table(), runtime(), maps["flows"])
+    dp: object  # DataPlane (flow_table(), runtime(), put_backend(), maps["backends"])
     settings: SyncSettings
     backends: Callable[[], Mapping[int, BackendKey]]
-    nat_entries: int = 0  # entries of the NAT region (first in the table): never synced
+    nat_entries: int = 0  # entries of the NAT region (first in the table)
+    nat_port_min: int = 0
     hash_seed: int = 0
     ct_sets: int = 1
+    foreign_base: int = 0  # 0: NAT entries are neither sent nor received
     node: int = 0  # this node's id in datagrams (logs only)
     stats: SyncStats = field(default_factory=SyncStats)
     _first_seen: dict[int, tuple[int, float]] = field(default_factory=dict)
     _last_sent: dict[int, float] = field(default_factory=dict)
-    #: ways we wrote from a peer: index -> (digest, last_seen as written)
+    #: ways we wrote from a peer: table index -> (digest, last_seen as written)
     _written: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: (SNAT16, local backend id) -> the foreign backend id made for it
+    _foreign: dict[tuple[bytes, int], int] = field(default_factory=dict)
     _seq: int = 0
 
     # ------------------------------------------------------------------ sender
@@ -144,15 +157,18 @@ class FlowSync:
         """The datagrams of one round (within the bandwidth bound)."""
         now = time.monotonic() if now is None else now
         t = self.dp.flow_table()  # type: ignore[attr-defined]
-        ct = t[self.nat_entries:]
         rt = self.dp.runtime()  # type: ignore[attr-defined]
         jnow = np.uint32(_jiffies(rt.hz or 1000))
         # one pass over a byte column of the whole table, the rest on the used ways only
-        idx = np.flatnonzero(ct["family"])
-        rows = ct[idx]
+        idx = np.flatnonzero(t["family"])
+        if not self.foreign_base:
+            idx = idx[idx >= self.nat_entries]
+        rows = t[idx]
         age = (jnow - rows["last_seen"]).astype(np.uint64)
-        live = ((rows["proto"] != 0) & ((rows["flags"] & abi.FLOW_F_CLOSING) == 0)
+        live = ((rows["proto"] != 0) & ((rows["flags"] & _NOT_ESTABLISHED) == 0)
                 & (age <= np.where(rows["proto"] == 6, rt.tcp_timeout, rt.udp_timeout)))
+        if self.foreign_base:  # a peer's NAT flow is the peer's to send
+            live &= rows["backend_id"] < self.foreign_base
         idx, rows = idx[live], rows[live]
         digest = _digest(rows)
         seen: dict[int, tuple[int, float]] = {}
@@ -175,17 +191,25 @@ class FlowSync:
         budget = int(self.settings.max_bytes_per_s * self.settings.interval) // ENTRY
         due.sort()  # never sent first, then the longest unsent
         self.stats.deferred += max(0, len(due) - budget)
-        pick = [i for _, i in due[:budget]]
-        if not pick:
+        pick = np.array([i for _, i in due[:budget]], dtype=np.int64)
+        if not len(pick):
             return []
-        sel = ct[np.array(pick, dtype=np.int64)]
         known = self.backends()
+        ids = {bid: (k[3], k[4], k[5], k[6]) for bid, k in known.items()}
+        sel = t[pick]
         ok = np.array([int(b) in known for b in sel["backend_id"]], dtype=bool)
-        sel = sel[ok]
-        ids = {bid: (k[3], k[4], k[5]) for bid, k in known.items()}
-        out = encode(sel, ids, self.node, self._seq)
+        pick, sel = pick[ok], sel[ok]
+        nat = pick < self.nat_entries
+        out: list[bytes] = []
+        if (~nat).any():
+            out += encode(sel[~nat], ids, self.node, self._seq)
+        if nat.any():
+            wire = sel[nat].copy()  # the NAT port travels in client_ifindex
+            wire["client_ifindex"] = self.nat_port_min + pick[nat] // abi.FLOW_WAYS
+            wire["client_mac"] = 0
+            out += encode(wire, ids, self.node, self._seq + len(out), flags=F_NAT)
         self._seq += len(out)
-        for i in np.array(pick)[ok].tolist():
+        for i in pick.tolist():
             self._last_sent[i] = now
         self.stats.sent_entries += len(sel)
         self.stats.sent_datagrams += len(out)
@@ -196,13 +220,17 @@ class FlowSync:
     def receive(self, data: bytes) -> int:
         """Write a datagram's entries into our table; how many were written."""
         try:
-            _node, ids, entries = decode(data)
+            flags, _node, ids, entries = decode(data)
         except SyncError:
             self.stats.bad += 1
             return 0
         self.stats.received_entries += len(entries)
         self.stats.received_bytes += len(data)
-        local = {k: bid for bid, k in self.backends().items()}
+        nat = bool(flags & F_NAT)
+        if nat and not self.foreign_base:
+            self.stats.no_backend += len(entries)
+            return 0
+        local = {k[:6]: bid for bid, k in self.backends().items()}
         t = self.dp.flow_table()  # type: ignore[attr-defined]
         rt = self.dp.runtime()  # type: ignore[attr-defined]
         jnow = int(_jiffies(rt.hz or 1000)) & 0xFFFFFFFF or 1
@@ -211,58 +239,128 @@ class FlowSync:
             rec = ids.get(int(e["backend_id"]))
             bid = None
             if rec is not None:
-                vip = (e["dst"].tobytes(), int(e["dport"]), int(e["proto"]))
-                for vport in (abi.ntohs(vip[1]), 0):
-                    bid = local.get((vip[0], vport, vip[2], *rec))
+                vaddr, vport, proto = e["dst"].tobytes(), abi.ntohs(int(e["dport"])), int(
+                    e["proto"])
+                for p in (vport, 0):
+                    bid = local.get((vaddr, p, proto, rec[0], rec[1], rec[2]))
                     if bid is not None:
                         break
+            if bid is not None and nat:
+                assert rec is not None
+                bid = self._foreign_backend(rec[3], bid)
+                if bid is None:
+                    self.stats.no_room += 1
+                    continue
             if bid is None:
                 self.stats.no_backend += 1
                 continue
-            written += self._write(t, e, bid, jnow, rt)
+            written += self._write_nat(t, e, bid, jnow, rt) if nat else \
+                self._write_ct(t, e, bid, jnow, rt)
         self.stats.written += written
         return written
 
-    def _write(self, t: np.ndarray, e: np.void, bid: int, jnow: int, rt) -> int:
-        h = model._hash_raw(e["src"].tobytes(), e["dst"].tobytes(), abi.ntohs(int(e["sport"])),
-                            abi.ntohs(int(e["dport"])), int(e["proto"]), self.hash_seed)
-        first = self.nat_entries + (h & (self.ct_sets - 1)) * abi.FLOW_WAYS
-        ways = t[first:first + abi.FLOW_WAYS]
+    def _foreign_backend(self, snat: bytes, local_id: int) -> int | None:
+        """The backend id whose entry is `local_id`'s with a peer's SNAT address (made or
+        refreshed from the local entry: same address, MAC, health)."""
+        m = self.dp.maps["backends"]  # type: ignore[attr-defined]
+        raw = m.lookup(local_id)
+        if raw is None:
+            return None
+        be = abi.Backend.from_buffer_copy(bytes(raw))
+        be.snat_addr = abi.Addr.from_buffer_copy(snat)
+        fid = self._foreign.get((snat, local_id))
+        if fid is None:
+            if len(self._foreign) >= FOREIGN_IDS:
+                return None
+            fid = self.foreign_base + len(self._foreign)
+            self._foreign[(snat, local_id)] = fid
+        if bytes(m.lookup(fid) or b"") != bytes(be):
+            self.dp.put_backend(fid, be)  # type: ignore[attr-defined]
+        return fid
+
+    @staticmethod
+    def _same_flow(x: np.void, e: np.void) -> bool:
+        return bool(x["proto"] == e["proto"] and x["sport"] == e["sport"]
+                    and x["dport"] == e["dport"] and (x["src"] == e["src"]).all()
+                    and (x["dst"] == e["dst"]).all())
+
+    @staticmethod
+    def _free(x: np.void, jnow: int, rt) -> bool:
+        """A way the data plane would give to a new flow (never used, or expired)."""
+        if not x["family"]:
+            return not x["last_seen"]  # else: being published by the data plane
+        age = (jnow - int(x["last_seen"])) & 0xFFFFFFFF
+        tmo = rt.closing_timeout if x["flags"] & abi.FLOW_F_CLOSING else (
+            rt.tcp_timeout if x["proto"] == 6 else rt.udp_timeout)
+        return not x["proto"] or age > tmo
+
+    def _pick_way(self, t: np.ndarray, first: int, e: np.void, jnow: int, rt) -> int | None:
         pick = None
         for w in range(abi.FLOW_WAYS):
-            x = ways[w]
-            if not x["family"]:
-                if x["last_seen"]:
-                    continue  # being published by the data plane
-                if pick is None:
-                    pick = w
-                continue
-            if (x["proto"] == e["proto"] and x["sport"] == e["sport"]
-                    and x["dport"] == e["dport"] and (x["src"] == e["src"]).all()
-                    and (x["dst"] == e["dst"]).all()):
+            x = t[first + w]
+            if x["family"] and self._same_flow(x, e):
                 self.stats.known += 1
-                return 0
-            age = (jnow - int(x["last_seen"])) & 0xFFFFFFFF
-            tmo = rt.closing_timeout if x["flags"] & abi.FLOW_F_CLOSING else (
-                rt.tcp_timeout if x["proto"] == 6 else rt.udp_timeout)
-            if pick is None and (not x["proto"] or age > tmo):
-                pick = w
+                return None
+            if pick is None and self._free(x, jnow, rt):
+                pick = first + w
         if pick is None:
             self.stats.no_room += 1
-            return 0
-        slot = t[first + pick:first + pick + 1]
-        # publish like the data plane: the way claimed (last_seen, family 0), fields, family
+        return pick
+
+    def _publish(self, t: np.ndarray, i: int, e: np.void, bid: int, jnow: int,
+                 reply_tag: int) -> None:
+        slot = t[i:i + 1]
+        # like the data plane: the way claimed (last_seen, family 0), the fields, the family
         slot["family"] = 0
         slot["last_seen"] = jnow
         for f in ("src", "dst", "sport", "dport", "proto"):
             slot[f] = e[f]
         slot["flags"] = 0
         slot["backend_id"] = bid
-        slot["reply_tag"] = 0
+        slot["reply_tag"] = reply_tag
         slot["client_ifindex"] = 0
+        slot["client_mac"] = 0
         slot["family"] = e["family"]
-        self._written[first + pick - self.nat_entries] = (int(_digest(slot)[0]), jnow)
+        self._written[i] = (int(_digest(slot)[0]), jnow)
+
+    def _hash(self, e: np.void) -> int:
+        return model._hash_raw(e["src"].tobytes(), e["dst"].tobytes(),
+                               abi.ntohs(int(e["sport"])), abi.ntohs(int(e["dport"])),
+                               int(e["proto"]), self.hash_seed)
+
+    def _write_ct(self, t: np.ndarray, e: np.void, bid: int, jnow: int, rt) -> int:
+        first = self.nat_entries + (self._hash(e) & (self.ct_sets - 1)) * abi.FLOW_WAYS
+        i = self._pick_way(t, first, e, jnow, rt)
+        if i is None:
+            return 0
+        self._publish(t, i, e, bid, jnow, 0)
         return 1
+
+    def _write_nat(self, t: np.ndarray, e: np.void, bid: int, jnow: int, rt) -> int:
+        """Into the NAT set of the sender's port (the backend knows the flow by it), with the
+        spill marks a lookup from the flow's own set needs to get there."""
+        sets = self.nat_entries // abi.FLOW_WAYS
+        target = int(e["client_ifindex"]) - self.nat_port_min
+        if not 0 <= target < sets:
+            self.stats.no_room += 1
+            return 0
+        home = self._hash(e) % sets
+        steps = (target - home) % sets
+        if steps >= NAT_PROBES:
+            self.stats.no_room += 1
+            return 0
+        i = self._pick_way(t, target * abi.FLOW_WAYS, e, jnow, rt)
+        if i is None:
+            return 0
+        self._publish(t, i, e, bid, jnow, int(e["reply_tag"]))
+        for k in range(steps):
+            s = (home + k) % sets
+            t[s * abi.FLOW_WAYS:s * abi.FLOW_WAYS + 1]["set_flags"] |= abi.SET_F_SPILL
+        return 1
+
+
+#: flows not (or no longer) established are not synced
+_NOT_ESTABLISHED = abi.FLOW_F_CLOSING | getattr(abi, "FLOW_F_EMBRYONIC", 0)
 
 
 def _jiffies(hz: int) -> int:
@@ -283,8 +381,8 @@ def _digest(rows: np.ndarray) -> np.ndarray:
 
 
 def backend_map(lb, specs: Iterable) -> dict[int, BackendKey]:
-    """{local backend id: (vip addr16, vip port, proto, family, backend addr16, port)} of the
-    VIPs (lb.VipSpec) a LoadBalancer serves: what a backend id means on this node."""
+    """What each backend id of a LoadBalancer means for the VIPs (lb.VipSpec) it serves:
+    {id: (vip addr16, vip port, proto, family, backend addr16, port, SNAT16 or zeros)}."""
     out: dict[int, BackendKey] = {}
     for spec in specs:
         try:
@@ -293,10 +391,14 @@ def backend_map(lb, specs: Iterable) -> dict[int, BackendKey]:
             continue
         vip16 = spec.address.packed.ljust(16, b"\0")
         pnum = socket.IPPROTO_TCP if spec.protocol == "tcp" else socket.IPPROTO_UDP
+        snat16 = bytes(16)
+        if spec.mode == "nat":
+            snat16 = (spec.snat or spec.address).packed.ljust(16, b"\0")
         for b in spec.backends:
             bid = ids.get(b.key)
             if bid is None:
                 continue
             fam = abi.AF_INET if b.address.version == 4 else abi.AF_INET6
-            out[bid] = (vip16, spec.port, pnum, fam, b.address.packed.ljust(16, b"\0"), b.port)
+            out[bid] = (vip16, spec.port, pnum, fam, b.address.packed.ljust(16, b"\0"),
+                        b.port, snat16)
     return out

@@ -12,7 +12,7 @@ from xdplb._bpf.dataplane import KNOBS_PIN, Knobs, read_knobs
 from xdplb._bpf.libbpf import XDP_TX
 from xdplb.config import SyncSettings
 from xdplb.lb import BackendSpec, VipSpec
-from xdplb.sync import FlowSync, backend_map, decode, encode
+from xdplb.sync import FOREIGN_IDS, FlowSync, backend_map, decode, encode
 from xdplb.testing.predict import Predictor
 
 pytestmark = pytest.mark.bpf
@@ -42,7 +42,9 @@ def node(lb, specs) -> FlowSync:
     settings = SyncSettings(listen=("127.0.0.1", 1), peers=(("127.0.0.1", 2),), min_age=0.1,
                             resend=1.0, interval=0.5)
     return FlowSync(lb.dp, settings, backends=lambda: backend_map(lb, specs),
-                    nat_entries=lb.dp._nat_entries(), hash_seed=k.hash_seed, ct_sets=k.ct_sets)
+                    nat_entries=lb.dp._nat_entries(), hash_seed=k.hash_seed, ct_sets=k.ct_sets,
+                    nat_port_min=k.nat_port_min,
+                    foreign_base=lb.dp.maps["backends"].max_entries - FOREIGN_IDS)
 
 
 def test_synced_entries_keep_moved_flows_on_their_backend_after_a_backend_change(balancer):
@@ -83,11 +85,48 @@ def test_codec_round_trip_and_bounds():
     e = np.zeros(50, dtype=FLOW_DTYPE)
     e["family"] = 2
     e["backend_id"] = np.arange(50) % 3
-    ids = {i: (2, bytes(16), 80) for i in range(3)}
-    out = encode(e, ids, node=7)
+    ids = {i: (2, bytes(16), 80, bytes(16)) for i in range(3)}
+    out = encode(e, ids, node=7, flags=1)
     assert len(out) == 3 and all(len(d) <= 1400 for d in out)
     got = [decode(d) for d in out]
-    assert sum(len(x[2]) for x in got) == 50 and {x[0] for x in got} == {7}
-    assert np.array_equal(np.concatenate([x[2] for x in got]), e)
+    assert sum(len(x[3]) for x in got) == 50 and {x[:2] for x in got} == {(1, 7)}
+    assert np.array_equal(np.concatenate([x[3] for x in got]), e)
     with pytest.raises(ValueError):
         decode(out[0][:-1])
+
+
+def nat_frame(sport: int, flags: str) -> bytes:
+    return raw(Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+               / IP(src="10.1.0.1", dst=str(VIP)) / TCP(sport=sport, dport=80, flags=flags))
+
+
+def nat_send(dp, f: bytes) -> tuple[str, int, str] | None:
+    action, out, _ = dp.program.test_run(f)
+    if action != XDP_TX:
+        return None
+    p = Ether(out)
+    return p[IP].src, p[TCP].sport, p[IP].dst
+
+
+def test_synced_nat_flows_leave_another_node_with_their_own_snat_address_and_port(balancer):
+    """A NAT flow moved to node B keeps node A's SNAT address and port (the backend knows
+    the flow by them and answers A, which still has it)."""
+    a_spec = VipSpec(VIP, 80, snat=ip("10.2.0.11"), backends=backends(3))
+    b_spec = VipSpec(VIP, 80, snat=ip("10.2.0.12"), backends=backends(3))
+    a = balancer([a_spec])
+    # another data plane with the same NAT range (every node of a group has the same)
+    b = balancer([b_spec], Knobs(frag_drop=True))
+    flows = {s: nat_send(a.dp, nat_frame(s, "S")) for s in range(21000, 21200)}
+    assert all(f and f[0] == "10.2.0.11" for f in flows.values())
+    sa, sb = node(a, [a_spec]), node(b, [b_spec])
+    assert sa.collect(now=0.0) == []  # first seen now: younger than min_age
+    datagrams = sa.collect(now=1.0)
+    assert datagrams
+    for d in datagrams:
+        sb.receive(d)
+    assert sb.stats.written == len(flows), sb.stats
+    for s, want in flows.items():  # the same SNAT address, port and backend as on A
+        assert nat_send(b.dp, nat_frame(s, "A")) == want, s
+    assert sb.collect(now=10.0) == []  # never sent back
+    # B's own new flows still leave with B's address
+    assert nat_send(b.dp, nat_frame(30000, "S"))[0] == "10.2.0.12"

@@ -198,3 +198,24 @@ def test_synced_flows_survive_a_backend_change_then_a_drain(ecmp_factory):
     assert r["survived"] >= 0.999 * r["opened"], r
     sync = status(lab, "n2")["sync"]
     assert sync["sent_entries"] > 0 and sync["written"] > 0, sync
+
+
+def test_synced_nat_flows_survive_a_drain_and_an_add(ecmp_factory):
+    """NAT, each node its own SNAT address: a moved flow leaves its new node with the SNAT
+    address and port of the node that has it (replies keep going there)."""
+    lab = ecmp_factory(nodes=3, backends=2, ipv6=False)
+    lab.start_echo_servers()
+    for n in ("n1", "n2"):
+        serve(lab, n, mode="nat", sync=True, min_age=0.5)
+    lab.wait_nexthops(2, timeout=20)  # announced once sync has run a resend
+    client = flows(lab, 200, 9.0)
+    time.sleep(2.5)
+    p = lab.run("n1", lab.ctl_argv("n1", XDPLB, "node", "drain"), timeout=20)
+    assert p.returncode == 0, p.stderr
+    lab.wait_nexthops(1)
+    time.sleep(1.0)
+    serve(lab, "n3", mode="nat", sync=True, min_age=0.5)
+    lab.wait_nexthops(2, timeout=20)
+    r = result(client)
+    assert r["opened"] == 200, r
+    assert r["survived"] >= 0.999 * r["opened"], r

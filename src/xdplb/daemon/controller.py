@@ -67,6 +67,14 @@ class Controller:
         self.monitor.on_change = self._on_health_change
         self.monitor.on_result = self._on_health_result
         max_vips, max_backends = _id_limits(dp, cfg)
+        #: with [sync], the top backend ids are the peers' NAT flows' (sync.FOREIGN_IDS)
+        self.foreign_base = 0
+        if cfg.sync is not None:
+            from ..sync import FOREIGN_IDS
+
+            if max_backends > 2 * FOREIGN_IDS:
+                max_backends -= FOREIGN_IDS
+                self.foreign_base = max_backends
         self.lb = LoadBalancer(dp, max_vips, max_backends)
         self.neighbour_macs: dict = {}  # backend address -> MAC from the neighbour table
         self.info = dict(info or {})

@@ -221,6 +221,10 @@ class Daemon:
         assert self.cfg.bgp is not None and self.ctl is not None
         ann = Announcer(self.cfg.bgp, self.paths.run_dir / f"{self.instance}.bird",
                         log=self.log)
+        if self.cfg.sync is not None:
+            # a new node takes traffic only once its peers' flows are in its table: each is
+            # sent again every `resend`, so one resend (and a round) after sync starts
+            ann.attached = False
         try:
             ann.start()
         except AnnounceError as e:
@@ -358,7 +362,8 @@ class Daemon:
         k = read_knobs(self.dp.maps[KNOBS_PIN])
         fs = FlowSync(self.dp, s, backends=lambda: backend_map(ctl.lb, ctl.desired.specs()),
                       nat_entries=self.dp._nat_entries(), hash_seed=k.hash_seed if k else 0,
-                      ct_sets=k.ct_sets if k else 1)
+                      ct_sets=k.ct_sets if k else 1, nat_port_min=k.nat_port_min if k else 0,
+                      foreign_base=ctl.foreign_base)
         ctl.flow_sync = fs
         peers = {ipaddress.ip_address(h) for h, _ in s.peers}
 
@@ -376,11 +381,21 @@ class Daemon:
         except OSError as e:
             self.log("sync_failed", level="error", listen=f"{s.listen[0]}:{s.listen[1]}",
                      error=e.strerror or str(e))
+            if self.announcer is not None:  # serve without sync rather than not at all
+                self.announcer.attached = True
+                ctl.announce()
             return
         self.log("sync", listen=f"{s.listen[0]}:{s.listen[1]}", peers=len(s.peers),
                  min_age=s.min_age, max_bytes_per_s=s.max_bytes_per_s)
+        hold_until = loop.time() + s.resend + 2 * s.interval
         try:
             while True:
+                if self.announcer is not None and not self.announcer.attached and \
+                        loop.time() >= hold_until:
+                    self.announcer.attached = True  # the peers' flows are in: announce
+                    self.log("sync_ready", received=fs.stats.received_entries,
+                             written=fs.stats.written)
+                    ctl.announce()
                 await asyncio.sleep(s.interval)
                 try:
                     for d in fs.collect():
