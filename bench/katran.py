@@ -100,6 +100,4 @@ class Katran:
 
 def _array_fill(m: libbpf.Map, values: np.ndarray) -> None:
     """Array map slots 0..len-1 = values (one batch call per 64k entries)."""
-    from xdplb._bpf.dataplane import _update_batch
-
-    _update_batch(m, values)
+    m.update_batch(values)

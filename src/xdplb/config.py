@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast, get_args
 
 from .errors import XdplbError
 from .ring import DEFAULT_SIZE, is_prime, next_prime
@@ -30,11 +30,17 @@ __all__ = [
     "Config",
     "ConfigError",
     "Defaults",
+    "FragPolicy",
     "HealthCheck",
     "IPAddress",
+    "L4Proto",
     "LbSettings",
+    "Mode",
+    "RemovedPolicy",
     "SyncSettings",
     "Vip",
+    "VipKey",
+    "XdpMode",
     "backend_from_table",
     "check_document",
     "config_from_dict",
@@ -49,6 +55,19 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+L4Proto = Literal["tcp", "udp"]
+Mode = Literal["nat", "dsr"]  # full NAT (SNAT towards backends) or L2 direct server return
+RemovedPolicy = Literal["reselect", "reset"]  # flows of a removed backend
+FragPolicy = Literal["pass", "drop"]  # IP fragments addressed to a VIP
+XdpMode = Literal["auto", "native", "generic"]
+
+
+class VipKey(NamedTuple):
+    """What identifies a VIP: (address, port, protocol); port 0 = every port."""
+
+    address: IPAddress
+    port: int
+    protocol: L4Proto
 
 
 
@@ -65,8 +84,8 @@ class Defaults:
     max_vips: int = 4096
     max_backends: int = 65536
     ring_size: int = DEFAULT_SIZE  # Maglev table slots per VIP (prime)
-    frag_policy: str = "pass"  # IP fragments to a VIP: "pass" to the host or "drop"
-    xdp_mode: str = "auto"
+    frag_policy: FragPolicy = "pass"  # IP fragments to a VIP: "pass" to the host or "drop"
+    xdp_mode: XdpMode = "auto"
     # flow timeouts, seconds (the loader writes them in jiffies)
     tcp_timeout_s: float = 300.0
     closing_timeout_s: float = 10.0
@@ -140,7 +159,7 @@ class LbSettings:
     conntrack_size: int = DEFAULTS.conntrack_size
     max_vips: int = DEFAULTS.max_vips
     max_backends: int = DEFAULTS.max_backends
-    frag_policy: str = DEFAULTS.frag_policy  # "pass" | "drop": IP fragments to a VIP
+    frag_policy: FragPolicy = DEFAULTS.frag_policy
     name: str | None = None  # instance name (pins, control socket); None: the interface's
     metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
 
@@ -209,11 +228,11 @@ class Vip:
     name: str
     address: IPAddress
     port: int  # 0 = every port of the protocol
-    protocol: str = "tcp"  # "tcp" | "udp"
-    mode: str = "nat"  # "nat" | "dsr"
+    protocol: L4Proto = "tcp"
+    mode: Mode = "nat"
     snat: IPAddress | None = None  # nat: source address towards backends; None in dsr
     ring_size: int = DEFAULTS.ring_size
-    on_backend_removed: str = "reselect"  # "reselect" | "reset"
+    on_backend_removed: RemovedPolicy = "reselect"
     udp_stateless: bool = False
     backends: tuple[Backend, ...] = ()
     health: HealthCheck = HealthCheck()
@@ -223,8 +242,8 @@ class Vip:
     med: int | None = None
 
     @property
-    def key(self) -> tuple[IPAddress, int, str]:
-        return (self.address, self.port, self.protocol)
+    def key(self) -> VipKey:
+        return VipKey(self.address, self.port, self.protocol)
 
 
 @dataclass(frozen=True)
@@ -790,7 +809,8 @@ class _Parser:
             conntrack_size=t.integer("conntrack_size", 1024, 1 << 25, DEFAULTS.conntrack_size),
             max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULTS.max_vips),
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULTS.max_backends),
-            frag_policy=t.choice("frag_policy", ("pass", "drop"), DEFAULTS.frag_policy),
+            frag_policy=cast(FragPolicy, t.choice("frag_policy", get_args(FragPolicy),
+                                                  DEFAULTS.frag_policy)),
             name=t.get("name", _instance, "a string", None),
             metrics=t.get("metrics", parse_listen, 'a string like "127.0.0.1:9100"', None),
         )
@@ -800,8 +820,8 @@ class _Parser:
     def vip(self, t: _Table) -> Vip:
         address = t.ip("address")
         port = t.integer("port", 0, 65535)
-        protocol = t.choice("protocol", ("tcp", "udp"), "tcp")
-        mode = t.choice("mode", ("nat", "dsr"), "nat")
+        protocol = cast(L4Proto, t.choice("protocol", get_args(L4Proto), "tcp"))
+        mode = cast(Mode, t.choice("mode", get_args(Mode), "nat"))
         default_name = f"{_host_port(address, port)}/{protocol}"
         name = t.get("name", _name, "a string", default_name)
 
@@ -816,7 +836,8 @@ class _Parser:
         ring_size = t.integer("ring_size", 2, MAX_RING_SIZE, DEFAULTS.ring_size)
         if not is_prime(ring_size):
             raise t.fail("ring_size", f"{ring_size} is not prime (try {next_prime(ring_size)})")
-        on_removed = t.choice("on_backend_removed", ("reselect", "reset"), "reselect")
+        on_removed = cast(RemovedPolicy, t.choice("on_backend_removed", get_args(RemovedPolicy),
+                                                  "reselect"))
         udp_stateless = t.boolean("udp_stateless", False)
         if udp_stateless and not (mode == "dsr" and protocol == "udp"):
             raise t.fail("udp_stateless", "only allowed with mode = 'dsr' and protocol = 'udp'")

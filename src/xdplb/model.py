@@ -596,9 +596,7 @@ class _Snapshot:
         self.backends = dp.backend_entries()
         self.vip_slots = {}
         if "vip_slots" in dp.maps:
-            from ._bpf.dataplane import _read_array
-
-            raw = _read_array(dp.maps["vip_slots"])
+            raw = dp.maps["vip_slots"].read_all()
             size = C.sizeof(abi.VipSlot)
             for i in range(len(raw) // size):
                 slot = abi.VipSlot.from_buffer_copy(raw, i * size)
@@ -617,20 +615,8 @@ class _Snapshot:
 
 
 def _read_ring(dp, vip_id: int):
-    from ._bpf import libbpf
-    from ._bpf.dataplane import _read_array
-
-    raw = dp.maps["rings"].lookup(vip_id)
-    if raw is None:
-        return None
-    inner_id = int.from_bytes(raw[:4], "little")
-    fd = libbpf._check(libbpf._map_by_id(inner_id), f"opening ring map id {inner_id}")
-    inner = libbpf.Map(fd, f"ring{vip_id}", owned=True)
-    try:
-        data = _read_array(inner)
-        return list(struct.unpack(f"<{len(data) // 4}I", data))
-    finally:
-        inner.close()
+    table = dp.ring_table(vip_id)
+    return None if table is None else table.tolist()
 
 
 # --- the program ---------------------------------------------------------------------

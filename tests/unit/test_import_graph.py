@@ -23,8 +23,7 @@ PKG = "xdplb"
 LEAVES = {"xdplb.config", "xdplb.ring", "xdplb.model"}
 LEAF_ALLOWED = LEAVES | {"xdplb.errors"}
 LEAF_EXCEPTIONS = {
-    "xdplb.model": {"xdplb._bpf", "xdplb._bpf.abi", "xdplb._bpf.libbpf",
-                    "xdplb._bpf.dataplane", "xdplb._bpf.fake", "xdplb.lb"},
+    "xdplb.model": {"xdplb._bpf.abi", "xdplb._bpf.dataplane", "xdplb._bpf.fake", "xdplb.lb"},
 }
 
 
@@ -124,6 +123,27 @@ def test_the_pure_cores_import_only_each_other():
     for leaf in sorted(LEAVES):
         extra = g[leaf] - LEAF_ALLOWED - LEAF_EXCEPTIONS.get(leaf, set())
         assert not extra, f"{leaf} must not import {sorted(extra)}"
+
+
+def test_only_the_kernel_boundary_uses_libbpf_private_names():
+    """libbpf.py's `_names` (ctypes prototypes, raw structs) stay inside it."""
+    import re
+
+    for mod, path in modules().items():
+        if mod == "xdplb._bpf.libbpf":
+            continue
+        hits = re.findall(r"libbpf\._\w+|\b_lib\.\w+", path.read_text())
+        assert not hits, f"{mod} uses {hits}"
+
+
+def test_the_control_plane_does_not_probe_the_data_plane():
+    """The kernel contract is one Protocol both data planes implement: nobody asks what
+    a data plane can do (getattr/hasattr on it)."""
+    import re
+
+    for mod, path in modules().items():
+        hits = re.findall(r"(?:getattr|hasattr)\((?:self\.)?dp\b", path.read_text())
+        assert not hits, f"{mod} probes the data plane: {hits}"
 
 
 def test_the_daemon_knows_nothing_of_argparse():

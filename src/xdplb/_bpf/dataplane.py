@@ -19,7 +19,8 @@ import numpy as np
 
 from ..config import DEFAULTS
 from . import abi, libbpf
-from .libbpf import F_INNER_MAP, MAP_ARRAY, BpfError, BpfObject, Map, Program
+from .contract import StatsMap
+from .libbpf import F_INNER_MAP, MAP_ARRAY, BpfObject, Map, Program
 
 PROG_NAME = "xdplb"
 
@@ -208,10 +209,10 @@ class DataPlane:
                 inner = libbpf.create_map(MAP_ARRAY, 4, 4, len(table), f"ring{vip_id}",
                                           F_INNER_MAP)
                 inners[vip_id] = inner
-                _update_batch(inner, table)
+                inner.update_batch(table)
             keys = np.array(list(inners), dtype=np.uint32)
             fds = np.array([m.fd for m in inners.values()], dtype=np.uint32)
-            _update_batch(self.maps["rings"], fds, keys)
+            self.maps["rings"].update_batch(fds, keys)
         except Exception:
             for m in inners.values():
                 m.close()
@@ -253,20 +254,31 @@ class DataPlane:
             out[st.name.lower()] = (r["packets"], r["bytes"])
         return out
 
-    def obj_stats(self, which: str, idx: int) -> dict[str, int]:
+    def obj_stats(self, which: StatsMap, idx: int) -> dict[str, int]:
         return self.maps[which].reduce(idx, ("packets", "bytes", "new_flows"))
 
-    def reset_obj_stats(self, which: str, idx: int) -> None:
+    def reset_obj_stats(self, which: StatsMap, idx: int) -> None:
         """Zero one VIP's or backend's counters (an id handed to a new owner)."""
         m = self.maps[which]
         if 0 <= idx < m.max_entries:
             m.update(idx, bytes(m.value_size))
 
     # reading back (adoption, status) -------------------------------------------------
+    def id_limits(self) -> tuple[int, int]:
+        """Ids must index every per-id map; a kept instance's maps keep their sizes."""
+        return (min(self.maps[n].max_entries for n in ("rings", "vip_stats")),
+                min(self.maps[n].max_entries for n in ("backends", "be_stats")))
+
+    def vip_entries(self) -> list[tuple[abi.VipKey, abi.VipInfo]]:
+        return list(self.maps["vips"].items())
+
+    def vip_addr_keys(self) -> list[abi.VipKey]:
+        return [abi.VipKey.from_buffer_copy(k) for k in self.maps["vip_addrs"]]
+
     def backend_entries(self) -> dict[int, abi.Backend]:
         """Backend id -> entry, for every id ever written (family set)."""
         m = self.maps["backends"]
-        raw = _read_array(m)
+        raw = m.read_all()
         size = C.sizeof(abi.Backend)
         fam = abi.Backend.family.offset
         out = {}
@@ -275,18 +287,24 @@ class DataPlane:
                 out[i] = abi.Backend.from_buffer_copy(raw, i * size)
         return out
 
-    def ring_members(self, vip_id: int) -> set[int] | None:
-        """Backend ids in a VIP's published Maglev table (None: no table)."""
+    def ring_table(self, vip_id: int) -> np.ndarray | None:
+        """A VIP's published Maglev table (slot -> backend id), None: no table."""
         raw = self.maps["rings"].lookup(vip_id)
         if raw is None:
             return None
         inner_id = int.from_bytes(raw[:4], "little")
         inner = Map(libbpf.map_fd_by_id(inner_id), f"ring{vip_id}", owned=True)
         try:
-            ids = np.frombuffer(_read_array(inner), dtype=np.uint32)
-            return set(np.unique(ids).tolist()) - {abi.NO_BACKEND}
+            return np.frombuffer(inner.read_all(), dtype=np.uint32).copy()
         finally:
             inner.close()
+
+    def ring_members(self, vip_id: int) -> set[int] | None:
+        """Backend ids in a VIP's published Maglev table (None: no table)."""
+        table = self.ring_table(vip_id)
+        if table is None:
+            return None
+        return set(np.unique(table).tolist()) - {abi.NO_BACKEND}
 
     # flow table ----------------------------------------------------------------------
     def flow_table(self) -> np.ndarray:
@@ -396,40 +414,6 @@ assert FLOW_DTYPE.itemsize == C.sizeof(abi.FlowEntry) and all(
     for name, *_ in abi.FlowEntry._fields_), "FLOW_DTYPE does not mirror abi.FlowEntry"
 
 
-def _read_array(m: Map) -> bytes:
-    """All values of an array map, with bpf_map_lookup_batch (one call per 64k)."""
-
-    class _BatchOpts(C.Structure):
-        _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
-
-    fn = libbpf._lib.bpf_map_lookup_batch
-    fn.restype = C.c_int
-    fn.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
-                   C.POINTER(C.c_uint32), C.c_void_p]
-    n_all = m.max_entries
-    keys = (C.c_uint32 * n_all)()
-    vals = C.create_string_buffer(n_all * m.value_size)
-    opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
-    out_batch = C.c_uint32(0)
-    in_batch = C.c_uint32(0)
-    done = 0
-    first = True
-    while done < n_all:
-        count = C.c_uint32(min(65536, n_all - done))
-        rc = fn(m.fd, None if first else C.byref(in_batch), C.byref(out_batch),
-                C.byref(keys, done * 4), C.byref(vals, done * m.value_size), C.byref(count),
-                C.byref(opts))
-        done += count.value
-        if rc < 0:
-            err = C.get_errno() or -rc
-            if err == errno.ENOENT:
-                break
-            raise BpfError(err, f"batch lookup of {m.name}")
-        first = False
-        in_batch.value = out_batch.value
-    return vals.raw
-
-
 _HZ: int | None = None
 
 
@@ -451,28 +435,6 @@ def kernel_hz(clock: Program) -> int:
         rate = (j1 - j0) / (time.monotonic() - t0)
         _HZ = min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
     return _HZ
-
-
-def _update_batch(m: Map, values: np.ndarray, keys: np.ndarray | None = None) -> None:
-    """bpf_map_update_batch: `values` at `keys` (default 0..n-1), u32 each, 64k a call."""
-
-    class _BatchOpts(C.Structure):
-        _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
-
-    fn = libbpf._lib.bpf_map_update_batch
-    fn.restype = C.c_int
-    fn.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.POINTER(C.c_uint32), C.c_void_p]
-    if keys is None:
-        keys = np.arange(len(values), dtype=np.uint32)
-    opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
-    done = 0
-    while done < len(values):
-        n = C.c_uint32(min(65536, len(values) - done))
-        rc = fn(m.fd, keys[done:].ctypes.data, values[done:].ctypes.data, C.byref(n),
-                C.byref(opts))
-        if rc < 0:
-            raise BpfError(-rc, f"batch update of {m.name}")
-        done += n.value
 
 
 def ifindex_of(name: str) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+import numpy as np
+
 # --- errors -------------------------------------------------------------------------
 
 
@@ -111,6 +113,8 @@ _prog_by_id = _proto("bpf_prog_get_fd_by_id", i32, u32)
 _map_by_id = _proto("bpf_map_get_fd_by_id", i32, u32)
 _info_by_fd = _proto("bpf_obj_get_info_by_fd", i32, i32, vp, C.POINTER(u32))
 _num_cpus = _proto("libbpf_num_possible_cpus", i32)
+_lookup_batch = _proto("bpf_map_lookup_batch", i32, i32, vp, vp, vp, vp, C.POINTER(u32), vp)
+_update_batch = _proto("bpf_map_update_batch", i32, i32, vp, vp, C.POINTER(u32), vp)
 _map_type = _proto("bpf_map__type", u32, vp)
 _map_key_size = _proto("bpf_map__key_size", u32, vp)
 _map_value_size = _proto("bpf_map__value_size", u32, vp)
@@ -167,6 +171,10 @@ def _kernel_lines(msgs: list[str]) -> list[str]:
 
 
 # --- map info -------------------------------------------------------------------------
+
+
+class _BatchOpts(C.Structure):
+    _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
 
 
 class _MapInfo(C.Structure):
@@ -340,6 +348,47 @@ class Map:
     def clear(self) -> None:
         for k in list(self.keys()):
             self.delete(k)
+
+    def read_all(self) -> bytes:
+        """All values of an array map, with bpf_map_lookup_batch (one call per 64k)."""
+        n_all = self.max_entries
+        keys = (u32 * n_all)()
+        vals = C.create_string_buffer(n_all * self.value_size)
+        opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
+        out_batch = u32(0)
+        in_batch = u32(0)
+        done = 0
+        first = True
+        while done < n_all:
+            count = u32(min(65536, n_all - done))
+            rc = _lookup_batch(self.fd, None if first else C.byref(in_batch),
+                               C.byref(out_batch), C.byref(keys, done * 4),
+                               C.byref(vals, done * self.value_size), C.byref(count),
+                               C.byref(opts))
+            done += count.value
+            if rc < 0:
+                err = C.get_errno() or -rc
+                if err == _errno.ENOENT:
+                    break
+                raise BpfError(err, f"batch lookup of {self.name}")
+            first = False
+            in_batch.value = out_batch.value
+        return vals.raw
+
+    def update_batch(self, values: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """bpf_map_update_batch: `values` at `keys` (default 0..n-1), u32 each, 64k a
+        call."""
+        if keys is None:
+            keys = np.arange(len(values), dtype=np.uint32)
+        opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
+        done = 0
+        while done < len(values):
+            n = u32(min(65536, len(values) - done))
+            rc = _update_batch(self.fd, keys[done:].ctypes.data, values[done:].ctypes.data,
+                               C.byref(n), C.byref(opts))
+            if rc < 0:
+                raise BpfError(-rc, f"batch update of {self.name}")
+            done += n.value
 
     @overload
     def reduce(self, key, fields: None = None) -> int: ...

@@ -9,10 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from .._bpf import abi
+from .._bpf.contract import DataPlaneApi, StatsMap
 from ..config import Config, ConfigError, format_mac, load_config
 from ..errors import XdplbError
 from ..health import HealthMonitor, HealthState
-from ..lb import LoadBalancer, MapState, VipSpec
+from ..lb import LoadBalancer, MapState, VipSpec, backend_value
 from ..logfmt import Log
 from ..metrics import MetricsSnapshot
 from .desired import BKey, Desired, RequestError, config_diff, vip_label, vip_spec
@@ -54,7 +56,7 @@ class Controller:
     Works on a DataPlane or a FakeDataPlane; health checks need a running event loop
     (`sync_health`)."""
 
-    def __init__(self, dp, cfg: Config, config_path: str | None = None,
+    def __init__(self, dp: DataPlaneApi, cfg: Config, config_path: str | None = None,
                  log: Log | None = None, monitor: HealthMonitor[BKey] | None = None,
                  info: dict | None = None, egress_ifindex: int = 0):
         self.dp = dp
@@ -429,11 +431,10 @@ class Controller:
     def _refresh_view(self) -> None:
         self._view = self.view()
 
-    def _counters(self, which: str, idx: int | None) -> dict[str, int]:
-        read = getattr(self.dp, "obj_stats", None)
-        if read is None or idx is None:
+    def _counters(self, which: StatsMap, idx: int | None) -> dict[str, int]:
+        if idx is None:  # not in the data plane (yet)
             return {"packets": 0, "bytes": 0, "new_flows": 0}
-        return read(which, idx)
+        return self.dp.obj_stats(which, idx)
 
     def _vip_counters(self, vid: int | None, backends: Sequence[Mapping[str, Any]]
                       ) -> tuple[dict[str, int], dict[str, int]]:
@@ -446,8 +447,7 @@ class Controller:
         return total, dropped
 
     def _reasons(self) -> dict[str, tuple[int, int]]:
-        read = getattr(self.dp, "stats", None)
-        return read() if read else {}
+        return self.dp.stats()
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         snap = MetricsSnapshot(info={k: str(v) for k, v in self.info.items()},
@@ -465,9 +465,8 @@ class Controller:
         return snap
 
     def _flow_counts(self) -> dict[str, int]:
-        read = getattr(self.dp, "flow_counts", None)  # like _reasons: fakes have no readers
         try:
-            return read() if read else {}
+            return self.dp.flow_counts()
         except (OSError, ValueError, KeyError):  # a scrape never fails for it
             return {}
 
@@ -499,23 +498,18 @@ def _key(k: str) -> str:
     return k if k == "bgp" else f"lb.{k}"
 
 
-def _id_limits(dp, cfg: Config) -> tuple[int, int]:
-    """Ids must index every per-id map; a kept instance's maps keep their sizes."""
-    maps = getattr(dp, "maps", None)
-    if not maps:
-        return cfg.lb.max_vips, cfg.lb.max_backends
-    return (min(maps[n].max_entries for n in ("rings", "vip_stats")),
-            min(maps[n].max_entries for n in ("backends", "be_stats")))
+def _id_limits(dp: DataPlaneApi, cfg: Config) -> tuple[int, int]:
+    """Ids must index every per-id map (a kept instance's maps keep their sizes) and stay
+    within the configured limits."""
+    vips, backends = dp.id_limits()
+    return min(vips, cfg.lb.max_vips), min(backends, cfg.lb.max_backends)
 
 
 def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
     """Backends of `desired` whose entries for their VIP in kept maps are all inactive:
     the previous daemon had pulled them (health). A backend it had removed and the file
     now lists again also starts down, and rises after `rise` good checks."""
-    from .._bpf import abi
-    from ..lb import backend_value
-
-    out = []
+    out: list[BKey] = []
     for key, v in desired.vips.items():
         if key not in state.vips:
             continue
@@ -525,7 +519,7 @@ def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
             want = backend_value(spec, bs)
             entries = [be for be in state.backends.values()
                        if be.family == want.family and bytes(be.addr) == bytes(want.addr)
-                       and be.port == want.port and getattr(be, "vip_id", vip_id) == vip_id]
+                       and be.port == want.port and be.vip_id == vip_id]
             if entries and not any(be.flags & abi.BE_F_ACTIVE for be in entries):
                 out.append((key, b.key))
     return out

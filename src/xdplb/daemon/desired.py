@@ -7,12 +7,20 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..config import Backend, Config, ConfigError, Vip, backend_from_table, vip_from_table
+from ..config import (
+    Backend,
+    Config,
+    ConfigError,
+    Vip,
+    VipKey,
+    backend_from_table,
+    vip_from_table,
+)
 from ..errors import XdplbError
 from ..health import Target
 from ..lb import BackendSpec, VipSpec
 
-BKey = tuple[tuple, str]  # (VIP key, backend key): one backend of one VIP
+BKey = tuple[VipKey, str]  # (VIP key, backend key): one backend of one VIP
 
 
 # --- config -> specs --------------------------------------------------------------------
@@ -39,7 +47,7 @@ def specs_from_config(cfg: Config) -> list[VipSpec]:
     return [vip_spec(v) for v in cfg.vips]
 
 
-def vip_label(key: tuple) -> str:
+def vip_label(key: VipKey) -> str:
     addr, port, proto = key
     host = f"[{addr}]" if addr.version == 6 else str(addr)
     return f"{host}:{port}/{proto}"
@@ -82,12 +90,12 @@ class Desired:
 
     def __init__(self, cfg: Config):
         self.lb = cfg.lb
-        self.vips: dict[tuple, Vip] = {v.key: v for v in cfg.vips}
+        self.vips: dict[VipKey, Vip] = {v.key: v for v in cfg.vips}
         self.drained: set[BKey] = set()
         self.overrides: list[str] = []
 
     # lookups ---------------------------------------------------------------------------
-    def find_vip(self, ref: str) -> tuple:
+    def find_vip(self, ref: str) -> VipKey:
         for key, v in self.vips.items():
             if ref in (v.name, vip_label(key)):
                 return key
@@ -106,7 +114,7 @@ class Desired:
                                + ", ".join(self.vips[k].name for k in found))
         raise RequestError(f"no VIP {ref!r} (VIPs: {names})")
 
-    def select(self, vip_ref: str | None, backend_ref: str) -> list[tuple[tuple, Backend]]:
+    def select(self, vip_ref: str | None, backend_ref: str) -> list[tuple[VipKey, Backend]]:
         """Backends matching `backend_ref` in one VIP, or in every VIP without vip_ref."""
         addr, port = parse_backend_ref(backend_ref)
         keys = [self.find_vip(vip_ref)] if vip_ref else list(self.vips)
@@ -141,7 +149,7 @@ class Desired:
                 replace(x, weight=weight) if x is b else x for x in v.backends))
             self._record(f"weight {v.name} {b.key} {weight}")
 
-    def _one_vip(self, vip_ref: str | None) -> tuple:
+    def _one_vip(self, vip_ref: str | None) -> VipKey:
         if vip_ref:
             return self.find_vip(vip_ref)
         if len(self.vips) == 1:
@@ -197,7 +205,7 @@ class Desired:
         return sum(len(v.backends) for v in self.vips.values())
 
     # what to serve -------------------------------------------------------------------------
-    def effective_weight(self, key: tuple, b: Backend) -> int:
+    def effective_weight(self, key: VipKey, b: Backend) -> int:
         return 0 if (key, b.key) in self.drained else b.weight
 
     def specs(self, health: Callable[[BKey], str | bool] = lambda k: "up") -> list[VipSpec]:

@@ -41,6 +41,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Padding, Raw
 
 from .._bpf.dataplane import Knobs
+from ..config import L4Proto, Mode
 from ..lb import BackendSpec, VipSpec
 from .predict import Pick, Predictor
 
@@ -89,7 +90,8 @@ def _mac(m: str) -> bytes:
     return bytes.fromhex(m.replace(":", ""))
 
 
-def tutorial_vips(protocol: str = "tcp", mode: str = "nat", port: int = 8000) -> list[VipSpec]:
+def tutorial_vips(protocol: L4Proto = "tcp", mode: Mode = "nat", port: int = 8000
+                  ) -> list[VipSpec]:
     """The tutorial's VIP: 10.0.0.10:8000/tcp, NAT, backends 10.0.0.2 and 10.0.0.3."""
     return [VipSpec(_ip(VIP), port, protocol=protocol, mode=mode,
                     backends=(BackendSpec(_ip(B2), _mac(B2_MAC)),

@@ -55,7 +55,7 @@ class Predictor:
         self.fake = FakeDataPlane()
         self.lb = LoadBalancer(self.fake)
         self.lb.apply(list(vips))
-        self.vips = {v.key: v for v in vips}
+        self.vips: dict[tuple, VipSpec] = {v.key: v for v in vips}
         self.model = model.Model(self.fake, self.knobs)
         self.flows: dict[tuple, Pick] = {}  # flows forwarded so far -> their pick
 
