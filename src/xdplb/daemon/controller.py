@@ -11,7 +11,7 @@ from typing import Any
 
 from .._bpf import abi
 from .._bpf.contract import DataPlaneApi, StatsMap
-from ..config import Config, ConfigError, format_mac, load_config
+from ..config import Config, ConfigError, VipKey, format_mac, load_config
 from ..errors import XdplbError
 from ..health import HealthMonitor, HealthState
 from ..lb import LoadBalancer, MapState, VipSpec, backend_value
@@ -87,8 +87,8 @@ class Controller:
         self._live = False
         self._view: tuple[VipView, ...] = ()
         self._expired: set[BKey] = set()  # down longer than max_drain_time: pulled
-        self._serving: set[tuple] = set()  # VIPs with a backend taking new flows
-        self._serving_once: set[tuple] = set()  # VIPs that ever had one (start is quiet)
+        self._serving: set[VipKey] = set()  # VIPs with a backend taking new flows
+        self._serving_once: set[VipKey] = set()  # VIPs that ever had one (start is quiet)
         self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
         #: announce.Announcer when [bgp] is configured and the data plane is attached
         self.announcer: Any = None
