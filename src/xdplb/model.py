@@ -137,11 +137,6 @@ def _round(h: int, w: int) -> int:
     return (_rotl((h + w * H_P2) & M32, 13) * H_P1) & M32
 
 
-def _words(addr) -> tuple[int, int, int, int]:
-    raw = ipaddress.ip_address(addr).packed.ljust(16, b"\0")
-    return struct.unpack("<4I", raw)
-
-
 def _sw16(x: int) -> int:
     """bpf_htons / bpf_ntohs on a little-endian machine."""
     return ((x & 0xFF) << 8) | ((x >> 8) & 0xFF)
@@ -274,12 +269,6 @@ class FlowKey(NamedTuple):
     def from_abi(cls, k) -> FlowKey:
         return cls(bytes(k.src), bytes(k.dst), abi.ntohs(k.sport), abi.ntohs(k.dport),
                    k.proto, k.family)
-
-    def to_abi(self):
-        """The key as the maps store it (abi.FlowKey)."""
-        return abi.FlowKey(src=abi.Addr.from_buffer_copy(self.src),
-                           dst=abi.Addr.from_buffer_copy(self.dst), sport=abi.htons(self.sport),
-                           dport=abi.htons(self.dport), proto=self.proto, family=self.family)
 
     def reversed(self) -> FlowKey:
         """icmp.h::reverse_tuple."""

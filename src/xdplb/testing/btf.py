@@ -12,11 +12,6 @@ from pathlib import Path
 # BTF kinds (BTF_KIND_*)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
 FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
-KIND_NAMES = {INT: "INT", PTR: "PTR", ARRAY: "ARRAY", STRUCT: "STRUCT", UNION: "UNION",
-              ENUM: "ENUM", FWD: "FWD", TYPEDEF: "TYPEDEF", VOLATILE: "VOLATILE",
-              CONST: "CONST", RESTRICT: "RESTRICT", FUNC: "FUNC", FUNC_PROTO: "FUNC_PROTO",
-              VAR: "VAR", DATASEC: "DATASEC", FLOAT: "FLOAT", DECL_TAG: "DECL_TAG",
-              TYPE_TAG: "TYPE_TAG", ENUM64: "ENUM64"}
 _MODIFIERS = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
 
 
@@ -56,10 +51,6 @@ class BtfType:
     nelems: int = 0  # ARRAY
     members: list[BtfMember] = field(default_factory=list)  # STRUCT/UNION
     vars: list[tuple[int, int, int]] = field(default_factory=list)  # DATASEC: (type, off, size)
-
-    @property
-    def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, str(self.kind))
 
 
 class Btf:
