@@ -3,7 +3,7 @@
 Katran is not part of this repository and nothing here builds it: pass the path of a
 ``balancer.bpf.o`` you built yourself from upstream Katran (facebookincubator/katran,
 ``katran/lib/bpf/balancer.bpf.c``) with ``--katran-obj`` or ``$XDPLB_BENCH_KATRAN_OBJ``.
-Without one, the report shows the Katran figures of DESIGN.md as a labelled reference.
+Without one, the report says Katran was not measured.
 
 Configuration mirrors what Katran's control plane writes for one IPv4 VIP with two reals:
 ``vip_map`` (VIP -> vip_num, flags), ``reals`` (index -> address; index 0 is reserved),

@@ -6,7 +6,7 @@ DataPlane with the tutorial's VIP 10.0.0.10:8000/tcp in NAT mode and its two bac
 the tutorial's program as printed and in its later revision (bench/progs/tutorial_peer.bpf.c,
 without bpf_printk) and, when an object is given, Katran (bench/katran.py).
 
-Method (DESIGN.md section 7): a program may rewrite the frame, so ``repeat=N`` would re-run
+Method: a program may rewrite the frame, so ``repeat=N`` would re-run
 it on its own output. Each call therefore runs once (``repeat=1``) on a fresh copy of the
 frame; every case is ``--calls`` calls per program, programs interleaved call by call (their
 order rotating), and ``--rounds`` rounds; a round's figure is the median of its calls, the
@@ -42,7 +42,7 @@ PROGS_DIR = ROOT / "bench" / "progs"
 BUILD = ROOT / "build" / "bench"
 RESULTS = ROOT / "bench" / "results"
 
-# The tutorial's topology (shared/seed/xdp-load-balancer-tutorial.md).
+# The tutorial's topology (docs/seed-defects.md).
 CLIENT_IP, CLIENT_MAC = "10.0.0.1", "de:ad:be:ef:00:01"
 LB_IP, LB_MAC = "10.0.0.10", "de:ad:be:ef:00:10"
 VIP_PORT = 8000

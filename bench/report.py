@@ -1,7 +1,6 @@
 """Regenerate docs/BENCHMARKS.md and docs/img/*.png from bench/results/*.json.
 
-Every number in the page comes from those files, except the labelled reference figures
-quoted from DESIGN.md section 7 (shown for Katran when no Katran object was measured).
+Every number in the page comes from those files.
 """
 from __future__ import annotations
 
@@ -18,17 +17,6 @@ IMG = ROOT / "docs" / "img"
 # Targets for xdplb's data plane (ns above the empty program, BPF_PROG_TEST_RUN).
 TARGETS = {"est64": 90, "est1514": 90, "reply64": 90, "reply1514": 90, "nonvip": 20,
            "new": 300}
-
-# Quoted from DESIGN.md section 7 ("measured on this kind of machine, same method"):
-# not measured by this run, shown only as labelled reference.
-REFERENCE = [
-    ("Katran", "established flow", "~149 ns"),
-    ("Katran", "new flow", "~600 ns"),
-    ("Katran", "non-VIP", "~51 ns"),
-    ("tutorial, no printk", "any TCP frame", "~60-80 ns"),
-    ("tutorial rev2", "1514 B frame (TCP checksum loop)", "~770 ns"),
-    ("tutorial as printed", "with its nine bpf_printk", "~5.3 us"),
-]
 
 PROG_ORDER = ["empty", "tx", "flow", "xdplb", "xdplb_dsr", "tutorial", "tutorial_rev2", "katran"]
 SHORT = {"empty": "empty", "tx": "tx floor", "flow": "flow floor", "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
@@ -244,20 +232,15 @@ def micro_section(micro: dict) -> list[str]:
 
 
 def katran_section(micro: dict | None) -> list[str]:
-    out = ["## Reference figures quoted from DESIGN.md (not measured by this run)", ""]
-    measured = bool(micro and micro.get("katran"))
-    if measured:
+    out = ["## Katran", ""]
+    if micro and micro.get("katran"):
         kt = micro["katran"]
         out += [(f"Katran was measured in this run from an object built outside this "
                 f"repository ({kt.get('revision') or kt['object']}); the tables above are "
-                "those measurements. For comparison, DESIGN.md section 7 quotes:"), ""]
+                "those measurements."), ""]
     else:
         out += [("No Katran object was given (`--katran-obj` / `$XDPLB_BENCH_KATRAN_OBJ`), so "
-                "Katran was **not measured here**. DESIGN.md section 7 quotes, for this kind "
-                "of machine and the same method:"), ""]
-    out += ["| program | case | ns per packet |", "|---|---|---:|"]
-    out += [f"| {p} | {c} | {v} |" for p, c, v in REFERENCE]
-    out.append("")
+                "Katran was **not measured here**."), ""]
     return out
 
 

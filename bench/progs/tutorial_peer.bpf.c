@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* tutorial_peer.bpf.c - the tutorial's load balancer as a benchmark peer,
- * re-written from its description (shared/seed/xdp-load-balancer-tutorial.md)
+ * re-written from its description (docs/seed-defects.md)
  * without its nine bpf_printk calls (those alone cost ~5 us per packet).
  *
  *   tutorial_lb       the listing as printed: xxhash32 over the 20-byte IPv4
@@ -12,7 +12,7 @@
  *                     (at most 751 of them, i.e. 1502 bytes), the L4 length
  *                     taken from the frame end.
  *
- * Their defects (shared/SEED-NOTES.md) are kept on purpose: this is what xdplb
+ * Their defects (docs/seed-defects.md) are kept on purpose: this is what xdplb
  * is compared with, not something to run. No VIP check either: every TCP frame
  * is balanced. */
 #include <linux/bpf.h>

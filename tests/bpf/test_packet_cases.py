@@ -40,7 +40,7 @@ def test_case_names_are_sentences():
         assert (case.name[0].isupper() or case.name[0].isdigit()) and len(case.name.split()) >= 4, case.name
 
 
-# SEED-NOTES.md packet-level defects; 10 (bpf_printk cost) is a benchmark matter.
+# docs/seed-defects.md: the packet-level defects; 10 (bpf_printk cost) is a benchmark matter.
 SEED_DEFECTS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11}
 
 

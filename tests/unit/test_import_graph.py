@@ -125,6 +125,22 @@ def test_the_pure_cores_import_only_each_other():
         assert not extra, f"{leaf} must not import {sorted(extra)}"
 
 
+def test_the_kernel_boundary_imports_only_defaults_and_errors():
+    """_bpf sits under the control plane: of the rest it needs only the defaults table
+    (config) and the error types."""
+    for mod, deps in sorted(import_graph().items()):
+        if _in(mod, "xdplb._bpf"):
+            extra = {d for d in deps if not _in(d, "xdplb._bpf")} - {"xdplb.config",
+                                                                    "xdplb.errors"}
+            assert not extra, f"{mod} imports {sorted(extra)}"
+
+
+def test_the_planner_never_imports_the_daemon():
+    for mod in ("xdplb.plan", "xdplb.spec", "xdplb.lb"):
+        bad = {d for d in import_graph()[mod] if _in(d, "xdplb.daemon") or _in(d, "xdplb.cli")}
+        assert not bad, f"{mod} imports {sorted(bad)}"
+
+
 def test_only_the_kernel_boundary_uses_libbpf_private_names():
     """libbpf.py's `_names` (ctypes prototypes, raw structs) stay inside it."""
     import re

@@ -1,8 +1,7 @@
 """THE packet-case table: what the data plane must do with each frame, as a specification.
 
-One table used three ways: correctness (tests/bpf/test_packet_cases.py runs every step
-with BPF_PROG_TEST_RUN and compares the whole output frame), micro-benchmarks and pcap
-export. Each `Case` is a sentence, the VIPs it configures on a fresh data plane, and
+tests/bpf/test_packet_cases.py runs every step of every case with BPF_PROG_TEST_RUN and
+compares the whole output frame (bench/micro.py builds its own frames). Each `Case` is a sentence, the VIPs it configures on a fresh data plane, and
 ordered steps: an input frame, the XDP action, the whole expected output frame (None:
 the input, untouched) and the counters the step must move.
 
@@ -166,7 +165,7 @@ class Step(NamedTuple):
 
 class Evict(NamedTuple):
     """Not a frame: the conntrack region's flows (not NAT flows) are lost (evicted).
-    Runners clear that region; benchmarks and pcap export skip it."""
+    Runners clear that region."""
 
     note: str = "conntrack entries evicted"
 
@@ -185,7 +184,7 @@ class Case:
     name: str  # a sentence: the test id
     steps: Sequence[Step | Evict]
     vips: list[VipSpec] = field(default_factory=tutorial_vips)
-    seed_note: str = ""  # the SEED-NOTES.md defect this case covers
+    seed_note: str = ""  # the tutorial's defect(s) this case covers (docs/seed-defects.md)
     knobs: Knobs | None = None  # None: the defaults
 
     @functools.cached_property
@@ -805,7 +804,7 @@ def _partial() -> Case:
     syn = partial(Ether(src=CLIENT_MAC, dst=LB_MAC)
                   / IP(src=CLIENT, dst=VIP)
                   / TCP(sport=40017, dport=8000, flags="S", options=SYN_OPTS))
-    assert syn[TCP].chksum == 0x1439  # DESIGN.md §3.6: a 40-byte SYN from 10.0.0.1
+    assert syn[TCP].chksum == 0x1439  # the folded pseudo-header sum of a 40-byte SYN from 10.0.0.1
     sizes = (155, 1400, 1460, 2999)
     steps = [Step(syn, XDP_TX,
                   Ether(src=LB_MAC, dst=p.mac)
@@ -1060,7 +1059,7 @@ def _icmp_errors() -> Case:
     return Case(
         name="ICMP 'fragmentation needed' about a NAT flow is translated both ways, the "
              "quoted header back to what its receiver sent",
-        seed_note="DESIGN.md 3.1: ICMP errors parse the inner header (path MTU discovery)",
+        seed_note="not a tutorial defect: ICMP errors parse the inner header (path MTU discovery)",
         steps=[
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / data_in, XDP_TX,
                  Ether(src=LB_MAC, dst=p.mac) / data_out, ("fwd_new",)),
@@ -1102,7 +1101,7 @@ def _icmp6_too_big() -> Case:
     return Case(
         name="ICMPv6 'packet too big' from the backend about a NAT flow reaches the client "
              "translated",
-        seed_note="DESIGN.md 3.1",
+        seed_note="not a tutorial defect: ICMP errors parse the inner header",
         vips=vips,
         steps=[
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / data_in, XDP_TX,
