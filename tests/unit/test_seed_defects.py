@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def listed() -> list[int]:
     text = (ROOT / "docs" / "seed-defects.md").read_text()
-    return [int(n) for n in re.findall(r"^(\d+)\. ", text, re.M)]
+    return [int(n) for n in re.findall(r"^(\d+)\. ", text, re.MULTILINE)]
 
 
 def cited() -> set[int]:
