@@ -319,6 +319,11 @@ def test_without_sys_admin_serve_forwards_but_cannot_take_over(serve):
     first = serve.start(caps=SPLIT, extra=UNCONFINED)
     assert serve.wait_ready(first), serve.logs(first)
     assert _answered(serve.lab, 5) == 5
+    stats = subprocess.run(serve.podman.argv("exec", first, "xdplb", "stats",
+                                             serve.lab.lb.ifname),
+                           capture_output=True, text=True, env=serve.podman.env, timeout=30,
+                           check=False)
+    assert stats.returncode != 0 and "opening program id" in stats.stderr, stats.stderr
     serve.podman.call("stop", "--time", "10", first, what="podman stop")
     second = serve.start(caps=SPLIT, extra=UNCONFINED)
     assert not serve.wait_ready(second)
