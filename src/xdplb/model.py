@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 
 from ._bpf import abi
 from ._bpf.abi import Stat
+from .config import DEFAULTS
 
 if TYPE_CHECKING:
     from .lb import LoadBalancer
@@ -635,19 +636,22 @@ class Model:
         self.source = source
         self.lb: LoadBalancer | None = None
         k = knobs
-        self.hash_seed = getattr(k, "hash_seed", 0x5EED1B0B) & M32
-        self.nat_port_min = getattr(k, "nat_port_min", 10000)
-        self.nat_port_max = getattr(k, "nat_port_max", 32767)
+        self.hash_seed = getattr(k, "hash_seed", DEFAULTS.hash_seed) & M32
+        self.nat_port_min = getattr(k, "nat_port_min", DEFAULTS.nat_ports[0])
+        self.nat_port_max = getattr(k, "nat_port_max", DEFAULTS.nat_ports[1])
         self.ct_sets = int(getattr(k, "ct_sets", 0) or _default_ct_sets())
-        self.frag_drop = bool(getattr(k, "frag_drop", False))
+        self.frag_drop = bool(getattr(k, "frag_drop", DEFAULTS.frag_policy == "drop"))
         self.csum_fixup = bool(getattr(k, "csum_fixup", True))
         mac = getattr(k, "if_mac", None)
         self.if_mac: bytes | None = None if mac is None else bytes(mac)
         self.hz = hz
-        self.tcp_timeout = min(int(getattr(k, "tcp_timeout_s", 300.0) * hz), AGE_MAX)
-        self.closing_timeout = min(int(getattr(k, "closing_timeout_s", 10.0) * hz), AGE_MAX)
-        self.udp_timeout = min(int(getattr(k, "udp_timeout_s", 30.0) * hz), AGE_MAX)
-        self.refresh = max(1, int(getattr(k, "refresh_s", 1.0) * hz))
+        self.tcp_timeout = min(int(getattr(k, "tcp_timeout_s", DEFAULTS.tcp_timeout_s) * hz),
+                               AGE_MAX)
+        self.closing_timeout = min(int(getattr(k, "closing_timeout_s",
+                                                 DEFAULTS.closing_timeout_s) * hz), AGE_MAX)
+        self.udp_timeout = min(int(getattr(k, "udp_timeout_s", DEFAULTS.udp_timeout_s) * hz),
+                               AGE_MAX)
+        self.refresh = max(1, int(getattr(k, "refresh_s", DEFAULTS.refresh_s) * hz))
         self.now = 0
         self.flows: dict[int, FlowEntry] = {}  # index -> entry; absent: never used
         self.stats = [[0, 0] for _ in range(abi.ST_MAX)]

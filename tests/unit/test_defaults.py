@@ -93,3 +93,15 @@ def test_the_config_reference_states_the_table():
     for key in ("conntrack_size", "max_vips", "max_backends", "ring_size"):
         assert int(_doc_default(key)) == getattr(DEFAULTS, key), key
     assert _doc_default("frag_policy") == DEFAULTS.frag_policy
+
+
+def test_the_model_defaults_to_the_table():
+    from xdplb._bpf.fake import FakeDataPlane
+    from xdplb.model import Model
+
+    m = Model(FakeDataPlane(), hz=1000)
+    assert (m.hash_seed, (m.nat_port_min, m.nat_port_max), m.frag_drop) == \
+        (DEFAULTS.hash_seed, DEFAULTS.nat_ports, DEFAULTS.frag_policy == "drop")
+    assert (m.tcp_timeout, m.udp_timeout, m.refresh) == \
+        (int(DEFAULTS.tcp_timeout_s * 1000), int(DEFAULTS.udp_timeout_s * 1000),
+         int(DEFAULTS.refresh_s * 1000))
