@@ -128,7 +128,7 @@ class Run:
             out["cpu_s_per_s"] = {r: round((cpu_seconds(self.serves[r].pid) - cpu0.get(r, 0))
                                            / elapsed, 4) for r in live}
             if self.sync:
-                out["sync"] = {r: st.get("sync") for r, st in sts.items()}
+                out["sync_stats"] = {r: st.get("sync") for r, st in sts.items()}
                 out["elapsed_s"] = round(elapsed, 2)
         return out
 
@@ -241,6 +241,33 @@ def render(doc: dict) -> str:
         lines.append(f"| {r['name']} | {lo['survived']}/{lo['opened']} ({_pct(r['survival'])}) "
                      f"| {p['ok']}/{p['ok'] + p['failed']} ({_pct(r['new_ok'])}) "
                      f"| {r.get('router_converged_s', '-')} s | {lo['stall_max']} s |")
+    lines += ["", "## Against the targets", "",
+              "| target | measured | met |", "|---|---|---|"]
+
+    def find(**kw) -> dict | None:
+        return next((r for r in runs if all(r.get(k) == v for k, v in kw.items())), None)
+
+    for mode in ("dsr", "nat"):
+        for change in ("add", "drain"):
+            for bc in (False, True):
+                r = find(mode=mode, change=change, backend_change=bc, sync=True, bfd=True)
+                if r is None:
+                    continue
+                what = f"{mode}: {'backend change, then ' if bc else ''}node {change}"
+                met = "yes" if r["survival"] >= 0.999 else "no"
+                lines.append(f"| ≥ 99.9 % of established flows survive ({what}; sync) "
+                             f"| {_pct(r['survival'])} | {met} |")
+    for r in runs:
+        if r["change"] == "crash" and r["bfd"]:
+            conv, stall = r["router_converged_s"], r["long"]["stall_max"]
+            lines.append(f"| BFD: router drops a failed node ≤ 0.5 s ({r['name']}) "
+                         f"| {conv} s | {'yes' if conv <= 0.5 else 'no'} |")
+            lines.append(f"| its flows run again ≤ 1 s after it fails ({r['name']}; longest "
+                         f"echo stall) | {stall} s | {'yes' if stall <= 1.0 else 'no'} |")
+    worst = min(runs, key=lambda r: r["new_ok"])
+    lines.append(f"| new connections ≥ 99 % successful through every change (worst run: "
+                 f"{worst['name']}) | {_pct(worst['new_ok'])} "
+                 f"| {'yes' if worst['new_ok'] >= 0.99 else 'no'} |")
     lines += [
         "",
         ("`router converged`: from the change (serve started, `node drain`, port down) to the "
@@ -256,11 +283,11 @@ def render(doc: dict) -> str:
         if r["change"] in ("none", "add", "drain"):
             spread = ", ".join(f"{k} {v}" for k, v in sorted(r["fwd_new"].items()))
             lines.append(f"| {r['name']} | {spread} |")
-    sync_runs = [r for r in runs if r["sync"] and r.get("sync")]
+    sync_runs = [r for r in runs if r["sync"] and r.get("sync_stats")]
     steady = next((r for r in runs if r["change"] == "none" and r["sync"]), None)
     plain = next((r for r in runs if r["change"] == "none" and not r["sync"]), None)
     if steady:
-        per = {k: v for k, v in steady["sync"].items() if v}
+        per = {k: v for k, v in steady["sync_stats"].items() if v}
         el = steady["elapsed_s"]
         sent = [v["sent_bytes"] / el for v in per.values()]
         [v["received_bytes"] / el for v in per.values()]
@@ -312,7 +339,7 @@ def render(doc: dict) -> str:
                   "into the table, already known, no room):"), ""]
         for r in sync_runs:
             parts = []
-            for k, v in sorted(r["sync"].items()):
+            for k, v in sorted(r["sync_stats"].items()):
                 if v:
                     parts.append(f"{k} {v['sent_entries']}/{v['written']}/{v['known']}/"
                                  f"{v['no_room']}")
