@@ -97,13 +97,17 @@ class Run:
             probe = lab.popen("client", [sys.executable, str(lab_flows()), "probe", VIP4, "80",
                                          str(self.seconds - 1), str(PROBE_RATE)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            if self.backend_change:
+            if self.backend_change:  # on every node at once (a CLI start takes a while)
                 _sleep_until(t0 + BACKEND_CHANGE_AT)
-                for r in first:
-                    p = self.ctl(r, "backend", "add", "10.2.0.103", "--vip", "web4")
-                    out.setdefault("backend_add", []).append(p.returncode)
+                adds = [lab.popen(r, lab.ctl_argv(r, XDPLB, "backend", "add", "10.2.0.103",
+                                                  "--vip", "web4"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        for r in first]
+                out["backend_add"] = [p.wait(60) for p in adds]
+                out["backend_changed_at"] = round(time.monotonic() - t0, 2)
             _sleep_until(t0 + CHANGE_AT)
             tc = time.monotonic()
+            out["changed_at"] = round(tc - t0, 2)
             if self.change == "add":
                 self.serve("n3")
                 lab.wait_nexthops(3, timeout=30)
@@ -169,7 +173,7 @@ def label(r: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conns", type=int, default=1000, help="long-lived connections (<= 5000)")
-    ap.add_argument("--seconds", type=float, default=14.0)
+    ap.add_argument("--seconds", type=float, default=16.0)
     ap.add_argument("--min-age", type=float, default=1.0, help="sync: minimum flow age")
     ap.add_argument("--quick", action="store_true", help="DSR drain and steady runs only")
     ap.add_argument("--out", type=Path, default=RESULTS / "scaleout.json")
@@ -232,15 +236,16 @@ def render(doc: dict) -> str:
         "",
         "## Established flows and new connections through each change",
         "",
-        "| run | survived | new connections | router converged | longest stall |",
-        "|---|---|---|---|---|",
+        "| run | survived | new connections | router converged | longest stall | change at |",
+        "|---|---|---|---|---|---|",
     ]
     for r in runs:
         lo = r["long"]
         p = r["probe"]
+        at = f"{r['changed_at']:g} s" if r["change"] != "none" else "-"
         lines.append(f"| {r['name']} | {lo['survived']}/{lo['opened']} ({_pct(r['survival'])}) "
                      f"| {p['ok']}/{p['ok'] + p['failed']} ({_pct(r['new_ok'])}) "
-                     f"| {r.get('router_converged_s', '-')} s | {lo['stall_max']} s |")
+                     f"| {r.get('router_converged_s', '-')} s | {lo['stall_max']} s | {at} |")
     lines += ["", "## Against the targets", "",
               "| target | measured | met |", "|---|---|---|"]
 
