@@ -178,7 +178,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="DSR drain and steady runs only")
     ap.add_argument("--out", type=Path, default=RESULTS / "scaleout.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "SCALING.md")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only rewrite --doc from the results of an earlier run")
     args = ap.parse_args()
+    if args.render:
+        args.doc.write_text(render(json.loads(args.render.read_text())))
+        return 0
     if os.geteuid() != 0:
         print("scaleout: needs root (network namespaces)", file=sys.stderr)
         return 1
@@ -332,12 +337,13 @@ def render(doc: dict) -> str:
                 lines.append(f"| {n} | {f:,.0f} | {_rate(bps)} |")
         lines += [
             "",
-            ("The limit: receiving costs a table write per entry in Python (one set probe), so "
-            "a node absorbs on the order of 10^5 entries/s at most on this kind of machine; "
-            "`max_bytes_per_s` bounds what each node sends (entries beyond it wait for the "
-            "next round, oldest unsent first). Beyond ~10 busy nodes, sync all flows to all "
-            "peers stops scaling: sync only to the nodes ECMP would move a flow to (not "
-            "built), raise `min_age` (short flows then rely on Maglev alone) or `resend`."),
+            ("The limit: the traffic grows with (N - 1) x F, and receiving costs one table "
+             "write per entry in Python (measured here only at the rates above: the CPU "
+             "column). `max_bytes_per_s` bounds what each node sends (entries beyond it wait "
+             "for the next round, oldest unsent first). With many busy nodes, syncing every "
+             "flow to every peer stops scaling (by the table, 1,000,000 flows per node need "
+             "2 Gbit/s at 10 nodes): sync only to the nodes ECMP would move a flow to (not "
+             "built), raise `min_age` (short flows then rely on Maglev alone) or `resend`."),
         ]
     if sync_runs:
         lines += ["", ("Sync counters of the runs with sync (per node: entries sent, written "
@@ -353,8 +359,15 @@ def render(doc: dict) -> str:
         "",
         "## Reading the figures",
         "",
-        ("- DSR without a backend change needs no sync: every node has the same Maglev table, "
-        "so a moved flow's packets reach the same backend on any node."),
+        ("- DSR without a backend change should need no sync: every node has the same Maglev "
+         "table, so a moved flow's packets reach the same backend on any node."
+         + "".join(f" Here `{r['name']}` still broke {r['long']['broken']} of "
+                   f"{r['long']['opened']} (errors: {r['long']['errors']}; not explained "
+                   "yet; resets mean another backend answered: the suspect is a node that "
+                   "announces before every backend's first health check passed, so that its "
+                   "Maglev table briefly lacks a backend)." for r in runs
+                   if r["mode"] == "dsr" and not r["sync"] and not r["backend_change"]
+                   and r["change"] in ("add", "drain") and r["long"]["broken"])),
         ("- After a backend change, a moved flow whose Maglev slot changed reaches another "
         "backend on its new node unless that node has its entry: the sync runs."),
         ("- NAT: each node has its own SNAT address. Without sync a NAT flow that ECMP moves "
