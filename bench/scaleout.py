@@ -363,9 +363,10 @@ def render(doc: dict) -> str:
          "table, so a moved flow's packets reach the same backend on any node."
          + "".join(f" Here `{r['name']}` still broke {r['long']['broken']} of "
                    f"{r['long']['opened']} (errors: {r['long']['errors']}; not explained "
-                   "yet; resets mean another backend answered: the suspect is a node that "
-                   "announces before every backend's first health check passed, so that its "
-                   "Maglev table briefly lacks a backend)." for r in runs
+                   "yet; resets mean another backend answered: the suspect is the lab's fast "
+                   "health checks (0.5 s, timeout 0.4 s) timing out on a loaded machine on "
+                   "one node and not another, so that for a while the nodes' Maglev tables "
+                   "differ; synced entries cover it)." for r in runs
                    if r["mode"] == "dsr" and not r["sync"] and not r["backend_change"]
                    and r["change"] in ("add", "drain") and r["long"]["broken"])),
         ("- After a backend change, a moved flow whose Maglev slot changed reaches another "
