@@ -127,7 +127,7 @@ def test_node_drain_and_add_keep_long_lived_connections(ecmp_factory):
     serve(lab, "n2")
     lab.wait_nexthops(2)
     t0 = time.monotonic()
-    client = flows(lab, 300, 11.0)
+    client = flows(lab, 300, 20.0)  # long enough for a slow serve start on a loaded machine
     time.sleep(2.5)
     p = lab.run("n1", lab.ctl_argv("n1", XDPLB, "node", "drain"), timeout=20)
     assert p.returncode == 0 and "withdraw 10.9.0.1/32" in p.stdout, p.stdout + p.stderr
@@ -136,7 +136,7 @@ def test_node_drain_and_add_keep_long_lived_connections(ecmp_factory):
     time.sleep(1.5)
     serve(lab, "n3")  # a node added while the connections run
     assert lab.wait_nexthops(2) == ["10.2.0.12", "10.2.0.13"]
-    assert time.monotonic() - t0 < 9, "the add must happen while the connections run"
+    assert time.monotonic() - t0 < 18, "the add must happen while the connections run"
     r = result(client)
     assert r["opened"] == 300, r
     assert r["survived"] >= 0.999 * r["opened"], r
@@ -189,7 +189,7 @@ def test_synced_flows_survive_a_backend_change_then_a_drain(ecmp_factory):
         serve(lab, n, backends=["b1", "b2"], sync=True, min_age=0.5)
     lab.wait_nexthops(3)
     t0 = time.monotonic()
-    client = flows(lab, 200, 12.0)
+    client = flows(lab, 200, 16.0)
     time.sleep(1.5)
     adds = [lab.popen(n, lab.ctl_argv(n, XDPLB, "backend", "add", "10.2.0.103", "--vip",
                                       "web4"), stdout=subprocess.DEVNULL)
@@ -199,7 +199,7 @@ def test_synced_flows_survive_a_backend_change_then_a_drain(ecmp_factory):
     p = lab.run("n1", lab.ctl_argv("n1", XDPLB, "node", "drain"), timeout=20)
     assert p.returncode == 0, p.stderr
     lab.wait_nexthops(2)
-    assert time.monotonic() - t0 < 10, "the drain must happen while the connections run"
+    assert time.monotonic() - t0 < 14, "the drain must happen while the connections run"
     r = result(client)
     assert r["opened"] == 200, r
     assert r["survived"] >= 0.999 * r["opened"], r
@@ -216,7 +216,7 @@ def test_synced_nat_flows_survive_a_drain_and_an_add(ecmp_factory):
         serve(lab, n, mode="nat", sync=True, min_age=0.5)
     lab.wait_nexthops(2, timeout=20)  # announced once sync has run a resend
     t0 = time.monotonic()
-    client = flows(lab, 200, 14.0)
+    client = flows(lab, 200, 22.0)
     time.sleep(2.5)
     p = lab.run("n1", lab.ctl_argv("n1", XDPLB, "node", "drain"), timeout=20)
     assert p.returncode == 0, p.stderr
@@ -224,7 +224,7 @@ def test_synced_nat_flows_survive_a_drain_and_an_add(ecmp_factory):
     time.sleep(1.0)
     serve(lab, "n3", mode="nat", sync=True, min_age=0.5)
     lab.wait_nexthops(2, timeout=20)
-    assert time.monotonic() - t0 < 12, "the add must happen while the connections run"
+    assert time.monotonic() - t0 < 20, "the add must happen while the connections run"
     r = result(client)
     assert r["opened"] == 200, r
     assert r["survived"] >= 0.999 * r["opened"], r
