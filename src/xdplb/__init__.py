@@ -2,12 +2,27 @@
 
 The public API: a configuration (`load_config`, or `run_config` from the tutorial's
 arguments) served by a `Daemon` (`ServeOptions`: with or without control socket and pins);
-`LoadBalancer` turns `VipSpec`s into map writes on a data plane."""
+`LoadBalancer` turns `VipSpec`s into map writes on a data plane.
+
+The names load on first use (PEP 562), so `import xdplb` is cheap and the command line can
+arm its signal handlers before the heavy imports (numpy, pyroute2, libbpf)."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .config import Config, load_config
-from .daemon import Daemon, ServeOptions, run_config
 from .errors import UsageError, XdplbError
-from .lb import BackendSpec, LoadBalancer, VipSpec
+
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .daemon import Daemon, ServeOptions
+    from .daemon.run_config import run_config
+    from .lb import BackendSpec, LoadBalancer, VipSpec
+
+_LAZY = {"Config": "config", "load_config": "config", "Daemon": "daemon",
+         "ServeOptions": "daemon", "run_config": "daemon", "BackendSpec": "lb",
+         "LoadBalancer": "lb", "VipSpec": "lb"}
 
 __all__ = [
     "BackendSpec",
@@ -22,3 +37,12 @@ __all__ = [
     "load_config",
     "run_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xdplb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -61,3 +62,26 @@ def deferred() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold stop signals inside the block, then deliver them. For calls into libbpf: it
+    calls back into Python to print, and an exception raised by a signal handler inside
+    that callback is lost (ctypes can only print it). Inside the block a stop signal is
+    only noted (Python runs handlers in the main thread, whichever thread the OS chose,
+    so masking is not enough); after it, it is raised again for the handlers that were
+    in place, in ordinary code. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    sigs = (*STOP_SIGNALS, signal.SIGHUP)
+    old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)

@@ -3,14 +3,24 @@ they find the data plane through the program attached to the interface, so they 
 any instance (`run` or `serve`), with or without pins."""
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from ._bpf import abi
 from ._bpf.dataplane import DataPlane
 from ._bpf.libbpf import XDP_ACTIONS, BpfError, RingBuffer, xdp_prog_id
 from ._bpf.loader import interface_index, open_attached
+from ._proc import alive
 from .errors import UsageError, XdplbError
+
+
+def open_interface(iface: str) -> DataPlane:
+    """The data plane attached to `iface` (XdplbError, one line, when there is none)."""
+    return _open_attached(iface)
 
 
 def _open_attached(iface: str) -> DataPlane:
@@ -59,9 +69,65 @@ def _fmt_ep(addr, family, port) -> str:
     return f"[{a}]:{abi.ntohs(port)}" if family == abi.AF_INET6 else f"{a}:{abi.ntohs(port)}"
 
 
+# --- tracing with a lease ------------------------------------------------------------------
+#
+# `xdplb trace` switches sampling on and holds a lease on it: a file named after the
+# instance's runtime map (its id is unique on the host, across network namespaces) that
+# it renews every second. The instance's own process (serve or run) puts sampling back to
+# its configured rate when no live lease holds it on, so a trace killed by SIGKILL or a
+# dropped ssh session leaves sampling on for LEASE_SECONDS at most.
+
+LEASE_DIR = Path("/run/xdplb/trace")
+LEASE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    expires: float  # time.monotonic() (the system-wide boot clock)
+    base: int  # the rate to put back when it ends
+    pid: int  # the trace process
+
+
+def lease_path(dp: DataPlane) -> Path:
+    return LEASE_DIR / str(dp.maps["runtime"].id)
+
+
+def read_lease(path: Path) -> Lease | None:
+    try:
+        expires, base, pid = path.read_text().split()
+        return Lease(float(expires), int(base), int(pid))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_lease(path: Path, lease: Lease) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{lease.expires:.3f} {lease.base} {lease.pid}\n")
+    tmp.replace(path)  # atomic: a reader never sees half a lease
+
+
+def expire_trace(dp: DataPlane, base: int) -> bool:
+    """Put sampling back to `base` unless a live lease holds it on; True when it did."""
+    rt = dp.runtime()
+    path = lease_path(dp)
+    lease = read_lease(path)
+    if lease and lease.expires > time.monotonic():
+        return False
+    if lease:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if rt.trace_rate == base:
+        return False
+    rt.trace_rate = base
+    dp.set_runtime(rt)
+    return True
+
+
 def trace_events(iface: str, rate: int = 1, count: int = 0, duration: float = 0
                  ) -> Iterator[str]:
-    """Turn tracing on (one packet in `rate`), yield formatted events, turn it off."""
+    """Turn tracing on (one packet in `rate`) under a lease renewed every second, yield
+    formatted events, turn it off."""
     if rate < 1:
         raise UsageError("--rate must be >= 1")
     dp = _open_attached(iface)
@@ -83,9 +149,21 @@ def trace_events(iface: str, rate: int = 1, count: int = 0, duration: float = 0
                      f"{XDP_ACTIONS.get(e.verdict, e.verdict)} {names.get(e.stat, e.stat)} "
                      f"len {e.pkt_len}")
 
-    rb = RingBuffer(dp.maps["events"].fd, on_event)
+    path = lease_path(dp)
+    held = read_lease(path)
+    if held and held.expires > time.monotonic() and held.pid != os.getpid() and alive(held.pid):
+        dp.close()
+        raise XdplbError(f"{iface}: another xdplb trace (pid {held.pid}) is sampling; one at "
+                         "a time")
     rt = dp.runtime()
-    old = rt.trace_rate
+    base = held.base if held else rt.trace_rate  # a killed trace's rate is not the base
+    lease = Lease(time.monotonic() + LEASE_SECONDS, base, os.getpid())
+    try:
+        _write_lease(path, lease)
+    except OSError as e:
+        dp.close()
+        raise XdplbError(f"cannot hold the trace lease {path}: {e.strerror}") from None
+    rb = RingBuffer(dp.maps["events"].fd, on_event)
     rt.trace_rate = rate
     dp.set_runtime(rt)
     seen = 0
@@ -93,6 +171,9 @@ def trace_events(iface: str, rate: int = 1, count: int = 0, duration: float = 0
     try:
         while True:
             rb.poll(100)
+            if lease.expires - time.monotonic() < LEASE_SECONDS - 1:
+                lease = Lease(time.monotonic() + LEASE_SECONDS, base, os.getpid())
+                _write_lease(path, lease)
             for ln in lines:
                 yield ln
                 seen += 1
@@ -103,10 +184,20 @@ def trace_events(iface: str, rate: int = 1, count: int = 0, duration: float = 0
                 return
     finally:
         rt = dp.runtime()
-        rt.trace_rate = old
+        rt.trace_rate = base
         dp.set_runtime(rt)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         rb.close()
         dp.close()
 
 
-__all__ = ["attached_report", "trace_events"]
+__all__ = [
+    "Lease",
+    "attached_report",
+    "expire_trace",
+    "lease_path",
+    "open_interface",
+    "read_lease",
+    "trace_events",
+]

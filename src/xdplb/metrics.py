@@ -99,6 +99,12 @@ def _families(snap: MetricsSnapshot):
     yield up
     yield weight
 
+    active = GaugeMetricFamily("xdplb_backend_active_flows", "Live flows in the flow table "
+                               "going to a backend", labels=["vip", "backend"])
+    for vip, be, c, _, _ in snap.backends:
+        active.add_metric([vip, be], c.get("active_flows", 0))
+    yield active
+
     checks = CounterMetricFamily("xdplb_health_checks", "Health check results",
                                  labels=["vip", "backend", "result"])
     for (vip, be, result), n in snap.checks.items():

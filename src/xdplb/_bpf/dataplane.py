@@ -334,9 +334,9 @@ class DataPlane:
         if conntrack:
             t[split:] = zero
 
-    def flow_counts(self) -> dict[str, int]:
-        """Entries of the flow table: size, used (ever written) and live (not idle
-        beyond their timeout), for the NAT and the conntrack region."""
+    def flow_liveness(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(table, used, live, age in jiffies, NAT region entries): the one reading of
+        which entries are live (not idle beyond their timeout), for counts and listings."""
         t = self.flow_table()
         nat = self._nat_entries()
         rt = self.runtime()
@@ -346,6 +346,12 @@ class DataPlane:
         tmo = np.where((t["flags"] & abi.FLOW_F_CLOSING) != 0, rt.closing_timeout,
                        np.where(t["proto"] == 6, rt.tcp_timeout, rt.udp_timeout))
         live = used & (age <= tmo)
+        return t, used, live, age, nat
+
+    def flow_counts(self) -> dict[str, int]:
+        """Entries of the flow table: size, used (ever written) and live (not idle
+        beyond their timeout), for the NAT and the conntrack region."""
+        t, used, live, _, nat = self.flow_liveness()
         return {"nat_size": nat, "nat_used": int(used[:nat].sum()),
                 "nat_live": int(live[:nat].sum()), "ct_size": len(t) - nat,
                 "ct_used": int(used[nat:].sum()), "ct_live": int(live[nat:].sum())}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
+from .._signals import held as signals_held
 
 # --- errors -------------------------------------------------------------------------
 
@@ -482,7 +483,8 @@ class BpfObject:
         """`rodata`: the load-time knobs, or a function of the compiled ones."""
         self.path = Path(path)
         _take_messages()
-        self._obj = _open_file(str(self.path).encode(), None)
+        with signals_held():
+            self._obj = _open_file(str(self.path).encode(), None)
         if not self._obj:
             raise BpfError(_last_errno(), f"cannot open BPF object {self.path}",
                            _take_messages()[-3:])
@@ -542,7 +544,8 @@ class BpfObject:
             if p:
                 _prog_set_log(p, self._log, len(self._log))
         _take_messages()
-        rc = _obj_load(self._obj)
+        with signals_held():
+            rc = _obj_load(self._obj)
         if rc < 0:
             err = -rc
             msgs = _take_messages()

@@ -69,6 +69,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command; a failure becomes one line on stderr and its exit status."""
     try:
         return args.func(args) or 0
+    except BrokenPipeError:  # `xdplb status | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (XdplbError, OSError, KeyboardInterrupt) as e:
         info("interrupted" if isinstance(e, KeyboardInterrupt) else str(e))
         return exit_code(e)

@@ -3,6 +3,7 @@ from another process."""
 from __future__ import annotations
 
 import json
+import signal
 
 from .._signals import Stop, stop_on
 from ._common import count_arg, require_root, seconds_arg
@@ -38,7 +39,9 @@ def cmd_trace(args) -> int:
 
     require_root("xdplb trace")
     try:
-        with stop_on():
+        # a hangup (the ssh session gone) stops it cleanly too; SIGKILL leaves the lease
+        # to expire (the instance's process turns sampling off within seconds)
+        with stop_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             for line in trace_events(args.iface, rate=args.rate, count=args.count,
                                      duration=args.duration):
                 print(line, flush=True)
@@ -47,7 +50,45 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_flows(args) -> int:
+    from ..attached import open_interface
+    from ..flows import list_flows
+
+    require_root("xdplb flows")
+    dp = open_interface(args.iface)
+    try:
+        flows = list_flows(dp)
+    finally:
+        dp.close()
+
+    def match(ep: str, ref: str | None) -> bool:
+        return ref is None or ep == ref or ep.rsplit(":", 1)[0].strip("[]") == ref
+
+    flows = [f for f in flows if match(f.vip, args.vip) and match(f.backend, args.backend)]
+    if args.limit:
+        flows = flows[:args.limit]
+    if args.json:
+        print(json.dumps([f.as_dict() for f in flows], indent=2))
+        return 0
+    print(f"{'proto':<5} {'client':<24} {'vip':<22} {'backend':<22} {'nat port':>8} "
+          f"{'idle s':>7}  state")
+    for f in flows:
+        print(f"{f.proto:<5} {f.client:<24} {f.vip:<22} {f.backend:<22} "
+              f"{f.nat_port if f.nat_port is not None else '-':>8} {f.age:>7.1f}  {f.state}")
+    print(f"{len(flows)} live flow(s)")
+    return 0
+
+
 def register(sub) -> None:
+    f = sub.add_parser("flows", help="live flows of the LB running on IFACE (client, VIP, "
+                       "backend, NAT port, idle time, state), most recently active first")
+    f.add_argument("iface")
+    f.add_argument("--vip", help="only this VIP (ADDRESS or ADDRESS:PORT)")
+    f.add_argument("--backend", help="only this backend (ADDRESS or ADDRESS:PORT)")
+    f.add_argument("--limit", type=count_arg(0), default=0, help="at most N flows")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_flows)
+
     s = sub.add_parser("stats", help="counters of the LB running on IFACE")
     s.add_argument("iface")
     s.add_argument("--json", action="store_true")

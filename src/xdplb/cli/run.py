@@ -75,7 +75,10 @@ def cmd_run(args) -> int:
     vip = cfg.vips[0].address
     summary: list[str] = []
 
+    ready_seen: list[bool] = []
+
     def ready(d: Daemon) -> None:
+        ready_seen.append(True)
         # stdout carries exactly the tutorial's lines; what xdplb adds goes to stderr
         print("XDP load balancer configured with backends:")
         for i, (addr, mac) in enumerate(backends, 1):
@@ -92,7 +95,8 @@ def cmd_run(args) -> int:
         print(summary_line(d), flush=True)
 
     def stopping(d: Daemon) -> None:
-        summary.append(summary_line(d))
+        if ready_seen:  # (a start cut short says so in its one line)
+            summary.append(summary_line(d))
 
     hooks = Hooks(ready=ready, tick=tick if args.stats_interval else None,
                   every=args.stats_interval, stopping=stopping)

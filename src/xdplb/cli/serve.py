@@ -125,21 +125,26 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"xdplb instance {st['instance']} on {st['interface']} (pid {st['pid']}, program id "
-          f"{st.get('program_id', '?')}, up {st['uptime']:.0f} s), config {st['config']}")
+    print(f"xdplb {st.get('version', '?')} instance {st['instance']} on {st['interface']} "
+          f"(pid {st['pid']}, program id {st.get('program_id', '?')}, up {st['uptime']:.0f} s), "
+          f"config {st['config']}")
     for v in st["vips"]:
         h = v["health"]
         check = "no health check" if not h else (
             f"{h['kind']}{' ' + h['path'] if h.get('path') else ''} every {h['interval']:g} s, "
-            f"rise {h['rise']} fall {h['fall']}")
+            f"rise {h['rise']} fall {h['fall']}, on_down {h.get('on_down', 'drain')}")
         print(f"VIP {v['name']} {v['vip']} {v['mode']}: {v['packets']} pkts, "
               f"{v['new_flows']} flows; {check}")
         for b in v["backends"]:
             extra = ""
             if b["health"] and b["health"]["last_error"]:
                 extra = f"  last check: {b['health']['last_error']}"
-            print(f"  {b['backend']:<24} {b['state']:<9} weight {b['weight']:<5} "
-                  f"{b['packets']:>10} pkts {b['new_flows']:>8} flows{extra}")
+            # what it gets: all = new flows too, established = only its own (drain)
+            traffic = {"new": "", "established": " (draining)", "none": " (flows moved)"}.get(
+                b.get("traffic", "new"), "")
+            print(f"  {b['backend']:<24} {b['state'] + traffic:<20} weight {b['weight']:<5} "
+                  f"{b.get('active_flows', 0):>6} active {b['packets']:>10} pkts "
+                  f"{b['new_flows']:>8} flows{extra}")
     bgp = st.get("bgp")
     if bgp:
         state = "drained (nothing announced)" if bgp["drained"] else (

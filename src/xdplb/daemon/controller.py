@@ -13,6 +13,7 @@ from .._bpf import abi
 from .._bpf.contract import DataPlaneApi, StatsMap
 from ..config import Config, ConfigError, VipKey, format_mac, load_config
 from ..errors import XdplbError
+from ..flows import live_flows_by_backend
 from ..health import HealthMonitor, HealthState
 from ..lb import LoadBalancer, MapState, VipSpec, backend_value
 from ..logfmt import Log
@@ -453,10 +454,12 @@ class Controller:
         snap = MetricsSnapshot(info={k: str(v) for k, v in self.info.items()},
                                reasons=self._reasons(), checks=dict(self.checks),
                                reloads=dict(self.reloads), flows=self._flow_counts())
+        active = self._live_flows()
         for v in self._view:
             if v.id is None:  # not in the data plane (yet)
                 continue
-            counts = [self._counters("be_stats", b.id) for b in v.backends]
+            counts = [{**self._counters("be_stats", b.id), "active_flows": active.get(b.id, 0)}
+                      for b in v.backends]
             total, dropped = self._vip_counters(v.id, counts)
             snap.vips.append((v.name, v.label, {**total, "dropped_packets": dropped["packets"],
                                                 "dropped_bytes": dropped["bytes"]}))
@@ -470,10 +473,22 @@ class Controller:
         except (OSError, ValueError, KeyError):  # a scrape never fails for it
             return {}
 
+    def _live_flows(self) -> Mapping[int | None, int]:
+        """Backend id -> live flows in the flow table (empty for a data plane without
+        one, like the unit tests' fake)."""
+        if not hasattr(self.dp, "flow_liveness"):
+            return {}
+        try:
+            return {k: n for k, n in live_flows_by_backend(self.dp).items()}
+        except (OSError, ValueError, KeyError):  # a status never fails for it
+            return {}
+
     def status(self) -> dict:
         vips = []
+        active = self._live_flows()
         for v in self.view():
             backends = [{
+                "active_flows": active.get(b.id, 0),
                 "backend": b.key, "address": b.address, "port": b.port, "mac": b.mac,
                 "id": b.id, "weight": b.weight, "config_weight": b.config_weight,
                 "drained": b.drained, "state": b.state, "traffic": b.traffic,

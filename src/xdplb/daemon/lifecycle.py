@@ -116,8 +116,12 @@ class Daemon:
                 if self.opts.control:
                     self._lock()
                 self._start_metrics()  # before attaching: an address that cannot be
-                self._setup()          # bound stops the start with nothing attached
-                signals.checkpoint()   # a stop that arrived inside a libbpf callback
+                # bound stops the start with nothing attached. libbpf prints through a
+                # Python callback, where a Ctrl-C would be lost: stop signals are held
+                # during the set-up and delivered after it, which then undoes it
+                with signals.held():
+                    self._setup()
+                signals.checkpoint()
             except Stop as e:
                 self.log("interrupted", level="warning", signal=str(e), during="setup")
                 return 1
@@ -302,6 +306,7 @@ class Daemon:
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         self._bgp_task = asyncio.ensure_future(self._watch_announcer())
         self._sync_task = asyncio.ensure_future(self._run_sync()) if self.cfg.sync else None
+        self._trace_task = asyncio.ensure_future(self._expire_trace())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
                  vips=len(self.cfg.vips), backends=n_be,
@@ -327,6 +332,7 @@ class Daemon:
             self._bgp_task.cancel()
             if self._sync_task is not None:
                 self._sync_task.cancel()
+            self._trace_task.cancel()
             await self.ctl.monitor.close()
 
     async def _open_socket(self) -> asyncio.Server:
@@ -420,6 +426,20 @@ class Daemon:
             except AnnounceError as e:
                 self.log("bgp_restart_failed", level="error", error=str(e))
 
+    async def _expire_trace(self, every: float = 1.0) -> None:
+        """Sampling that an `xdplb trace` switched on goes back to this instance's own
+        rate once the trace stops renewing its lease (killed, or its ssh session gone)."""
+        from ..attached import expire_trace
+
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if self.dp is not None and expire_trace(self.dp, self.opts.trace_rate):
+                    self.log("trace_lease_expired", level="warning",
+                             what=f"sampling back to {self.opts.trace_rate or 'off'}")
+            except OSError as e:  # keep serving; say why
+                self.log("trace_lease_error", level="error", error=str(e))
+
     async def _resolve_neighbours(self, every: float = 1.0) -> None:
         """Backends configured without a MAC get the one the kernel's neighbour table
         knows (written into the backend entry: no per-packet FIB lookup, and no need for
@@ -458,6 +478,7 @@ class Daemon:
                 req = load_request(line or b"null")  # bounded depth, no NUL bytes
             except (ValueError, TimeoutError, asyncio.LimitOverrunError) as e:
                 reply = {"ok": False, "error": f"bad request: {e}", "code": 2}
+                await _discard(reader)  # so that closing does not reset the reply away
             else:
                 assert self.ctl is not None  # set up before the event loop runs
                 reply = self.ctl.handle(req)
@@ -469,6 +490,18 @@ class Daemon:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def _discard(reader: asyncio.StreamReader, most: int = 16 * MAX_REQUEST,
+                   within: float = 2.0) -> None:
+    """Read and drop what a client still sends (bounded in bytes and time)."""
+    async def drain() -> None:
+        left = most
+        while left > 0 and (chunk := await reader.read(min(left, 1 << 16))):
+            left -= len(chunk)
+
+    with contextlib.suppress(TimeoutError, OSError, ValueError):
+        await asyncio.wait_for(drain(), within)
 
 
 def stop_kept(instance: str, iface: str | None, pin_root: str = PIN_ROOT) -> str:

@@ -10,11 +10,18 @@ counts them for docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import re
+import signal
+import socket
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Self
 
-__all__ = ["CASES", "Case", "Outcome", "judge", "run_case"]
+__all__ = ["CASES", "Case", "Outcome", "Served", "judge", "run_case"]
 
 B = ["10.0.0.2", "de:ad:be:ef:00:02"]  # one good backend (the lab's h2)
 LB = '[lb]\ninterface = "veth6"\nname = "{instance}"\n'
@@ -144,6 +151,48 @@ CASES: list[Case] = [
        "nothing to stop", "daemon"),
 ]
 
+# -- with a serve running for {instance} (run directory {run}, metrics on {metrics}) -------
+SERVED = LB + 'metrics = "{metrics}"\n' + VIP + BACKEND
+_T = ["--instance", "{instance}", "--run-dir", "{run}"]
+
+
+def _s(name: str, argv: list[str], code: int, needle: str, **files: str | bytes) -> Case:
+    return _c(name, argv, code, needle, "served", **files)
+
+
+CASES += [
+    _s("backend weight 70000", ["backend", "weight", "10.0.0.2", "70000", *_T], 2,
+       "out of range 0..65535"),
+    _s("backend add with a broadcast MAC", ["backend", "add", "10.0.0.9", "--mac",
+                                            "ff:ff:ff:ff:ff:ff", *_T], 2,
+       "is a multicast or broadcast MAC"),
+    _s("backend add 0.0.0.0", ["backend", "add", "0.0.0.0", *_T], 2, "not a unicast"),
+    _s("drain an unknown backend", ["backend", "drain", "10.0.0.99", *_T], 2,
+       "no backend '10.0.0.99'"),
+    _s("vip add 0.0.0.0:80", ["vip", "add", "0.0.0.0:80", *_T], 2, "not a unicast"),
+    _s("reload -c another file", ["reload", "-c", "{dir}/other.toml", "--run-dir", "{run}"], 2,
+       "a reload re-reads the file it serves", other_toml=LB + VIP + BACKEND),
+    _s("check -c a bad file against the running instance",
+       ["check", "-c", "{dir}/bad.toml", "--run-dir", "{run}"], 2, "vip[0].port: expected an "
+       "integer", bad_toml=LB + '[[vip]]\naddress = "10.0.0.10"\nport = "80"\n'),
+    _s("serve the same instance twice", ["serve", "-c", "{dir}/same.toml", "--run-dir", "{run}"],
+       1, "is already served", same_toml=LB + VIP + BACKEND),
+    _s("serve with the metrics address taken",
+       ["serve", "-c", "{dir}/m.toml", "--run-dir", "{run}"], 1,
+       "cannot serve metrics on {metrics}: Address already in use",
+       m_toml=LB.replace("{instance}", "{instance}m") + 'metrics = "{metrics}"\n'),
+    _s("control socket: 100,000-deep JSON", ["@socket", "[" * 100_000 + "]" * 100_000], 2,
+       "nested more than 16 levels deep"),
+    _s("control socket: a NUL byte", ["@socket", '{"cmd": "status\\u0000"}'], 2,
+       "contains a NUL byte"),
+    _s("control socket: not JSON", ["@socket", "{status"], 2, "not JSON"),
+    _s("control socket: not an object", ["@socket", "[1, 2]"], 2, "a request is a JSON object"),
+    _s("control socket: unknown command", ["@socket", '{"cmd": "rm -rf"}'], 2,
+       "unknown command 'rm -rf'"),
+    _s("control socket: 2 MiB request", ["@socket", '{"cmd": "' + "x" * (2 << 20) + '"}'], 2,
+       "bad request"),
+]
+
 
 @dataclass
 class Outcome:
@@ -177,13 +226,24 @@ def judge(case: Case, code: int, stderr: str, leftovers: list[str] | None = None
     return Outcome(case, code, stderr, leftovers or [])
 
 
+def xdp_program(lab) -> str:
+    """The XDP program attached to the LB's veth6 ('' when none)."""
+    link = lab.run("lb", ["ip", "-d", "link", "show", "dev", "veth6"]).stdout
+    m = re.search(r"prog/xdp id (\d+)", link)
+    return m[1] if m else ""
+
+
 def run_case(case: Case, lab, argv0: list[str], scratch: Path, instance: str,
-             timeout: float = 20) -> Outcome:
-    """Run one case in `lab`'s LB namespace; judge what it printed and what it left."""
+             timeout: float = 20, served: Served | None = None) -> Outcome:
+    """Run one case in `lab`'s LB namespace; judge what it printed and what it left
+    (a "served" case needs `served`, the serve it talks to)."""
     scratch.mkdir(parents=True, exist_ok=True)
     victim = None
+    before = xdp_program(lab)
     try:
         subst = {"{dir}": str(scratch), "{instance}": instance}
+        if served is not None:
+            subst.update({"{run}": str(served.run_dir), "{metrics}": served.metrics})
         if any(isinstance(v, str) and "{victim}" in v for v in case.files.values()):
             # an unrelated process whose pid a stale pid file names: must survive
             victim = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
@@ -200,20 +260,28 @@ def run_case(case: Case, lab, argv0: list[str], scratch: Path, instance: str,
             else:
                 path.write_text(content)
         argv = [_subst(a, subst) for a in case.argv]
-        try:
-            r = lab.run("lb", [*argv0, *argv], timeout=timeout)
-            code, err = r.returncode, r.stderr
-        except subprocess.TimeoutExpired:
-            code, err = -1, f"(no exit within {timeout:g} s)"
+        needle = _subst(case.needle, subst)
+        if argv[0] == "@socket":
+            assert served is not None
+            code, err = served.raw(argv[1])
+        else:
+            try:
+                r = lab.run("lb", [*argv0, *argv], timeout=timeout)
+                code, err = r.returncode, r.stderr
+            except subprocess.TimeoutExpired:
+                code, err = -1, f"(no exit within {timeout:g} s)"
         leftovers = []
-        link = lab.run("lb", ["ip", "-d", "link", "show", "dev", "veth6"]).stdout
-        if "prog/xdp" in link:
-            leftovers.append("an XDP program on veth6")
-            lab.run("lb", ["ip", "link", "set", "dev", "veth6", "xdp", "off"])
+        after = xdp_program(lab)
+        if after != before:
+            leftovers.append(f"XDP program on veth6: {before or 'none'} -> {after or 'none'}")
+            if not before:
+                lab.run("lb", ["ip", "link", "set", "dev", "veth6", "xdp", "off"])
+        if served is not None and not served.alive():
+            leftovers.append("the running serve stopped answering")
         if victim is not None and victim.poll() is not None:
             leftovers.append(f"the unrelated process {victim.pid} was signalled "
                              f"({victim.returncode})")
-        return judge(case, code, err, leftovers)
+        return judge(replace(case, needle=needle), code, err, leftovers)
     finally:
         if victim is not None and victim.poll() is None:
             victim.kill()
@@ -224,3 +292,68 @@ def _subst(text: str, subst: dict[str, str]) -> str:
     for k, v in subst.items():
         text = text.replace(k, v)
     return text
+
+
+class Served:
+    """`xdplb serve` of the SERVED config in the lab's LB namespace (instance, run
+    directory, metrics address) for the "served" cases; a context manager."""
+
+    def __init__(self, lab, argv0: list[str], scratch: Path, instance: str,
+                 metrics_port: int = 19100):
+        self.lab, self.argv0, self.instance = lab, argv0, instance
+        self.run_dir = scratch / "run"
+        self.metrics = f"127.0.0.1:{metrics_port}"
+        self.config = scratch / "served.toml"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Self:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(SERVED.replace("{instance}", self.instance)
+                               .replace("{metrics}", self.metrics))
+        self.proc = self.lab.popen("lb", [*self.argv0, "serve", "-c", str(self.config),
+                                          "--run-dir", str(self.run_dir)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not self.alive():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("the serve for the bad-input cases did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def sock(self) -> Path:
+        return self.run_dir / f"{self.instance}.sock"
+
+    def alive(self) -> bool:
+        try:
+            return self.raw('{"cmd": "status"}')[0] == 0
+        except OSError:
+            return False
+
+    def raw(self, line: str) -> tuple[int, str]:
+        """Send one raw line to the control socket: (exit status a client would give,
+        the error as the CLI prints it)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.sock))
+            with contextlib.suppress(OSError):  # the daemon may answer before reading all
+                s.sendall(line.encode() + b"\n")
+                s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        reply = json.loads(data)
+        if reply.get("ok"):
+            return 0, ""
+        return int(reply.get("code", 1)), f"xdplb: {reply.get('error')}\n"
