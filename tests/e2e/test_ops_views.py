@@ -11,7 +11,7 @@ import time
 
 import pytest
 from lbproc import running_lb
-from test_health_semantics import DOWNLOAD
+from test_health_checks_lab import DOWNLOAD
 from test_serve import Backends, cli_argv, serving, write_config
 
 from xdplb import __version__
