@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run the bad-input table (xdplb.testing.badinput.CASES) through the real command line in
-a lab, and write the tally into docs/RELIABILITY.md between its bad-input markers
-(`<!-- bad-input: begin -->` ... `<!-- bad-input: end -->`); without markers the section
-is printed. Root: it creates a lab (removed at the end, on error and on Ctrl-C).
+a lab, and write the tally: bench/results/badinput.md (which bench/reliability.py puts in
+docs/RELIABILITY.md) and, in place, the "Bad input" section of docs/RELIABILITY.md (the
+text after its `<!-- bad-input tally ... -->` marker, up to the next heading). Root: it
+creates a lab (removed at the end, on error and on Ctrl-C).
 
     sudo .venv/bin/python scripts/badinput_tally.py [--doc docs/RELIABILITY.md]
 """
@@ -22,8 +23,8 @@ from xdplb.lab import Lab, sigterm_as_interrupt
 from xdplb.testing.badinput import CASES, Outcome, Served, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN = re.compile(r"<!--\s*bad[-_ ]?input:?\s*begin\s*-->", re.IGNORECASE)
-END = re.compile(r"<!--\s*bad[-_ ]?input:?\s*end\s*-->", re.IGNORECASE)
+RESULT = ROOT / "bench" / "results" / "badinput.md"
+MARKER = re.compile(r"<!--\s*bad-input tally.*?-->\n", re.DOTALL)
 
 
 def run_all() -> list[Outcome]:
@@ -95,13 +96,18 @@ def main() -> int:
     print(f"{len(outcomes) - len(bad)} of {len(outcomes)} handled cleanly")
     for o in bad:
         print(f"  {o.case.name}: {'; '.join(o.problems())}")
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(text + "\n")
+    print(f"wrote {RESULT}")
     doc = Path(args.doc)
     old = doc.read_text() if doc.exists() else ""
-    b, e = BEGIN.search(old), END.search(old)
-    if not (b and e and b.end() <= e.start()):
-        print(f"(no bad-input markers in {doc}: the section follows)\n\n{text}")
+    m = MARKER.search(old)
+    if not m:
+        print(f"(no bad-input marker in {doc}: the section follows)\n\n{text}")
         return 0 if not bad else 1
-    doc.write_text(old[:b.end()] + "\n" + text + "\n" + old[e.start():])
+    nxt = re.search(r"^## ", old[m.end():], re.MULTILINE)
+    end = m.end() + nxt.start() if nxt else len(old)
+    doc.write_text(old[:m.end()] + text + "\n\n" + old[end:].lstrip("\n"))
     print(f"wrote the tally into {doc}")
     return 0 if not bad else 1
 

@@ -32,33 +32,57 @@ def _open_attached(iface: str) -> DataPlane:
 
 
 def attached_report(iface: str) -> dict:
+    """What `xdplb stats IFACE` reports, read from the maps of the instance attached to
+    IFACE. Its VIPs and their backends have the fields (and names) of `xdplb status`'s:
+    {"vips": [{"vip", "id", "mode", "packets", "bytes", "new_flows", "dropped",
+    "backends": [{"backend", "address", "port", "id", "traffic", "active_flows",
+    "packets", "bytes", "new_flows"}]}]}; the top-level "backends" list is kept for
+    older readers."""
+    from .flows import live_flows_by_backend
+
     dp = _open_attached(iface)
     try:
-        report = {"iface": iface, "prog_id": xdp_prog_id(interface_index(iface)), "stats": dp.stats(),
-                  "trace_rate": dp.runtime().trace_rate, "flows": dp.flow_counts(),
-                  "vips": [], "backends": []}
-        backends = []
-        for i in range(dp.maps["backends"].max_entries):
-            be = dp.maps["backends"].get(i)
-            if be is None or not be.family:
-                continue
-            backends.append({"id": i, "vip_id": be.vip_id,
-                             "address": str(abi.unpack_addr(be.addr, be.family)),
-                             "active": bool(be.flags & abi.BE_F_ACTIVE),
-                             **dp.obj_stats("be_stats", i)})
-        report["backends"] = backends
+        report: dict = {"iface": iface, "prog_id": xdp_prog_id(interface_index(iface)),
+                        "stats": dp.stats(), "trace_rate": dp.runtime().trace_rate,
+                        "flows": dp.flow_counts(), "vips": [], "backends": []}
+        active = live_flows_by_backend(dp)
+        entries = dp.backend_entries()
+        flat = []
+        by_vip: dict[int, list[dict]] = {}
+        for i, be in sorted(entries.items()):
+            b = {"id": i, "vip_id": be.vip_id,
+                 "address": str(abi.unpack_addr(be.addr, be.family)),
+                 "port": abi.ntohs(be.port), "active": bool(be.flags & abi.BE_F_ACTIVE),
+                 "active_flows": active.get(i, 0), **dp.obj_stats("be_stats", i)}
+            flat.append(b)
+            by_vip.setdefault(be.vip_id, []).append(b)
+        report["backends"] = flat
         for key, info in dp.maps["vips"].items():
             addr = abi.unpack_addr(key.addr, key.family)
+            vport = abi.ntohs(key.port)
             proto = {6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
+            members = dp.ring_members(info.vip_id) or set()
+            backends = []
+            for b in by_vip.get(info.vip_id, []):
+                port = b["port"] or vport  # 0: the client's (VIP's) port is kept
+                host = f"[{b['address']}]" if key.family == abi.AF_INET6 else b["address"]
+                backends.append({
+                    "backend": f"{host}:{port}", "address": b["address"], "port": port,
+                    "id": b["id"],
+                    "traffic": ("none" if not b["active"] else
+                                "new" if b["id"] in members else "established"),
+                    "active_flows": b["active_flows"], "packets": b["packets"],
+                    "bytes": b["bytes"], "new_flows": b["new_flows"]})
             # vip_stats holds what had no backend; forwarded traffic is counted per backend
-            s = dp.obj_stats("vip_stats", info.vip_id)
-            for b in backends:
-                if b["vip_id"] == info.vip_id:
-                    for f in ("packets", "bytes", "new_flows"):
-                        s[f] += b[f]
-            report["vips"].append({"vip": f"{addr}:{abi.ntohs(key.port)}/{proto}",
-                                   "id": info.vip_id,
-                                   "mode": "nat" if info.mode == abi.MODE_NAT else "dsr", **s})
+            dropped = dp.obj_stats("vip_stats", info.vip_id)
+            totals = {f: dropped[f] + sum(b[f] for b in backends)
+                      for f in ("packets", "bytes", "new_flows")}
+            host = f"[{addr}]" if key.family == abi.AF_INET6 else str(addr)
+            report["vips"].append({
+                "vip": f"{host}:{vport}/{proto}", "id": info.vip_id,
+                "mode": "nat" if info.mode == abi.MODE_NAT else "dsr", **totals,
+                "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
+                "backends": backends})
         return report
     finally:
         dp.close()

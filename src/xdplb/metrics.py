@@ -1,17 +1,18 @@
 """Prometheus exporter for `xdplb serve`: GET /metrics, nothing else.
 
 Counters are read from the data plane's per-CPU maps at scrape time, so a scrape always
-sees the kernel's current numbers; labels come from the daemon's current view (VIP name
-and address, backend address:port).
+sees the kernel's current numbers; labels come from the daemon's current view. A VIP is
+labelled vip (its name), address, port and protocol; a backend vip, address and port.
 
-    xdplb_vip_packets_total{vip,address}        xdplb_backend_packets_total{vip,backend}
-    xdplb_vip_bytes_total{vip,address}          xdplb_backend_bytes_total{vip,backend}
-    xdplb_vip_new_flows_total{vip,address}      xdplb_backend_new_flows_total{vip,backend}
-    xdplb_vip_dropped_packets_total{vip,address}   xdplb_vip_dropped_bytes_total{vip,address}
-    xdplb_packets_total{reason}                 xdplb_backend_up{vip,backend}  (1/0)
-    xdplb_bytes_total{reason}                   xdplb_backend_weight{vip,backend}
-    xdplb_health_checks_total{vip,backend,result}
-    xdplb_reloads_total{result}                 xdplb_info{instance,interface,program_id}
+    xdplb_packets_total{outcome}  xdplb_bytes_total{outcome}  (outcomes sum to all packets)
+    xdplb_events_total{event}     (side events: reselect, csum_full, ct_full, ...)
+    xdplb_vip_{packets,bytes,new_flows,dropped_packets,dropped_bytes}_total{vip,address,port,protocol}
+    xdplb_backend_{packets,bytes,new_flows}_total{vip,address,port}
+    xdplb_backend_up / _weight / _active_flows {vip,address,port}
+    xdplb_health_checks_total{vip,address,port,result}   xdplb_reloads_total{result}
+    xdplb_config_last_reload_successful  xdplb_config_last_reload_success_timestamp_seconds
+    xdplb_vip_lost_last_backend_total{vip}  xdplb_flow_table_{size,entries}
+    xdplb_info{instance,interface,version,program_id}  xdplb_build_info{version}
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class MetricsSnapshot:
     checks: dict[tuple[str, str, str], int] = field(default_factory=dict)  # vip, be, result
     reloads: dict[str, int] = field(default_factory=dict)  # result -> count
     flows: dict[str, int] = field(default_factory=dict)  # DataPlane.flow_counts()
+    last_reload: tuple[float, bool] | None = None  # (time of the last success, last ok?)
+    lost_last_backend: dict[str, int] = field(default_factory=dict)  # VIP name -> times
 
 
 def _families(snap: MetricsSnapshot):
@@ -61,54 +64,63 @@ def _families(snap: MetricsSnapshot):
     build.add_metric([__version__], 1)
     yield build
 
-    pk = CounterMetricFamily("xdplb_packets", "Packets by what the data plane did with them",
-                             labels=["reason"])
+    # outcomes partition the packets (sum them); side events happen to packets that also
+    # have an outcome (a re-selected flow is still forwarded): never add the two
+    pk = CounterMetricFamily("xdplb_packets", "Packets by what the data plane did with them "
+                             "(one outcome per packet)", labels=["outcome"])
     by = CounterMetricFamily("xdplb_bytes", "Bytes by what the data plane did with them",
-                             labels=["reason"])
+                             labels=["outcome"])
+    ev = CounterMetricFamily("xdplb_events", "Things that happened to packets besides their "
+                             "outcome (re-selected flow, full checksum, table pressure)",
+                             labels=["event"])
     for reason, (p, b) in snap.reasons.items():
-        pk.add_metric([reason], p)
-        by.add_metric([reason], b)
+        if is_outcome(reason):
+            pk.add_metric([reason], p)
+            by.add_metric([reason], b)
+        else:
+            ev.add_metric([reason], p)
     yield pk
     yield by
+    yield ev
 
+    vl = ["vip", "address", "port", "protocol"]
+    bl = ["vip", "address", "port"]
     for what, doc in (("packets", "Packets"), ("bytes", "Bytes"), ("new_flows", "New flows")):
         v = CounterMetricFamily(f"xdplb_vip_{what}", f"{doc} to and from a VIP (its current "
-                                "backends' plus what it dropped)", labels=["vip", "address"])
-        for name, addr, c in snap.vips:
-            v.add_metric([name, addr], c[what])
+                                "backends' plus what it dropped)", labels=vl)
+        for name, label, c in snap.vips:
+            v.add_metric([name, *vip_labels(label)], c[what])
         yield v
         bf = CounterMetricFamily(f"xdplb_backend_{what}", f"{doc} to and from a backend",
-                                 labels=["vip", "backend"])
+                                 labels=bl)
         for vip, be, c, _, _ in snap.backends:
-            bf.add_metric([vip, be], c[what])
+            bf.add_metric([vip, *endpoint_labels(be)], c[what])
         yield bf
     for what in ("packets", "bytes"):
         d = CounterMetricFamily(f"xdplb_vip_dropped_{what}", f"{what.capitalize()} to a VIP "
-                                "dropped for want of a backend", labels=["vip", "address"])
-        for name, addr, c in snap.vips:
-            d.add_metric([name, addr], c.get(f"dropped_{what}", 0))
+                                "dropped for want of a backend", labels=vl)
+        for name, label, c in snap.vips:
+            d.add_metric([name, *vip_labels(label)], c.get(f"dropped_{what}", 0))
         yield d
 
     up = GaugeMetricFamily("xdplb_backend_up", "1 when the backend passes its health check "
-                           "(or has none), 0 when pulled", labels=["vip", "backend"])
+                           "(or has none), 0 when down", labels=bl)
     weight = GaugeMetricFamily("xdplb_backend_weight", "Maglev weight in use (0: draining)",
-                               labels=["vip", "backend"])
-    for vip, be, _, is_up, w in snap.backends:
-        up.add_metric([vip, be], 1 if is_up else 0)
-        weight.add_metric([vip, be], w)
+                               labels=bl)
+    active = GaugeMetricFamily("xdplb_backend_active_flows", "Live flows in the flow table "
+                               "going to a backend", labels=bl)
+    for vip, be, c, is_up, w in snap.backends:
+        up.add_metric([vip, *endpoint_labels(be)], 1 if is_up else 0)
+        weight.add_metric([vip, *endpoint_labels(be)], w)
+        active.add_metric([vip, *endpoint_labels(be)], c.get("active_flows", 0))
     yield up
     yield weight
-
-    active = GaugeMetricFamily("xdplb_backend_active_flows", "Live flows in the flow table "
-                               "going to a backend", labels=["vip", "backend"])
-    for vip, be, c, _, _ in snap.backends:
-        active.add_metric([vip, be], c.get("active_flows", 0))
     yield active
 
     checks = CounterMetricFamily("xdplb_health_checks", "Health check results",
-                                 labels=["vip", "backend", "result"])
+                                 labels=["vip", "address", "port", "result"])
     for (vip, be, result), n in snap.checks.items():
-        checks.add_metric([vip, be, result], n)
+        checks.add_metric([vip, *endpoint_labels(be), result], n)
     yield checks
 
     if snap.flows:
@@ -128,6 +140,39 @@ def _families(snap: MetricsSnapshot):
     for result, n in snap.reloads.items():
         reloads.add_metric([result], n)
     yield reloads
+    if snap.last_reload:  # (start counts as the first successful load, as in Prometheus)
+        ok_at, ok = snap.last_reload
+        yield GaugeMetricFamily("xdplb_config_last_reload_successful", "1 when the last "
+                                "reload (or the start) succeeded", value=1 if ok else 0)
+        yield GaugeMetricFamily("xdplb_config_last_reload_success_timestamp_seconds",
+                                "When the configuration was last loaded successfully",
+                                value=ok_at)
+    lost = CounterMetricFamily("xdplb_vip_lost_last_backend", "Times a VIP was left with no "
+                               "backend taking new flows", labels=["vip"])
+    for name, n in snap.lost_last_backend.items():
+        lost.add_metric([name], n)
+    yield lost
+
+
+OUTCOME_PREFIXES = ("fwd_", "reply", "pass_", "drop_", "icmp_", "tx_")
+
+
+def is_outcome(reason: str) -> bool:
+    """fwd_new, reply, pass_not_vip, drop_no_backend, ...: what became of a packet; the
+    rest (reselect, csum_full, ct_full, evict_*, ...) are side events."""
+    return reason.startswith(OUTCOME_PREFIXES)
+
+
+def endpoint_labels(key: str) -> tuple[str, str]:
+    """'10.0.0.2:8000' or '[fd00::2]:80' -> (address, port)."""
+    host, _, port = key.rpartition(":")
+    return host.strip("[]"), port
+
+
+def vip_labels(label: str) -> tuple[str, str, str]:
+    """'10.0.0.10:8000/tcp' -> (address, port, protocol)."""
+    endpoint, _, proto = label.rpartition("/")
+    return (*endpoint_labels(endpoint), proto)
 
 
 class _Collector:

@@ -22,6 +22,7 @@ numpy; the walk itself is a tight loop over plain lists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from numbers import Integral
@@ -161,10 +162,21 @@ def maglev_table(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_S
     if not live:
         return np.full(size, NO_BACKEND, dtype=np.uint32)
 
-    params = [_offset_skip(key, size) for key, _, _ in live]
+    slots = _slots(size, tuple((key, w) for key, _, w in live))
+    ids = np.array([backend_id for _, backend_id, _ in live], dtype=np.uint32)
+    return ids[slots]
+
+
+@functools.lru_cache(maxsize=256)
+def _slots(size: int, live: tuple[tuple[str, int], ...]) -> np.ndarray:
+    """Which of the `live` (key, weight) backends, in key order, owns each slot. It
+    depends on keys, weights and size only, not on ids: VIPs with the same backends and
+    weights (one pool behind many ports or addresses) share one computation, and each
+    gets its table by mapping positions to its own ids (a numpy take)."""
+    params = [_offset_skip(key, size) for key, _ in live]
     cursor = [offset for offset, _ in params]  # next slot each backend would like
     skips = [skip for _, skip in params]
-    weights = np.array([w for _, _, w in live], dtype=np.int64)
+    weights = np.array([w for _, w in live], dtype=np.int64)
 
     slots = [-1] * size
     for b in _claim_order(weights, size).tolist():
@@ -179,6 +191,6 @@ def maglev_table(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_S
         if c >= size:
             c -= size
         cursor[b] = c
-
-    ids = np.array([backend_id for _, backend_id, _ in live], dtype=np.uint32)
-    return ids[np.array(slots, dtype=np.intp)]
+    out = np.array(slots, dtype=np.intp)
+    out.setflags(write=False)  # shared through the cache
+    return out

@@ -19,9 +19,11 @@ CHECK = ('kind = "http"\npath = "/healthy"\ninterval = 0.2\ntimeout = 0.15\nrise
          "fall = 2\n")
 
 DOWNLOAD = r"""
-import hashlib, socket, sys, time
-# paced by the reader (small receive buffer), so the transfer really lasts
+import hashlib, os, socket, sys, time
+# paced by the reader (small receive buffer), so the transfer really lasts; while the
+# file argv[2] exists it reads nothing (the connection stays open, its window closed)
 rate = int(sys.argv[1])
+hold = sys.argv[2] if len(sys.argv) > 2 else None
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
 s.settimeout(10)
@@ -33,14 +35,18 @@ while b"\r\n\r\n" not in buf:
 head, body = buf.split(b"\r\n\r\n", 1)
 print(head.split(b"\r\n")[0].decode(), flush=True)
 h, got, t0 = hashlib.sha256(body), len(body), time.monotonic()
+got0 = 0
 try:
     while True:
+        while hold and os.path.exists(hold):
+            time.sleep(0.05)
+            t0, got0 = time.monotonic(), got
         data = s.recv(16384)
         if not data:
             break
         h.update(data)
         got += len(data)
-        time.sleep(max(0.0, t0 + got / rate - time.monotonic()))
+        time.sleep(max(0.0, t0 + (got - got0) / rate - time.monotonic()))
 except OSError as e:
     print(got, "error", e.strerror or e, flush=True)
     sys.exit(1)
@@ -99,7 +105,9 @@ def test_a_download_survives_its_backend_failing_its_check_under_drain(lab, tmp_
     with serving(lab, config, run_dir) as lb:
         wait_states(lb, {"10.0.0.2": ("up", "new"), "10.0.0.3": ("up", "new")})
         before = flows_of(lb)
-        dl = lab.popen("client", [sys.executable, "-c", DOWNLOAD, str(1536 * 1024)],
+        hold = tmp_path / "hold"
+        hold.touch()  # the download stalls (open, idle) until the backend is down
+        dl = lab.popen("client", [sys.executable, "-c", DOWNLOAD, str(4 << 20), str(hold)],
                        stdout=subprocess.PIPE, text=True)
         assert dl.stdout.readline().strip() == "HTTP/1.0 200 OK"
         addr = serving_backend(lb, before)
@@ -111,6 +119,7 @@ def test_a_download_survives_its_backend_failing_its_check_under_drain(lab, tmp_
         assert states(lb)[addr] == ("down", "established")
         assert dl.poll() is None, "the download is still running when its backend is down"
         assert curls(lab, 10) == [ROLE[other]] * 10, "new connections avoid it"
+        hold.unlink()
         size, digest = dl.communicate(timeout=30)[0].split()
         assert dl.returncode == 0
         assert (int(size), digest) == (len(be.big), hashlib.sha256(be.big).hexdigest())

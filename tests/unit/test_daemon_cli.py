@@ -104,7 +104,7 @@ class CountingFake(FakeDataPlane):
         return {"packets": base, "bytes": base * 100, "new_flows": base // 10}
 
     def stats(self):
-        return {"fwd_new": (5, 500), "pass_not_vip": (7, 700)}
+        return {"fwd_new": (5, 500), "pass_not_vip": (7, 700), "reselect": (2, 0)}
 
     def flow_counts(self):
         return {"nat_size": 91072, "nat_used": 12, "nat_live": 9, "ct_size": 1024,
@@ -128,16 +128,21 @@ def test_metrics_exposition():
     vip_packets = 1000 + sum(10 * (i + 1) for i in ids.values())
     for line in (
         'xdplb_info{instance="veth6",interface="veth6"} 1.0',
-        'xdplb_packets_total{reason="fwd_new"} 5.0',
-        'xdplb_bytes_total{reason="pass_not_vip"} 700.0',
-        f'xdplb_vip_packets_total{{address="10.0.0.10:8000/tcp",vip="web"}} {vip_packets:.1f}',
-        'xdplb_vip_dropped_packets_total{address="10.0.0.10:8000/tcp",vip="web"} 1000.0',
-        (f'xdplb_backend_packets_total{{backend="10.0.0.3:8000",vip="web"}} '
+        'xdplb_packets_total{outcome="fwd_new"} 5.0',
+        'xdplb_bytes_total{outcome="pass_not_vip"} 700.0',
+        'xdplb_events_total{event="reselect"} 2.0',
+        (f'xdplb_vip_packets_total{{address="10.0.0.10",port="8000",protocol="tcp",vip="web"}} '
+         f'{vip_packets:.1f}'),
+        ('xdplb_vip_dropped_packets_total{address="10.0.0.10",port="8000",protocol="tcp",'
+         'vip="web"} 1000.0'),
+        (f'xdplb_backend_packets_total{{address="10.0.0.3",port="8000",vip="web"}} '
          f'{10.0 * (ids["10.0.0.3:8000"] + 1)}'),
-        'xdplb_backend_up{backend="10.0.0.3:8000",vip="web"} 1.0',
-        'xdplb_backend_weight{backend="10.0.0.3:8000",vip="web"} 0.0',
-        'xdplb_backend_weight{backend="10.0.0.2:8000",vip="web"} 1.0',
-        'xdplb_health_checks_total{backend="10.0.0.2:8000",result="ok",vip="web"} 4.0',
+        'xdplb_backend_up{address="10.0.0.3",port="8000",vip="web"} 1.0',
+        'xdplb_backend_weight{address="10.0.0.3",port="8000",vip="web"} 0.0',
+        'xdplb_backend_weight{address="10.0.0.2",port="8000",vip="web"} 1.0',
+        'xdplb_health_checks_total{address="10.0.0.2",port="8000",result="ok",vip="web"} 4.0',
+        'xdplb_config_last_reload_successful 1.0',
+        'xdplb_vip_lost_last_backend_total{vip="web"} 0.0',
         'xdplb_reloads_total{result="ok"} 0.0',
         'xdplb_flow_table_size{region="nat"} 91072.0',
         'xdplb_flow_table_entries{region="nat",state="live"} 9.0',

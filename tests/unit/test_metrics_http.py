@@ -21,7 +21,7 @@ def test_only_metrics_is_served():
     try:
         host, port = ex.address
         body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
-        assert 'xdplb_packets_total{reason="fwd_new"} 3.0' in body
+        assert 'xdplb_packets_total{outcome="fwd_new"} 3.0' in body
         for path in ("/", "/metrics/x", "/favicon.ico", "/debug"):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5)

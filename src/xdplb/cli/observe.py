@@ -26,11 +26,14 @@ def cmd_stats(args) -> int:
     print(f"  flow table: NAT {f['nat_live']} live / {f['nat_used']} used / {f['nat_size']} "
           f"entries, conntrack {f['ct_live']} / {f['ct_used']} / {f['ct_size']}")
     for v in report["vips"]:
-        print(f"  VIP {v['vip']} ({v['mode']}): {v['packets']} pkts, {v['new_flows']} flows")
-    for b in report["backends"]:
-        state = "active" if b["active"] else "removed"
-        print(f"    backend {b['id']:>4} {b['address']:<20} {state:<8} {b['packets']:>10} pkts "
-              f"{b['new_flows']:>8} flows")
+        print(f"  VIP {v['vip']} ({v['mode']}): {v['packets']} pkts, {v['new_flows']} flows, "
+              f"{v['dropped']['packets']} dropped")
+        for b in v["backends"]:
+            traffic = {"new": "serving", "established": "draining", "none": "removed"}[
+                b["traffic"]]
+            print(f"    backend {b['id']:>4} {b['backend']:<24} {traffic:<8} "
+                  f"{b['active_flows']:>6} active {b['packets']:>10} pkts "
+                  f"{b['new_flows']:>8} flows")
     return 0
 
 

@@ -83,6 +83,8 @@ class Controller:
         self.info = dict(info or {})
         self.started = time.time()
         self.reloads = {"ok": 0, "error": 0}
+        self.last_load_ok = time.time()  # the start loaded the file: a success
+        self.last_load_succeeded = True
         self.checks: dict[tuple[str, str, str], int] = {}
         self.on_stop: Callable[[bool], None] | None = None  # stop(keep) from a request
         self._live = False
@@ -229,6 +231,7 @@ class Controller:
                                   "(stop and start again)")
         except ConfigError as e:
             self.reloads["error"] += 1
+            self.last_load_succeeded = False
             self.log("reload_failed", level="error", error=str(e))
             raise RequestError(str(e)) from None
         ignored = [k for k in ("hash_seed", "nat_ports", "conntrack_size", "max_vips",
@@ -246,10 +249,12 @@ class Controller:
         except Exception as e:
             self.desired = before
             self.reloads["error"] += 1
+            self.last_load_succeeded = False
             self.log("reload_failed", level="error", error=str(e))
             raise
         self.cfg = cfg
         self.reloads["ok"] += 1
+        self.last_load_ok, self.last_load_succeeded = time.time(), True
         self.log("reloaded", config=self.config_path, changes=len(changes),
                  dropped_overrides=len(dropped) or None,
                  needs_restart=",".join(_key(k) for k in ignored) or None)
@@ -453,7 +458,10 @@ class Controller:
     def metrics_snapshot(self) -> MetricsSnapshot:
         snap = MetricsSnapshot(info={k: str(v) for k, v in self.info.items()},
                                reasons=self._reasons(), checks=dict(self.checks),
-                               reloads=dict(self.reloads), flows=self._flow_counts())
+                               reloads=dict(self.reloads), flows=self._flow_counts(),
+                               last_reload=(self.last_load_ok, self.last_load_succeeded),
+                               lost_last_backend={v.name: self.vips_without_backend.get(
+                                   v.name, 0) for v in self._view})
         active = self._live_flows()
         for v in self._view:
             if v.id is None:  # not in the data plane (yet)
