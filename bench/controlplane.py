@@ -9,7 +9,7 @@ Measured, each from a fresh load:
             restart with --keep does
   drain     `backend drain ADDRESS` across every VIP holding it (one request)
   status    the control socket's `status` answer (the whole view with counters)
-  memory    the kernel's memory for the Maglev tables (N x ring_size x 4 bytes) and this
+  memory    the kernel's memory for the Maglev tables (N x ring_size x 8 bytes) and this
             process's peak RSS
 Two pools: "shared" (every VIP has the same B backends: one Maglev computation serves all)
 and "distinct" (every VIP its own backends: the worst case).
@@ -96,7 +96,7 @@ def run(n_vips: int, n_backends: int, pool: str) -> dict:
         drained = len(r["changes"])
     finally:
         dp.close()
-    ring_bytes = n_vips * cfg.vips[0].ring_size * 4
+    ring_bytes = n_vips * cfg.vips[0].ring_size * 8  # the kernel's 8-byte stride
     return {"vips": n_vips, "backends": n_backends, "pool": pool, "parse_s": parse_s,
             "load_s": load_s, "start_s": start_s, "takeover_s": takeover_s,
             "drain_s": drain_s, "drained_vips": drained, "status_s": status_s,

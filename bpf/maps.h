@@ -42,11 +42,12 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* Per-VIP Maglev table (slot -> backend id); swapped whole for atomic updates. */
+/* Per-VIP Maglev table (slot -> backend id); swapped whole for atomic updates.
+ * Mmapable: user space fills a new table with one memcpy, not 65537 map updates. */
 struct ring_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65537);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
 };
