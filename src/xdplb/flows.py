@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -40,7 +41,11 @@ def _ep(addr, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
-def live_flows_by_backend(dp: DataPlane) -> dict[int, int]:
+class _FlowReader(Protocol):
+    def flow_liveness(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]: ...
+
+
+def live_flows_by_backend(dp: _FlowReader) -> dict[int, int]:
     """Backend id -> live flows (NAT and conntrack regions)."""
     t, _, live, _, _ = dp.flow_liveness()
     ids, counts = np.unique(t["backend_id"][live], return_counts=True)

@@ -435,12 +435,14 @@ def _array_stride(value_size: int) -> int:
 def _fill_mmapable(m: Map, values: np.ndarray) -> None:
     """Write a whole mmapable u32 array map (not yet visible to the data plane) with
     one copy: ~1 ms for a 65537-slot table, where a batch update takes ~40 ms."""
-    wide = values.astype(np.uint64)  # the 8-byte stride, u32 in the low half (LE)
-    assert _array_stride(4) == wide.itemsize and wide.dtype.byteorder in "=<"
-    size = -(-wide.nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    n = len(values)
+    size = -(-n * _array_stride(4) // mmap.PAGESIZE) * mmap.PAGESIZE
     mm = mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     try:
-        mm[:wide.nbytes] = wide.tobytes()
+        # the 8-byte stride, each u32 in the low half (little endian)
+        view = np.frombuffer(mm, dtype="<u8", count=n)
+        view[:] = values
+        del view  # (the mapping cannot close while a view of it exists)
     finally:
         mm.close()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
+
 from .._signals import held as signals_held
 
 # --- errors -------------------------------------------------------------------------

@@ -487,7 +487,7 @@ class Controller:
         if not hasattr(self.dp, "flow_liveness"):
             return {}
         try:
-            return {k: n for k, n in live_flows_by_backend(self.dp).items()}
+            return {k: n for k, n in live_flows_by_backend(self.dp).items()}  # type: ignore[arg-type]
         except (OSError, ValueError, KeyError):  # a status never fails for it
             return {}
 
@@ -533,6 +533,9 @@ def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
     the previous daemon had pulled them (health). A backend it had removed and the file
     now lists again also starts down, and rises after `rise` good checks."""
     out: list[BKey] = []
+    by_endpoint: dict[tuple, list] = {}  # (family, address, port, vip id) -> entries (an
+    for be in state.backends.values():  # index: thousands of VIPs x backends, not quadratic)
+        by_endpoint.setdefault((be.family, bytes(be.addr), be.port, be.vip_id), []).append(be)
     for key, v in desired.vips.items():
         if key not in state.vips:
             continue
@@ -540,9 +543,7 @@ def _inactive_in(state: MapState, desired: Desired) -> list[BKey]:
         spec = vip_spec(v)
         for b, bs in zip(v.backends, spec.backends):
             want = backend_value(spec, bs)
-            entries = [be for be in state.backends.values()
-                       if be.family == want.family and bytes(be.addr) == bytes(want.addr)
-                       and be.port == want.port and be.vip_id == vip_id]
+            entries = by_endpoint.get((want.family, bytes(want.addr), want.port, vip_id), [])
             if entries and not any(be.flags & abi.BE_F_ACTIVE for be in entries):
                 out.append((key, b.key))
     return out
