@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -41,15 +40,9 @@ def _ep(addr, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
-class _FlowReader(Protocol):
-    def flow_liveness(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]: ...
-
-
-def live_flows_by_backend(dp: _FlowReader) -> dict[int, int]:
+def live_flows_by_backend(dp: DataPlane) -> dict[int, int]:
     """Backend id -> live flows (NAT and conntrack regions)."""
-    t, _, live, _, _ = dp.flow_liveness()
-    ids, counts = np.unique(t["backend_id"][live], return_counts=True)
-    return {int(i): int(n) for i, n in zip(ids, counts)}
+    return dp.live_flows_by_backend()
 
 
 def list_flows(dp: DataPlane, limit: int = 0) -> list[Flow]:

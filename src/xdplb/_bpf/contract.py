@@ -49,4 +49,7 @@ class DataPlaneApi(Protocol):
     def flow_counts(self) -> dict[str, int]:
         """Flow table entries: size, used and live, of the NAT and conntrack regions."""
         ...
+    def live_flows_by_backend(self) -> dict[int, int]:
+        """Backend id -> its live flows in the flow table."""
+        ...
 

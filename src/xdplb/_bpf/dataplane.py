@@ -354,6 +354,12 @@ class DataPlane:
         live = used & (age <= tmo)
         return t, used, live, age, nat
 
+    def live_flows_by_backend(self) -> dict[int, int]:
+        """Backend id -> its live flows in the flow table."""
+        t, _, live, _, _ = self.flow_liveness()
+        ids, counts = np.unique(t["backend_id"][live], return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
     def flow_counts(self) -> dict[str, int]:
         """Entries of the flow table: size, used (ever written) and live (not idle
         beyond their timeout), for the NAT and the conntrack region."""

@@ -93,3 +93,6 @@ class FakeDataPlane:
     def flow_counts(self) -> dict[str, int]:
         return {"nat_size": 0, "nat_used": 0, "nat_live": 0, "ct_size": 0, "ct_used": 0,
                 "ct_live": 0}
+
+    def live_flows_by_backend(self) -> dict[int, int]:
+        return {}

@@ -18,8 +18,6 @@ from typing import overload
 
 import numpy as np
 
-from .._signals import held as signals_held
-
 # --- errors -------------------------------------------------------------------------
 
 
@@ -485,8 +483,7 @@ class BpfObject:
         """`rodata`: the load-time knobs, or a function of the compiled ones."""
         self.path = Path(path)
         _take_messages()
-        with signals_held():
-            self._obj = _open_file(str(self.path).encode(), None)
+        self._obj = _open_file(str(self.path).encode(), None)
         if not self._obj:
             raise BpfError(_last_errno(), f"cannot open BPF object {self.path}",
                            _take_messages()[-3:])
@@ -546,8 +543,7 @@ class BpfObject:
             if p:
                 _prog_set_log(p, self._log, len(self._log))
         _take_messages()
-        with signals_held():
-            rc = _obj_load(self._obj)
+        rc = _obj_load(self._obj)
         if rc < 0:
             err = -rc
             msgs = _take_messages()

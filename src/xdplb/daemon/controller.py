@@ -13,7 +13,6 @@ from .._bpf import abi
 from .._bpf.contract import DataPlaneApi, StatsMap
 from ..config import Config, ConfigError, VipKey, format_mac, load_config
 from ..errors import XdplbError
-from ..flows import live_flows_by_backend
 from ..health import HealthMonitor, HealthState
 from ..lb import LoadBalancer, MapState, VipSpec, backend_value
 from ..logfmt import Log
@@ -482,12 +481,9 @@ class Controller:
             return {}
 
     def _live_flows(self) -> Mapping[int | None, int]:
-        """Backend id -> live flows in the flow table (empty for a data plane without
-        one, like the unit tests' fake)."""
-        if not hasattr(self.dp, "flow_liveness"):
-            return {}
+        """Backend id -> live flows in the flow table."""
         try:
-            return {k: n for k, n in live_flows_by_backend(self.dp).items()}  # type: ignore[arg-type]
+            return {k: n for k, n in self.dp.live_flows_by_backend().items()}
         except (OSError, ValueError, KeyError):  # a status never fails for it
             return {}
 
