@@ -33,8 +33,10 @@ enum xdplb_mode {
 #define BE_F_MAC (1u << 1)       /* mac is valid; otherwise bpf_fib_lookup */
 #define BE_F_REDIRECT (1u << 2)  /* leave via ifindex (devmap) instead of XDP_TX */
 
-/* flow_entry.flags */
-#define FLOW_F_CLOSING (1u << 0) /* FIN or RST seen: short timeout */
+/* flow_entry.flags (flow.h: the flow lifecycle) */
+#define FLOW_F_CLOSING (1u << 0)   /* FIN or RST after the handshake: closing timeout */
+#define FLOW_F_EMBRYONIC (1u << 1) /* TCP, not confirmed yet: syn timeout, evicted first */
+#define FLOW_F_SYNACK (1u << 2)    /* NAT, embryonic: the backend's SYN-ACK seen (ack_check) */
 
 /* flow_entry.set_flags (meaningful on the first way of a NAT set) */
 #define SET_F_SPILL (1u << 0) /* a flow of this set's hash lives in the next set */
@@ -44,7 +46,7 @@ enum xdplb_mode {
 /* Version of what the flows table means (entry layout, flow hash, set rules):
  * a takeover keeps the table only when it is the same (knobs.flow_format). */
 #ifndef FLOW_FORMAT /* (tests build objects of another format) */
-#define FLOW_FORMAT 1
+#define FLOW_FORMAT 2
 #endif
 
 /* A VIP: (address, port, protocol); port 0 = every port of that protocol. */
@@ -118,7 +120,7 @@ struct flow_entry {
 	__u32 backend_id;
 	__u32 client_ifindex; /* NAT: interface the client's frames came in on */
 	__u8 client_mac[6];  /* NAT: L2 source of the client's frames, where replies go */
-	__u16 pad;
+	__u16 ack_check;     /* NAT, FLOW_F_SYNACK: low 16 bits of the backend's ISN + 1 */
 };
 
 /* Per-CPU counters. */
@@ -157,6 +159,10 @@ enum xdplb_stat {
 	ST_CT_FULL,          /* conntrack set full: a live flow was evicted */
 	ST_TX_ERROR,         /* redirect failed */
 	ST_PASS_OTHER_MAC,   /* frame for another MAC (flooded or promiscuous): not ours */
+	ST_DROP_NOT_SYN,     /* NAT: TCP without SYN and no flow (never creates one) */
+	ST_EVICT_CLOSING,    /* a closing flow's way given to a new flow */
+	ST_EVICT_EMBRYONIC,  /* an unconfirmed flow's way given to a new flow (flood protection) */
+	ST_NONSYN_STATELESS, /* not NAT: a non-SYN miss beyond the per-CPU budget, no entry */
 	ST__MAX,
 };
 
@@ -174,6 +180,12 @@ struct lb_knobs {
 	__u16 pad;
 };
 
+/* Per-CPU budget of entries created by non-SYN misses (`flood` map). */
+struct flood_budget {
+	__u64 window; /* jiffies when the current one-second window began */
+	__u64 used;   /* entries created in it */
+};
+
 #define PORT_BITS_WORDS 1024 /* 65536 bits: one per destination port */
 
 /* Run-time state (.bss): written by user space after load and while running.
@@ -185,11 +197,12 @@ struct lb_runtime {
 	__u32 nat_vips;      /* number of NAT VIPs: 0 skips the reply lookup */
 	__u32 hz;            /* jiffies per second */
 	__u32 vip_spill;     /* VIPs not in vip_slots (collisions): 0 skips the hash map */
-	__u32 pad;
+	__u32 nonsyn_budget; /* not NAT: entries non-SYN misses may create, per CPU and second */
 	__u64 tcp_timeout;   /* idle time after which a flow's entry may be reused (< 2^31) */
 	__u64 closing_timeout;
 	__u64 udp_timeout;
 	__u64 refresh;       /* last_seen is rewritten at most this often */
+	__u64 syn_timeout;   /* an embryonic (unconfirmed) TCP flow's timeout */
 	__u64 port_bits[PORT_BITS_WORDS]; /* dports used by some VIP (host order) */
 	__u64 addr_bits[PORT_BITS_WORDS]; /* VIP addresses, by addr_bit() */
 };

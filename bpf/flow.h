@@ -36,14 +36,48 @@
 
 static __always_inline __u64 flow_timeout(__u8 proto, __u8 flags)
 {
+	if (flags & FLOW_F_EMBRYONIC)
+		return runtime.syn_timeout;
 	if (flags & FLOW_F_CLOSING)
 		return runtime.closing_timeout;
 	return proto == IPPROTO_TCP ? runtime.tcp_timeout : runtime.udp_timeout;
 }
 
-static __always_inline __u8 closing_flag(const struct packet *pkt)
+/* A SYN that may open a connection: SYN without ACK or RST. */
+static __always_inline int is_syn(const struct packet *pkt)
 {
-	return (pkt->tcp_flags & (TCPF_FIN | TCPF_RST)) ? FLOW_F_CLOSING : 0;
+	return (pkt->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_SYN;
+}
+
+/* The flags of entry `e` after `pkt` of its flow (`reply`: from the backend;
+ * `nat`: a NAT flow). Only a TCP flow's flags ever change:
+ *  - embryonic: the backend's SYN-ACK adds FLOW_F_SYNACK (NAT: the caller keeps
+ *    its sequence + 1 in ack_check); the client's ACK (no SYN, no RST)
+ *    confirms the flow (NAT: only when it acknowledges that SYN-ACK);
+ *  - confirmed: FIN or RST marks it closing; a segment with data and neither
+ *    clears the mark (a connection still carrying data was not closed: the
+ *    FIN/RST was forged or reordered).
+ * FIN and RST of an embryonic flow change nothing: its timeout is short. */
+static __always_inline __u8 flow_flags_next(const struct flow_entry *e, const struct packet *pkt,
+					    int reply, int nat)
+{
+	__u8 f = e->flags, tf = pkt->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST);
+
+	if (pkt->key.proto != IPPROTO_TCP)
+		return f;
+	if (f & FLOW_F_EMBRYONIC) {
+		if (reply)
+			return tf == (TCPF_SYN | TCPF_ACK) ? f | FLOW_F_SYNACK : f;
+		if (tf == TCPF_ACK &&
+		    (!nat || ((f & FLOW_F_SYNACK) && (__u16)pkt->tcp_ack == e->ack_check)))
+			f &= ~(FLOW_F_EMBRYONIC | FLOW_F_SYNACK);
+		return f;
+	}
+	if (pkt->tcp_flags & (TCPF_FIN | TCPF_RST))
+		return f | FLOW_F_CLOSING;
+	if (pkt->tcp_data)
+		return f & ~FLOW_F_CLOSING;
+	return f;
 }
 
 /* Now in jiffies (low 32 bits), never 0: a claimed way's last_seen is never 0. */
@@ -219,19 +253,80 @@ static __always_inline int flow_publish(__u32 idx, __u32 seen, const struct flow
 	e->backend_id = n->e.backend_id;
 	e->client_ifindex = n->e.client_ifindex;
 	__builtin_memcpy(e->client_mac, n->e.client_mac, sizeof(e->client_mac));
+	e->ack_check = 0;
 	e->family = n->e.family; /* last: a never-used way becomes visible whole */
 	return 0;
+}
+
+/* The way a new flow may take when none is free: the least valuable live
+ * flow seen, embryonic before closing before confirmed (the latter only in
+ * the conntrack region), the longest idle first. */
+struct victim {
+	int idx;    /* FLOW_NONE: none yet */
+	__u32 seen; /* its last_seen when judged */
+	__u32 score;
+};
+
+/* (field by field: an initialised struct constant would land in .rodata) */
+static __always_inline void victim_init(struct victim *v)
+{
+	v->idx = FLOW_NONE;
+	v->seen = 0;
+	v->score = 0;
+}
+
+#define VICTIM_EMBRYONIC 2
+#define VICTIM_CLOSING 1
+#define VICTIM_LIVE 0
+
+static __always_inline __u32 victim_rank(__u8 flags)
+{
+	if (flags & FLOW_F_EMBRYONIC)
+		return VICTIM_EMBRYONIC;
+	return flags & FLOW_F_CLOSING ? VICTIM_CLOSING : VICTIM_LIVE;
+}
+
+/* Consider the live flow `e` at `idx` as the victim `v` (rank at least `min`). */
+static __always_inline void victim_consider(struct victim *v, __u32 idx, const struct flow_entry *e,
+					    __u32 now, __u32 min)
+{
+	__u32 rank = victim_rank(e->flags), age = now - e->last_seen, score;
+
+	if (rank < min)
+		return;
+	score = (rank << 30) | (age < 0x3fffffffu ? age : 0x3fffffffu);
+	if (v->idx == FLOW_NONE || score > v->score) {
+		v->idx = idx;
+		v->seen = e->last_seen;
+		v->score = score;
+	}
+}
+
+/* The counter of an eviction of victim `v`. */
+static __always_inline void count_eviction(const struct victim *v)
+{
+	__u32 rank = v->score >> 30; /* (arithmetic: a lookup table would land in .rodata) */
+
+	count_stat(rank ? ST_EVICT_CLOSING + rank - VICTIM_CLOSING : ST_CT_FULL, 0);
 }
 
 /* A way for new NAT flow `n` in the set starting at `first`: a stale way with
  * the same reply tuple (replies must find one flow only), else the first
  * never-used or stale way; FLOW_NONE when the set is full or a live flow has
- * the same reply tuple. *seen: the way's last_seen. */
-static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, __u32 *seen)
+ * the same reply tuple. *seen: the way's last_seen. An embryonic or closing
+ * way the new flow could take instead goes to `v` (with a live flow of the
+ * same reply tuple, only that flow's way). A global function: the verifier
+ * walks it once, not once per probe. */
+__attribute__((noinline)) int nat_set_pick(const struct flow_new *n, __u32 first, __u32 *seen,
+					   struct victim *v)
 {
 	int w, pick = FLOW_NONE, same = FLOW_NONE;
 	__u32 pick_seen = 0, same_seen = 0;
+	struct victim sv;
 
+	if (!n || !seen || !v)
+		return FLOW_NONE;
+	victim_init(&sv);
 	for (w = 0; w < FLOW_WAYS; w++) {
 		__u32 idx = first + w;
 		struct flow_entry *e = flow_at(idx);
@@ -243,13 +338,20 @@ static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, _
 			continue; /* being published by another CPU */
 		stale = !e->family || flow_stale(e, n->now);
 		if (e->family && e->reply_tag == n->e.reply_tag) {
-			if (!stale)
+			if (!stale) {
+				victim_init(&sv);
+				victim_consider(&sv, idx, e, n->now, VICTIM_CLOSING);
+				if (sv.idx != FLOW_NONE && (v->idx == FLOW_NONE || sv.score > v->score))
+					*v = sv;
 				return FLOW_NONE;
+			}
 			if (same == FLOW_NONE) {
 				same = idx;
 				same_seen = e->last_seen;
 			}
 		}
+		if (!stale)
+			victim_consider(&sv, idx, e, n->now, VICTIM_CLOSING);
 		if (stale && pick == FLOW_NONE) {
 			pick = idx;
 			pick_seen = e->last_seen;
@@ -261,19 +363,24 @@ static __always_inline int nat_set_pick(const struct flow_new *n, __u32 first, _
 		*seen = same_seen;
 		return same;
 	}
+	if (pick == FLOW_NONE && sv.idx != FLOW_NONE && (v->idx == FLOW_NONE || sv.score > v->score))
+		*v = sv;
 	*seen = pick_seen;
 	return pick;
 }
 
 /* A way for new NAT flow `n`: its index (the port is its set), FLOW_NONE when
- * none of its NAT_PROBES sets has one. A global function. */
+ * none of its NAT_PROBES sets has a free way or an embryonic or closing flow
+ * to evict. A global function. */
 __attribute__((noinline)) int nat_claim(struct flow_new *n)
 {
 	__u32 s, seen = 0, i, t;
+	struct victim v;
 	int idx;
 
 	if (!n)
 		return FLOW_NONE;
+	victim_init(&v);
 	s = n->hash % nat_sets();
 	for (i = 0; i < NAT_PROBES; i++) { /* the flow's set, then the next ones */
 		struct flow_entry *first;
@@ -281,7 +388,7 @@ __attribute__((noinline)) int nat_claim(struct flow_new *n)
 		for (t = 0; t < 2; t++) { /* again if another CPU took the way first */
 			if (test_bit(runtime.port_bits, knobs.nat_port_min + s))
 				break; /* a VIP port: replies to it would look like new flows */
-			idx = nat_set_pick(n, s * FLOW_WAYS, &seen);
+			idx = nat_set_pick(n, s * FLOW_WAYS, &seen, &v);
 			if (idx == FLOW_NONE)
 				break;
 			if (!flow_publish(idx, seen, n))
@@ -289,24 +396,28 @@ __attribute__((noinline)) int nat_claim(struct flow_new *n)
 		}
 		first = flow_at(s * FLOW_WAYS);
 		if (!first || i == NAT_PROBES - 1)
-			return FLOW_NONE;
+			break;
 		if (!(first->set_flags & SET_F_SPILL))
 			first->set_flags |= SET_F_SPILL;
 		s = nat_next(s);
 	}
-	return FLOW_NONE;
+	if (v.idx == FLOW_NONE || flow_publish(v.idx, v.seen, n))
+		return FLOW_NONE;
+	count_eviction(&v);
+	return v.idx;
 }
 
-/* A flow whose backend was removed gives up its entry (re-selected as new):
- * it matches no packet and is free to reuse. */
+/* A flow whose backend was removed, or whose tuple a SYN opens again, gives up
+ * its entry: it matches no packet and is free to reuse. */
 static __always_inline void flow_retire(struct flow_entry *e, __u32 now)
 {
 	e->proto = 0;
 	e->last_seen = now - 0x80000000u;
 }
 
-/* A way for new conntrack flow `n`: the first never-used or stale way, else a
- * live flow's (way by hash: evicted, counted). A global function. */
+/* A way for new conntrack flow `n`: the first never-used or stale way, else
+ * the victim's (embryonic, closing, then the longest idle live flow: counted).
+ * A global function. */
 __attribute__((noinline)) int ct_claim(struct flow_new *n)
 {
 	__u32 first, seen = 0, t;
@@ -316,6 +427,9 @@ __attribute__((noinline)) int ct_claim(struct flow_new *n)
 		return FLOW_NONE;
 	first = (nat_sets() + (n->hash & (knobs.ct_sets - 1))) * FLOW_WAYS;
 	for (t = 0; t < 2; t++) {
+		struct victim v;
+
+		victim_init(&v);
 		idx = FLOW_NONE;
 		for (w = 0; w < FLOW_WAYS; w++) {
 			struct flow_entry *e = flow_at(first + w);
@@ -329,36 +443,51 @@ __attribute__((noinline)) int ct_claim(struct flow_new *n)
 				seen = e->last_seen;
 				break;
 			}
+			victim_consider(&v, first + w, e, n->now, VICTIM_LIVE);
 		}
-		if (idx == FLOW_NONE) {
-			struct flow_entry *e;
-
-			idx = first + (n->hash >> 30) % FLOW_WAYS;
-			e = flow_at(idx);
-			if (!e)
-				return FLOW_NONE;
-			seen = e->last_seen;
-			if (!flow_publish(idx, seen, n)) {
-				count_stat(ST_CT_FULL, 0);
+		if (idx != FLOW_NONE) {
+			if (!flow_publish(idx, seen, n))
 				return idx;
-			}
 			continue;
 		}
-		if (!flow_publish(idx, seen, n))
-			return idx;
+		if (v.idx == FLOW_NONE)
+			return FLOW_NONE;
+		if (!flow_publish(v.idx, v.seen, n)) {
+			count_eviction(&v);
+			return v.idx;
+		}
 	}
 	return FLOW_NONE;
 }
 
-/* Keep a live flow's entry fresh: last_seen and the closing flag, rewritten at
- * most every runtime.refresh (a clean cache line stays clean). */
-static __always_inline void flow_touch(struct flow_entry *e, __u32 now, __u8 closing)
+/* Keep a live flow's entry fresh: last_seen rewritten at most every
+ * runtime.refresh (a clean cache line stays clean), flags when they change. */
+static __always_inline void flow_touch(struct flow_entry *e, __u32 now, __u8 flags)
 {
-	if ((__u32)(now - e->last_seen) >= (__u32)runtime.refresh ||
-	    (e->flags | closing) != e->flags) {
+	if ((__u32)(now - e->last_seen) >= (__u32)runtime.refresh || flags != e->flags) {
 		e->last_seen = now;
-		e->flags |= closing;
+		e->flags = flags;
 	}
+}
+
+/* May a non-SYN miss (not NAT) create an entry? Within this CPU's budget of
+ * runtime.nonsyn_budget a second (flows ECMP moved here from another node
+ * need one; a flood of them gets no more). */
+static __always_inline int nonsyn_admit(__u32 now)
+{
+	__u32 zero = 0;
+	struct flood_budget *b = bpf_map_lookup_elem(&flood, &zero);
+
+	if (!b)
+		return 0;
+	if ((__u32)(now - (__u32)b->window) >= runtime.hz) {
+		b->window = now;
+		b->used = 0;
+	}
+	if (b->used >= runtime.nonsyn_budget)
+		return 0;
+	b->used++;
+	return 1;
 }
 
 #endif

@@ -22,14 +22,19 @@ struct flow_pick {
 };
 
 /* The flow's backend: kept from the flow table, else chosen by Maglev (and, in
- * NAT mode, a NAT port taken). out: backend id and NAT port. */
+ * NAT mode, a NAT port taken). out: backend id and NAT port. Admission: a TCP
+ * flow is created by a SYN (embryonic until the client's ACK confirms it); a
+ * TCP miss without SYN is dropped in NAT mode (the backend never saw its
+ * handshake) and otherwise forwarded by Maglev, creating an (embryonic) entry
+ * within the per-CPU budget only. A SYN on a closing or stale entry opens a
+ * fresh flow. */
 static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct packet *pkt,
 						    struct vip_info *vip, struct flow_pick *out,
 						    __u32 *stat)
 {
 	__u32 now = flow_now(), nat = vip->mode == XDPLB_MODE_NAT;
 	__u32 hash = hash_flow(&pkt->key, knobs.hash_seed);
-	__u8 closing = closing_flag(pkt);
+	int tcp = pkt->key.proto == IPPROTO_TCP, syn = is_syn(pkt);
 	struct flow_entry *e = 0;
 	struct flow_new n = {};
 	struct backend *be;
@@ -39,10 +44,14 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 		idx = flow_find(&pkt->key, hash, nat);
 		e = idx == FLOW_NONE ? 0 : flow_at(idx);
 	}
+	if (e && syn && ((e->flags & FLOW_F_CLOSING) || flow_stale(e, now))) {
+		flow_retire(e, now); /* the tuple opens a new connection */
+		e = 0;
+	}
 	if (e) {
 		be = lookup_backend(e->backend_id);
 		if (be) {
-			flow_touch(e, now, closing);
+			flow_touch(e, now, flow_flags_next(e, pkt, 0, nat));
 			out->backend_id = e->backend_id;
 			out->nat_port = nat ? nat_port_of(idx) : 0;
 			*stat = ST_FWD_EST;
@@ -65,15 +74,25 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 	out->nat_port = 0;
 	if (e && !nat) { /* re-selected: the entry stays, with its new backend */
 		e->backend_id = out->backend_id;
-		flow_touch(e, now, closing);
+		flow_touch(e, now, flow_flags_next(e, pkt, 0, nat));
 		return be;
 	}
 	if (e)
 		flow_retire(e, now); /* NAT: its reply tuple changes, so must its way */
 	if ((vip->flags & VIP_F_UDP_STATELESS) && pkt->key.proto == IPPROTO_UDP)
 		return be;
+	if (tcp && !syn) {
+		if (nat) {
+			*stat = ST_DROP_NOT_SYN;
+			return 0;
+		}
+		if (!nonsyn_admit(now)) {
+			count_stat(ST_NONSYN_STATELESS, 0);
+			return be;
+		}
+	}
 	__builtin_memcpy(&n.e, &pkt->key, __builtin_offsetof(struct flow_key, pad));
-	n.e.flags = closing;
+	n.e.flags = tcp ? FLOW_F_EMBRYONIC : 0;
 	n.e.backend_id = out->backend_id;
 	n.hash = hash;
 	n.now = now;
@@ -145,10 +164,14 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct packet *pkt, _
 	__u16 cport, vport;
 	struct backend *be;
 	int action;
+	__u8 flags;
 
 	if (!e)
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
-	flow_touch(e, flow_now(), closing_flag(pkt));
+	flags = flow_flags_next(e, pkt, 1, 1);
+	if ((flags & ~e->flags) & FLOW_F_SYNACK)
+		e->ack_check = (__u16)(pkt->tcp_seq + 1); /* before the flag that vouches for it */
+	flow_touch(e, flow_now(), flags);
 	__builtin_memcpy(client, e->src, sizeof(client));
 	__builtin_memcpy(vip, e->dst, sizeof(vip));
 	cport = e->sport;

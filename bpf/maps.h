@@ -111,6 +111,14 @@ struct {
 	__type(value, struct obj_stats);
 } be_stats SEC(".maps");
 
+/* the per-CPU budget of entries non-SYN misses create (flow.h::nonsyn_admit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flood_budget);
+} flood SEC(".maps");
+
 /* sampled trace events (off unless runtime.trace_rate != 0). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

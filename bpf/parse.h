@@ -44,6 +44,9 @@ struct packet {
 	__u32 ifindex;       /* ingress interface */
 	__u8 tcp_flags;      /* FIN/SYN/RST/ACK bits, 0 for UDP */
 	__u8 maybe_vip;      /* set by the entry: the VIP pre-filter's answer */
+	__u8 tcp_data;       /* TCP: the segment carries payload (after the header's options) */
+	__u32 tcp_seq;       /* TCP sequence and acknowledgment numbers, host order */
+	__u32 tcp_ack;
 };
 
 #define TCPF_FIN 0x01
@@ -79,6 +82,9 @@ static __always_inline int parse_l4(struct packet *pkt, void *l4, void *data, vo
 		pkt->key.sport = th->source;
 		pkt->key.dport = th->dest;
 		pkt->tcp_flags = ((__u8 *)th)[13];
+		pkt->tcp_data = pkt->l4_len > (__u32)(((__u8 *)th)[12] >> 4) * 4;
+		pkt->tcp_seq = bpf_ntohl(th->seq);
+		pkt->tcp_ack = bpf_ntohl(th->ack_seq);
 		return PARSE_OK;
 	}
 	if (pkt->key.proto == IPPROTO_UDP) {

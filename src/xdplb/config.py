@@ -86,11 +86,14 @@ class Defaults:
     ring_size: int = DEFAULT_SIZE  # Maglev table slots per VIP (prime)
     frag_policy: FragPolicy = "pass"  # IP fragments to a VIP: "pass" to the host or "drop"
     xdp_mode: XdpMode = "auto"
-    # flow timeouts, seconds (the loader writes them in jiffies)
-    tcp_timeout_s: float = 300.0
-    closing_timeout_s: float = 10.0
-    udp_timeout_s: float = 30.0
+    # flow timeouts, seconds (the loader writes them in jiffies); docs/config.md says why
+    syn_timeout_s: float = 5.0  # embryonic TCP flow: SYN seen, handshake not confirmed
+    tcp_timeout_s: float = 900.0  # confirmed TCP flow (IPVS's established timeout)
+    closing_timeout_s: float = 10.0  # after FIN or RST (conntrack's and IPVS's CLOSE)
+    udp_timeout_s: float = 30.0  # (conntrack's unreplied UDP)
     refresh_s: float = 1.0  # how often an established flow's last_seen is written
+    # not NAT: entries non-SYN misses (flows ECMP moved here) may create, per CPU and second
+    nonsyn_budget: int = 8192
 
 
 DEFAULTS = Defaults()

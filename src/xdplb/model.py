@@ -300,9 +300,10 @@ class FlowEntry:
     backend_id: int = 0
     client_ifindex: int = 0  # NAT: ingress interface of the client's frames
     client_mac: bytes = bytes(6)  # NAT: their Ethernet source
+    ack_check: int = 0  # NAT, FLOW_F_SYNACK: low 16 bits of the backend's ISN + 1
 
     FIELDS = ("src", "dst", "sport", "dport", "proto", "family", "flags", "set_flags",
-              "reply_tag", "backend_id", "client_ifindex", "client_mac")
+              "reply_tag", "backend_id", "client_ifindex", "client_mac", "ack_check")
 
     @classmethod
     def from_abi(cls, v) -> FlowEntry:
@@ -315,7 +316,8 @@ class FlowEntry:
                    int(_get(v, "proto")), int(_get(v, "family")), int(_get(v, "flags")),
                    int(_get(v, "set_flags")), int(_get(v, "last_seen")),
                    int(_get(v, "reply_tag")), int(_get(v, "backend_id")),
-                   int(_get(v, "client_ifindex")), raw(_get(v, "client_mac"))[:6])
+                   int(_get(v, "client_ifindex")), raw(_get(v, "client_mac"))[:6],
+                   int(_get(v, "ack_check")))
 
     @property
     def key(self) -> FlowKey:
@@ -371,6 +373,9 @@ class Packet:
     family: int = 0
     l4_len: int = 0
     tcp_flags: int = 0
+    tcp_data: bool = False  # the TCP segment carries payload
+    tcp_seq: int = 0
+    tcp_ack: int = 0
 
     @property
     def key(self) -> FlowKey:
@@ -406,6 +411,9 @@ def _parse_l4(pkt: Packet, frame: bytes, l4: int) -> int:
             return PARSE_MALFORMED
         pkt.sport, pkt.dport = _be16(frame, l4), _be16(frame, l4 + 2)
         pkt.tcp_flags = frame[l4 + 13]
+        pkt.tcp_data = pkt.l4_len > (frame[l4 + 12] >> 4) * 4
+        pkt.tcp_seq = int.from_bytes(frame[l4 + 4:l4 + 8], "big")
+        pkt.tcp_ack = int.from_bytes(frame[l4 + 8:l4 + 12], "big")
         return PARSE_OK
     if pkt.proto == IPPROTO_UDP:
         if l4 + 8 > n or pkt.l4_len < 8:
@@ -652,6 +660,12 @@ class Model:
         self.udp_timeout = min(int(getattr(k, "udp_timeout_s", DEFAULTS.udp_timeout_s) * hz),
                                AGE_MAX)
         self.refresh = max(1, int(getattr(k, "refresh_s", DEFAULTS.refresh_s) * hz))
+        self.syn_timeout = min(int(getattr(k, "syn_timeout_s", DEFAULTS.syn_timeout_s) * hz),
+                               AGE_MAX)
+        self.nonsyn_budget = int(getattr(k, "nonsyn_budget", DEFAULTS.nonsyn_budget))
+        # flow.h::nonsyn_admit's per-CPU budget (one CPU here): window start, entries used
+        self.budget_window = 0
+        self.budget_used = 0
         self.now = 0
         self.flows: dict[int, FlowEntry] = {}  # index -> entry; absent: never used
         self.stats = [[0, 0] for _ in range(abi.ST_MAX)]
@@ -698,6 +712,7 @@ class Model:
         if rt.hz and rt.refresh:
             m.tcp_timeout, m.closing_timeout = rt.tcp_timeout, rt.closing_timeout
             m.udp_timeout, m.refresh = rt.udp_timeout, rt.refresh
+            m.syn_timeout, m.nonsyn_budget = rt.syn_timeout, rt.nonsyn_budget
         return m
 
     @property
@@ -898,13 +913,35 @@ class Model:
 
     # flow.h -------------------------------------------------------------------------
     def _flow_timeout(self, proto: int, flags: int) -> int:
+        if flags & abi.FLOW_F_EMBRYONIC:
+            return self.syn_timeout
         if flags & abi.FLOW_F_CLOSING:
             return self.closing_timeout
         return self.tcp_timeout if proto == IPPROTO_TCP else self.udp_timeout
 
     @staticmethod
-    def _closing_flag(pkt: Packet) -> int:
-        return abi.FLOW_F_CLOSING if pkt.tcp_flags & (TCPF_FIN | TCPF_RST) else 0
+    def _is_syn(pkt: Packet) -> bool:
+        return pkt.tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST) == TCPF_SYN
+
+    @staticmethod
+    def _flags_next(e: FlowEntry, pkt: Packet, reply: bool, nat: bool) -> int:
+        """flow.h::flow_flags_next."""
+        f = e.flags
+        tf = pkt.tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)
+        if pkt.proto != IPPROTO_TCP:
+            return f
+        if f & abi.FLOW_F_EMBRYONIC:
+            if reply:
+                return f | abi.FLOW_F_SYNACK if tf == TCPF_SYN | TCPF_ACK else f
+            if tf == TCPF_ACK and (not nat or (f & abi.FLOW_F_SYNACK
+                                               and pkt.tcp_ack & 0xFFFF == e.ack_check)):
+                f &= ~(abi.FLOW_F_EMBRYONIC | abi.FLOW_F_SYNACK)
+            return f
+        if pkt.tcp_flags & (TCPF_FIN | TCPF_RST):
+            return f | abi.FLOW_F_CLOSING
+        if pkt.tcp_data:
+            return f & ~abi.FLOW_F_CLOSING
+        return f
 
     def _at(self, idx: int) -> FlowEntry:
         """flow_at for reading: a way never written reads as zeros (not stored)."""
@@ -978,11 +1015,25 @@ class Model:
         e.src, e.dst, e.sport, e.dport = n.src, n.dst, n.sport, n.dport
         e.proto, e.flags, e.backend_id = n.proto, n.flags, n.backend_id
         e.client_ifindex, e.client_mac = n.client_ifindex, n.client_mac
+        e.ack_check = 0
         e.family = n.family
         e.last_seen, e.reply_tag = now, n.reply_tag  # set_flags kept
 
-    def _nat_set_pick(self, n: FlowEntry, first: int, now: int) -> int | None:
+    @staticmethod
+    def _victim_score(e: FlowEntry, now: int) -> tuple[int, int]:
+        """flow.h::victim_consider: (rank, score) of a live way as a victim."""
+        rank = 2 if e.flags & abi.FLOW_F_EMBRYONIC else 1 if e.flags & abi.FLOW_F_CLOSING else 0
+        return rank, (rank << 30) | min((now - e.last_seen) & M32, 0x3FFFFFFF)
+
+    def _consider(self, v: list, idx: int, e: FlowEntry, now: int, least: int) -> None:
+        """v = [idx or None, score]: keep the better victim."""
+        rank, score = self._victim_score(e, now)
+        if rank >= least and (v[0] is None or score > v[1]):
+            v[0], v[1] = idx, score
+
+    def _nat_set_pick(self, n: FlowEntry, first: int, now: int, v: list) -> int | None:
         pick = same = None
+        sv: list = [None, 0]
         for w in range(FLOW_WAYS):
             idx = first + w
             e = self._at(idx)
@@ -990,33 +1041,54 @@ class Model:
                 continue  # being published by another CPU
             stale = not e.family or self._flow_stale(e, now)
             if e.family and e.reply_tag == n.reply_tag:
-                if not stale:
-                    return None  # a live flow has this reply tuple
+                if not stale:  # a live flow has this reply tuple: only it may make room
+                    sv = [None, 0]
+                    self._consider(sv, idx, e, now, 1)
+                    if sv[0] is not None and (v[0] is None or sv[1] > v[1]):
+                        v[:] = sv
+                    return None
                 if same is None:
                     same = idx
+            if not stale:
+                self._consider(sv, idx, e, now, 1)
             if stale and pick is None:
                 pick = idx
             if not e.family:
                 break
-        return same if same is not None else pick
+        if same is not None:
+            return same
+        if pick is None and sv[0] is not None and (v[0] is None or sv[1] > v[1]):
+            v[:] = sv
+        return pick
+
+    def _count_eviction(self, score: int) -> None:
+        rank = score >> 30
+        self._count(Stat.EVICT_EMBRYONIC if rank == 2 else Stat.EVICT_CLOSING if rank == 1
+                    else Stat.CT_FULL, 0)
 
     def _nat_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
         ns = self.nat_sets
         s = h % ns
+        v: list = [None, 0]
         for i in range(NAT_PROBES):  # the flow's set, then the next ones
             if ((self.nat_port_min + s) & M32) not in self._cfg_now.port_bits:
-                idx = self._nat_set_pick(n, s * FLOW_WAYS, now)
+                idx = self._nat_set_pick(n, s * FLOW_WAYS, now, v)
                 if idx is not None:
                     self._flow_publish(idx, n, now)
                     return idx
             if i == NAT_PROBES - 1:
-                return None
+                break
             self._at_w(s * FLOW_WAYS).set_flags |= SET_F_SPILL
             s = 0 if s + 1 == ns else s + 1
-        return None
+        if v[0] is None:
+            return None
+        self._flow_publish(v[0], n, now)
+        self._count_eviction(v[1])
+        return int(v[0])
 
-    def _ct_claim(self, n: FlowEntry, h: int, now: int) -> int:
+    def _ct_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
         first = (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS
+        v: list = [None, 0]
         for w in range(FLOW_WAYS):
             e = self._at(first + w)
             if not e.family and e.last_seen:
@@ -1024,15 +1096,27 @@ class Model:
             if not e.family or self._flow_stale(e, now):
                 self._flow_publish(first + w, n, now)
                 return first + w
-        idx = first + (h >> 30) % FLOW_WAYS  # a live flow is evicted
-        self._flow_publish(idx, n, now)
-        self._count(Stat.CT_FULL, 0)
-        return idx
+            self._consider(v, first + w, e, now, 0)
+        if v[0] is None:
+            return None
+        self._flow_publish(v[0], n, now)
+        self._count_eviction(v[1])
+        return int(v[0])
 
-    def _flow_touch(self, e: FlowEntry, now: int, closing: int) -> None:
-        if ((now - e.last_seen) & M32) >= (self.refresh & M32) or (e.flags | closing) != e.flags:
+    def _flow_touch(self, e: FlowEntry, now: int, flags: int) -> None:
+        if ((now - e.last_seen) & M32) >= (self.refresh & M32) or flags != e.flags:
             e.last_seen = now
-            e.flags |= closing
+            e.flags = flags
+
+    def _nonsyn_admit(self, now: int) -> bool:
+        """flow.h::nonsyn_admit (the budget of the one CPU the model has)."""
+        if ((now - self.budget_window) & M32) >= self.hz:
+            self.budget_window = now
+            self.budget_used = 0
+        if self.budget_used >= self.nonsyn_budget:
+            return False
+        self.budget_used += 1
+        return True
 
     @staticmethod
     def _flow_retire(e: FlowEntry, now: int) -> None:
@@ -1044,15 +1128,19 @@ class Model:
         now = (self.now & M32) or 1  # flow.h::flow_now: never 0
         nat = vip.mode == abi.MODE_NAT
         h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
-        closing = self._closing_flag(pkt)
+        tcp = pkt.proto == IPPROTO_TCP
+        syn = self._is_syn(pkt)
         key = pkt.key
         stateless = bool(vip.flags & abi.VIP_F_UDP_STATELESS) and pkt.proto == IPPROTO_UDP
         idx = None if stateless else self._flow_find(key, h, nat)
         e = self.flows[idx] if idx is not None else None
+        if e is not None and syn and (e.flags & abi.FLOW_F_CLOSING or self._flow_stale(e, now)):
+            self._flow_retire(e, now)  # the tuple opens a new connection
+            e = None
         if e is not None and idx is not None:
             be = self._lookup_backend(e.backend_id)
             if be is not None:
-                self._flow_touch(e, now, closing)
+                self._flow_touch(e, now, self._flags_next(e, pkt, False, nat))
                 return FlowPick(Stat.FWD_EST, e.backend_id,
                                 self.nat_port_of(idx) if nat else 0, idx)
             if vip.flags & abi.VIP_F_RESET_REMOVED:
@@ -1062,17 +1150,23 @@ class Model:
         bid = self._select_backend(vip, h)
         be = self._lookup_backend(bid)
         if be is None:
-            return FlowPick(Stat.DROP_NO_BACKEND, bid, 0, idx)
+            return FlowPick(Stat.DROP_NO_BACKEND, bid, 0, idx if e is not None else None)
         if e is not None and not nat:  # re-selected: the entry stays, with its new backend
             e.backend_id = bid
-            self._flow_touch(e, now, closing)
+            self._flow_touch(e, now, self._flags_next(e, pkt, False, nat))
             return FlowPick(Stat.FWD_NEW, bid, 0, idx)
         if e is not None:
             self._flow_retire(e, now)  # NAT: its reply tuple changes, so must its way
         if stateless:
             return FlowPick(Stat.FWD_NEW, bid, 0, None)
+        if tcp and not syn:
+            if nat:
+                return FlowPick(Stat.DROP_NOT_SYN, bid, 0, None)
+            if not self._nonsyn_admit(now):
+                self._count(Stat.NONSYN_STATELESS, 0)
+                return FlowPick(Stat.FWD_NEW, bid, 0, None)
         n = FlowEntry(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, pkt.family,
-                      flags=closing, backend_id=bid)
+                      flags=abi.FLOW_F_EMBRYONIC if tcp else 0, backend_id=bid)
         if not nat:
             return FlowPick(Stat.FWD_NEW, bid, 0, self._ct_claim(n, h, now))
         n.reply_tag = _hash_raw(be.addr, vip.snat, be.port or pkt.dport, 0, pkt.proto,
@@ -1122,7 +1216,10 @@ class Model:
 
     def _reverse_nat(self, buf: bytearray, pkt: Packet, idx: int) -> tuple[int, Stat]:
         e = self.flows[idx]
-        self._flow_touch(e, (self.now & M32) or 1, self._closing_flag(pkt))
+        flags = self._flags_next(e, pkt, True, True)
+        if flags & ~e.flags & abi.FLOW_F_SYNACK:
+            e.ack_check = (pkt.tcp_seq + 1) & 0xFFFF
+        self._flow_touch(e, (self.now & M32) or 1, flags)
         if self._rewrite_tuple(buf, pkt, e.dst, e.src, e.dport, e.sport):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         action, stat = self._xmit_mac(buf, pkt, e.client_mac, e.client_ifindex, Stat.REPLY)

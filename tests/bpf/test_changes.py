@@ -58,12 +58,15 @@ def test_a_removed_backends_flows_are_reselected_and_others_stay(balancer):
     moved = 0
     for sport, b in flows.items():
         action, now = send(dp, frame(sport, "A"))
-        assert action == XDP_TX and now != str(gone)
-        if b == str(gone):
+        if b == str(gone):  # NAT: the new backend never saw the handshake, so no ACK
+            assert action == XDP_DROP  # moves; the client's next SYN goes elsewhere
+            action, now = send(dp, frame(sport))
             moved += 1
         else:
             assert now == b, "a flow whose backend stayed must not move"
+        assert action == XDP_TX and now != str(gone)
     assert moved and dp.stats()["reselect"][0] - before == moved
+    assert dp.stats()["drop_not_syn"][0] == moved
 
 
 def test_reset_policy_drops_a_removed_backends_flows(balancer):
@@ -118,22 +121,23 @@ def test_two_thousand_vips_each_reach_their_own_backend(balancer):
 
 def test_a_full_conntrack_region_evicts_and_evicted_flows_keep_their_backend():
     """DSR flows in a conntrack region of 256 entries (64 sets of 4), 2000 flows: live
-    flows are evicted (counted ct_full), yet a flow's next packet lands on the same
-    backend (Maglev on the same hash, backends unchanged)."""
+    (embryonic: SYNs only) flows are evicted (counted evict_embryonic), yet a flow's next
+    packet lands on the same backend (Maglev on the same hash, backends unchanged)."""
     from xdplb._bpf.loader import load
     from xdplb.testing.fixtures import configured
 
     small = load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=256))
     try:
         with configured(small, [VipSpec(VIP, 8000, mode="dsr", backends=backends(4))]):
-            before = small.stats()["ct_full"][0]
+            before = small.stats()["evict_embryonic"][0]
             first = {}
             for i in range(2000):
                 f = frame(20000 + i % 40000, client=f"10.9.{i // 250}.{i % 250}")
                 action, out, _ = small.program.test_run(f)
                 assert action == XDP_TX
                 first[i] = Ether(out).dst
-            evicted = small.stats()["ct_full"][0] - before
+            evicted = small.stats()["evict_embryonic"][0] - before
+            assert small.stats()["ct_full"][0] == 0
             counts = small.flow_counts()
             assert counts["ct_size"] == 256 and counts["ct_used"] == 256
             assert evicted == 2000 - 256, evicted  # every insert into a full set evicts
@@ -147,8 +151,9 @@ def test_a_full_conntrack_region_evicts_and_evicted_flows_keep_their_backend():
 
 def test_a_full_nat_region_drops_new_flows_and_keeps_the_others():
     """NAT ports 10000-10015: 16 sets of 4 ways, each port shared by at most one flow per
-    backend. New flows beyond that are dropped (drop_nat_full, nothing else moves);
-    every forwarded flow keeps its backend and port and its replies reach its client."""
+    backend. Once every way holds a confirmed flow (handshake seen), new flows are dropped
+    (drop_nat_full, nothing else moves); every forwarded flow keeps its backend and port
+    and its replies reach its client."""
     from xdplb._bpf.loader import load
     from xdplb.testing.fixtures import configured
 
@@ -167,9 +172,18 @@ def test_a_full_nat_region_drops_new_flows_and_keeps_the_others():
                 o = Ether(out)
                 assert 10000 <= o[TCP].sport <= 10015
                 kept[20000 + i] = (o[IP].dst, o[TCP].sport)
+                synack = raw(Ether(src="de:ad:be:ef:01:01", dst="de:ad:be:ef:00:10")
+                             / IP(src=o[IP].dst, dst=str(VIP))
+                             / TCP(sport=8000, dport=o[TCP].sport, flags="SA", seq=5000))
+                assert small.program.test_run(synack)[0] == XDP_TX
+                ack = raw(Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+                          / IP(src="10.9.0.1", dst=str(VIP))
+                          / TCP(sport=20000 + i, dport=8000, flags="A", ack=5001))
+                assert small.program.test_run(ack)[0] == XDP_TX
             after = small.stats()
             assert dropped == after["drop_nat_full"][0] - before["drop_nat_full"][0] > 0
             assert len(kept) == after["fwd_new"][0] - before["fwd_new"][0] <= 64
+            assert after["evict_embryonic"][0] == before["evict_embryonic"][0]
             assert len(set(kept.values())) == len(kept)  # no two flows share a reply tuple
             assert small.flow_counts()["nat_used"] == len(kept)
             for sport, (be, port) in kept.items():
@@ -200,9 +214,10 @@ def test_a_vip_with_1024_backends_spreads_new_flows_over_them(balancer):
 
 
 def test_two_cpus_claiming_ways_of_the_same_sets_never_share_or_lose_one():
-    """Two threads on the two CPUs open NAT flows at once into 8 NAT ports (32 ways):
-    every flow that was forwarded keeps its port on its next packet, no two forwarded
-    flows hold the same way, and the table holds exactly one entry per forwarded flow."""
+    """Two threads on the two CPUs open NAT flows at once into 8 NAT ports (32 ways), each
+    flow confirmed by the client's ACK of the backend's SYN-ACK: every flow that was
+    forwarded keeps its port on its next packet, no two forwarded flows hold the same
+    way, and the table holds exactly one entry per forwarded flow."""
     import os
     import threading
 
@@ -226,7 +241,16 @@ def test_two_cpus_claiming_ways_of_the_same_sets_never_share_or_lose_one():
                     action, out, _ = small.program.test_run(frame(sport, client="10.9.0.1"))
                     if action == XDP_TX:
                         o = Ether(out)
-                        results[cpu][sport] = (o[IP].dst, o[TCP].sport)
+                        small.program.test_run(raw(
+                            Ether(src="de:ad:be:ef:01:01", dst="de:ad:be:ef:00:10")
+                            / IP(src=o[IP].dst, dst=str(VIP))
+                            / TCP(sport=8000, dport=o[TCP].sport, flags="SA", seq=5000)))
+                        confirmed = small.program.test_run(raw(
+                            Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+                            / IP(src="10.9.0.1", dst=str(VIP))
+                            / TCP(sport=sport, dport=8000, flags="A", ack=5001)))[0]
+                        if confirmed == XDP_TX:  # (not evicted by the other CPU first)
+                            results[cpu][sport] = (o[IP].dst, o[TCP].sport)
 
             threads = [threading.Thread(target=opener, args=(c,)) for c in (0, 1)]
             for t in threads:

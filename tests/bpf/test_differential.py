@@ -100,6 +100,7 @@ VIPS = [
 PULLABLE = [(0, 0), (0, 1), (3, 0), (6, 2), (7, 1), (2, 1), (8, 0)]
 
 _TIMEOUTS = {"tcp_timeout_s": NEVER, "closing_timeout_s": NEVER, "udp_timeout_s": NEVER,
+             "syn_timeout_s": NEVER,
              "refresh_s": NEVER}
 KNOB_SETS = {
     "default": Knobs(**_TIMEOUTS),
@@ -222,12 +223,15 @@ def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
 
 
 def l4_segment(proto: int, sport: int, dport: int, payload: bytes, rnd: random.Random,
-               flags: int = 0x10) -> bytearray:
+               flags: int = 0x10, ack: int | None = None) -> bytearray:
     if proto == 6:
         opts = b""
         if rnd.random() < 0.2:
             opts = bytes([2, 4, 5, 0xB4]) + b"\x01" * (4 * rnd.randrange(0, 3))
-        hdr = struct.pack("!HHIIBBHHH", sport, dport, rnd.getrandbits(32), rnd.getrandbits(32),
+        seq, rack = rnd.getrandbits(32), rnd.getrandbits(32)
+        if ack is not None:  # (low 16 bits: what a NAT flow's handshake check compares)
+            rack = (rack & 0xFFFF0000) | (ack & 0xFFFF)
+        hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, rack,
                           (5 + len(opts) // 4) << 4, flags, rnd.randrange(65536), 0, 0) + opts
     else:
         hdr = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
@@ -380,7 +384,7 @@ def render(rnd: random.Random, smac: bytes, dmac: bytes, src, dst, proto: int, s
         meta["valid"] = v["csum"] in ("full", "partial") or (v["csum"] == "zero" and family == 4)
         meta["partial"] = v["csum"] == "partial"
     payload = rnd.randbytes(v["plen"])
-    seg = l4_segment(proto, sport, dport, payload, rnd, v["flags"])
+    seg = l4_segment(proto, sport, dport, payload, rnd, v["flags"], v.get("ack"))
     set_l4_csum(seg, proto, _ab(src), _ab(dst), v["csum"])
     et, ip = ip_packet(src, dst, proto, bytes(seg), rnd, options=v["options"], frag=v["frag"],
                        exts=v["exts"], v6frag=v["v6frag"])
@@ -560,12 +564,35 @@ class Scenario:
             return frames
         if kind == "noise":
             return noise(rnd)
+        if kind == "flood":  # spoofed SYNs (or, a quarter of the time, ACKs) to one VIP
+            frames = []
+            vi = FLOOD_VIPS[a % len(FLOOD_VIPS)]
+            flags = 0x10 if a % 4 == 3 else 0x02
+            for _ in range(rnd.randrange(8, 40)):
+                f = new_flow(rnd, vi)
+                v = variants(rnd, f.vip.address.version, f.proto)
+                v["flags"] = flags
+                m = {}
+                frames.append((render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto,
+                                      f.sport, f.dport, v, meta=m), m))
+            return frames
         f = self._flow(a)
         if f is None:
             return noise(rnd)
         if kind == "again":  # retransmission / next segment of a known flow
             return render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto, f.sport, f.dport,
                           meta=meta)
+        if kind in ("syn", "ack", "fin", "rst", "data"):  # a given point of a connection
+            v = variants(rnd, f.vip.address.version, f.proto)
+            v["flags"] = {"syn": 0x02, "ack": 0x10, "fin": 0x11, "rst": 0x04,
+                          "data": 0x18}[kind]
+            if kind == "data" and v["plen"] == 0:
+                v["plen"] = 1
+            idx = self.rig.model.find_flow(f.key())
+            if idx is not None and rnd.random() < 0.9:  # acknowledges the SYN-ACK seen
+                v["ack"] = self.rig.model.flows[idx].ack_check
+            return render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto, f.sport,
+                          f.dport, v, meta=meta)
         if kind == "malformed":
             return mutate(rnd, render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto,
                                       f.sport, f.dport))
@@ -585,6 +612,10 @@ class Scenario:
         snat = f.vip.snat or f.vip.address
         if kind == "reply":
             return render(rnd, bmac, LB_MAC, baddr, snat, f.proto, bport, nport, meta=meta)
+        if kind == "synack":  # the backend's answer to the SYN, or its FIN/RST/data
+            v = variants(rnd, f.vip.address.version, f.proto)
+            v["flags"] = rnd.choice([0x12, 0x12, 0x12, 0x11, 0x04, 0x18])
+            return render(rnd, bmac, LB_MAC, baddr, snat, f.proto, bport, nport, v, meta=meta)
         if kind == "icmp_fwd":  # a router tells the VIP that the client is unreachable
             router = "10.9.9.9" if f.vip.address.version == 4 else "fd09::9"
             return icmp_error(rnd, ROUTER_MAC, router, f.vip.address, f.vip.address, f.client,
@@ -617,8 +648,10 @@ class Scenario:
 
 
 BURST_VIPS = [0, 1, 3, 6, 7, 10, 11, 16]
+FLOOD_VIPS = [0, 6, 2, 8]  # NAT and DSR, IPv4 and IPv6 (TCP)
 TOGGLE_VIPS = [13, 1, 8, 2]  # the vip_slots owner, a NAT VIP, two port-0 DSR VIPs
-KINDS = ["burst"] + ["new"] * 6 + ["again"] * 8 + ["reply"] * 6 + \
+KINDS = ["burst", "flood"] + ["new"] * 6 + ["again"] * 6 + ["reply"] * 4 + \
+    ["synack"] * 3 + ["syn", "ack", "ack", "ack", "fin", "rst", "data", "data"] + \
     ["icmp_fwd", "icmp_back", "icmp_back"] + ["noise"] * 2 + ["malformed"] * 3 + \
     ["pull", "vip", "evict"]
 
@@ -651,7 +684,8 @@ def _entry_str(d: tuple | None) -> str:
     if d is None:
         return "(never used)"
     e = dict(zip(("src", "dst", "sport", "dport", "proto", "family", "flags", "set_flags",
-                  "reply_tag", "backend_id", "client_ifindex", "client_mac"), d, strict=True))
+                  "reply_tag", "backend_id", "client_ifindex", "client_mac", "ack_check"), d,
+                 strict=True))
     n = 4 if e["family"] == abi.AF_INET else 16
     for a in ("src", "dst"):
         e[a] = str(ipaddress.ip_address(e[a][:n])) if e["family"] else e[a].hex()

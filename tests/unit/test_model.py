@@ -177,6 +177,17 @@ def key_of(frame: bytes) -> FlowKey:
     return model.parse(frame)[1].key
 
 
+def open_flow(m: Model, pkt):
+    """Process SYN `pkt` and confirm its flow, as the client's ACK of the handshake
+    would: (action, out, stat) of the SYN."""
+    frame = bytes(pkt)
+    res = m.process(frame)
+    idx = m.find_flow(key_of(frame))
+    if idx is not None:
+        m.flows[idx].flags &= ~(abi.FLOW_F_EMBRYONIC | abi.FLOW_F_SYNACK)
+    return res
+
+
 # --- primitives ------------------------------------------------------------------------
 
 
@@ -259,7 +270,7 @@ def test_syn_to_nat_vip(m):
     assert o[TCP].sport == port == m.nat_port_of(idx) and o[TCP].dport == (be.port or 80)
     assert idx == (port - m.nat_port_min) * model.FLOW_WAYS  # the first way of its set
     assert_checksums(out)
-    assert e.key == key_of(frame) and e.flags == 0 and e.set_flags == 0
+    assert e.key == key_of(frame) and e.flags == abi.FLOW_F_EMBRYONIC and e.set_flags == 0
     assert e.client_mac == bytes.fromhex(CLIENT_MAC.replace(":", "")) and e.client_ifindex == 3
     assert e.reply_tag == model.reply_tag(be.addr, be.port or 80, "10.0.0.10", 6, m.hash_seed)
     assert m.last_counters == {Stat.FWD_NEW: (1, len(frame))}
@@ -273,6 +284,11 @@ def test_dsr_flow_lives_in_the_conntrack_region(m):
     h = model.hash_flow("10.0.1.100", "10.0.0.20", 40000, 22, 6, m.hash_seed)
     assert idx == (m.nat_sets + (h & (m.ct_sets - 1))) * model.FLOW_WAYS
     assert (e.reply_tag, e.client_mac, e.client_ifindex) == (0, bytes(6), 0)
+    assert e.flags == abi.FLOW_F_EMBRYONIC
+    assert m.process(bytes(tcp4(dst="10.0.0.20", dport=22, flags="F")))[2] == Stat.FWD_EST
+    assert m.flows[idx].flags == abi.FLOW_F_EMBRYONIC  # before the handshake: no mark
+    assert m.process(bytes(tcp4(dst="10.0.0.20", dport=22, flags="A")))[2] == Stat.FWD_EST
+    assert m.flows[idx].flags == 0  # DSR: the client's ACK confirms it
     assert m.process(bytes(tcp4(dst="10.0.0.20", dport=22, flags="F")))[2] == Stat.FWD_EST
     assert m.flows[idx].flags == abi.FLOW_F_CLOSING  # a FIN marks the flow closing
 
@@ -480,7 +496,7 @@ def test_nat_port_skips_vip_ports_and_runs_out():
     m = Model.from_specs([vip], knobs(nat_port_min=20000, nat_port_max=20001))
     stats = []
     for sport in range(1000, 1004):
-        _action, out, stat = m.process(bytes(tcp4(sport=sport, dport=20000)))
+        _action, out, stat = open_flow(m, tcp4(sport=sport, dport=20000))
         stats.append(stat)
         if stat == Stat.FWD_NEW:
             assert Ether(out)[TCP].sport == 20001  # 20000 is a VIP port
@@ -520,7 +536,7 @@ def test_a_nat_port_serves_flows_of_different_reply_tuples():
         bid = ring[model.hash_flow(c, "10.0.0.10", 40000, 80, 6, m.hash_seed) % 251]
         k = seen.get(bid, 0)
         seen[bid] = k + 1
-        _a, out, stat = m.process(bytes(tcp4(src=c)))
+        _a, out, stat = open_flow(m, tcp4(src=c))
         if k >= 3:
             assert stat == Stat.DROP_NAT_FULL, c
             continue
@@ -549,7 +565,7 @@ def test_nat_flows_beyond_their_probe_sets_are_dropped():
     clients = _clients_of_set(m, "10.0.0.10", 80, 0, model.NAT_PROBES + 1)
     ports = []
     for c in clients:
-        _a, out, stat = m.process(bytes(tcp4(src=c)))
+        _a, out, stat = open_flow(m, tcp4(src=c))
         ports.append(Ether(out)[TCP].sport if stat == Stat.FWD_NEW else stat)
     assert ports == [30000 + i for i in range(model.NAT_PROBES)] + [Stat.DROP_NAT_FULL]
     spilled = [s for s in range(20)
@@ -565,16 +581,18 @@ def test_stale_entry_with_the_same_reply_tuple_is_taken_over():
     m = Model.from_specs([one], knobs(nat_port_min=30000, nat_port_max=30000,
                                       tcp_timeout_s=100))
     m.now = 1000  # (a clock at 0 stamps 1: flow.h::flow_now is never 0)
-    assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.FWD_NEW
+    assert open_flow(m, tcp4(src="10.2.0.1"))[2] == Stat.FWD_NEW
     assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
     m.now += 100 * m.hz  # not yet idle beyond the timeout
     assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
     m.now += 1
-    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.FWD_NEW
+    assert open_flow(m, tcp4(src="10.2.0.2"))[2] == Stat.FWD_NEW
     (idx, e), = entries(m).items()  # the same way: replies must find one flow only
     assert idx == 0 and e.src[:4] == A("10.2.0.2").packed and e.last_seen == m.now
-    # the old flow is gone: it would need the same reply tuple, held by a live flow
-    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.DROP_NAT_FULL
+    # the old flow is gone: without a SYN it gets no entry (nor would a SYN: its reply
+    # tuple is held by a live flow)
+    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.DROP_NOT_SYN
+    assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.DROP_NAT_FULL
 
 
 def test_stale_way_with_the_same_reply_tuple_wins_over_an_earlier_one():
@@ -654,30 +672,37 @@ def test_reply_must_come_from_the_flows_backend():
         assert m.process(frame) == (XDP_PASS, frame, Stat.PASS_NOT_VIP)
 
 
-def test_conntrack_set_full_evicts_a_live_flow_by_hash():
+def test_conntrack_set_full_evicts_embryonic_then_the_longest_idle_flow():
     m = Model.from_specs([DSR4], knobs(ct_sets=1))
     assert m.ct_sets == 1 and m.size == (m.nat_sets + 1) * model.FLOW_WAYS
     first = m.nat_sets * model.FLOW_WAYS
     outs = {}
     for sport in range(1, 5):
+        m.now = 100 + sport  # flow 1 is the longest idle
         _a, outs[sport], stat = m.process(bytes(tcp4(dst="10.0.0.20", sport=sport)))
         assert stat == Stat.FWD_NEW
+        if sport != 3:  # flow 3 stays embryonic
+            m.process(bytes(tcp4(dst="10.0.0.20", sport=sport, flags="A")))
     assert [m.flows[first + w].sport for w in range(4)] == [1, 2, 3, 4]
+    m.now = 200
     frame = bytes(tcp4(dst="10.0.0.20", sport=5))
     action, _out, stat = m.process(frame)
     assert (action, stat) == (XDP_TX, Stat.FWD_NEW)
-    assert m.last_counters == {Stat.FWD_NEW: (1, len(frame)), Stat.CT_FULL: (1, 0)}
-    h = model.hash_flow("10.0.1.100", "10.0.0.20", 5, 80, 6, m.hash_seed)
-    way = (h >> 30) % model.FLOW_WAYS
-    assert m.flows[first + way].sport == 5
-    evicted = way + 1
-    # the others are still known; the evicted flow is chosen again (and evicts in turn),
-    # onto the same backend: the ring did not change
-    for sport in set(range(1, 5)) - {evicted}:
-        assert m.process(bytes(tcp4(dst="10.0.0.20", sport=sport)))[2] == Stat.FWD_EST
-    _a, out, stat = m.process(bytes(tcp4(dst="10.0.0.20", sport=evicted)))
-    assert stat == Stat.FWD_NEW and Stat.CT_FULL in m.last_counters
-    assert out == outs[evicted]
+    assert m.last_counters == {Stat.FWD_NEW: (1, len(frame)), Stat.EVICT_EMBRYONIC: (1, 0)}
+    assert m.flows[first + 2].sport == 5  # the embryonic flow's way
+    m.process(bytes(tcp4(dst="10.0.0.20", sport=5, flags="A")))
+    frame = bytes(tcp4(dst="10.0.0.20", sport=6))
+    _a, _out, stat = m.process(frame)
+    assert stat == Stat.FWD_NEW and m.last_counters[Stat.CT_FULL] == (1, 0)
+    assert m.flows[first].sport == 6  # flow 1, idle the longest, is evicted
+    # the others are still known; the evicted flow (no SYN: within the non-SYN budget)
+    # is chosen again, onto the same backend: the ring did not change
+    for sport in (2, 4, 5):
+        assert m.process(bytes(tcp4(dst="10.0.0.20", sport=sport, flags="A")))[2] \
+            == Stat.FWD_EST
+    _a, out, stat = m.process(bytes(tcp4(dst="10.0.0.20", sport=1, flags="A")))
+    assert stat == Stat.FWD_NEW and Stat.EVICT_EMBRYONIC in m.last_counters
+    assert Ether(out)[Ether].dst == Ether(outs[1])[Ether].dst
 
 
 def test_dsr_flow_whose_conntrack_entry_was_lost_keeps_its_backend(m):
@@ -710,13 +735,18 @@ def test_removed_backend_reselects_or_resets(spec, policy, want):
     ack = syn.copy()
     ack[TCP].flags = "A"
     action, out, stat = m.process(bytes(ack))
+    if spec.mode == "nat" and want == Stat.FWD_NEW:
+        # the new backend never saw the handshake: the entry is retired, the ACK dropped
+        assert stat == Stat.DROP_NOT_SYN and m.find_flow(key_of(bytes(ack))) is None
+        assert m.last_counters[Stat.RESELECT] == (1, 0)
+        action, out, stat = m.process(bytes(syn))  # the client's next SYN opens it anew
     assert stat == want
     if want == Stat.DROP_REMOVED:
         assert action == XDP_DROP and m.flows[idx].backend_id == bid
         return
-    assert m.last_counters[Stat.RESELECT] == (1, 0)
     assert_checksums(out)
-    if spec.mode == "dsr":  # re-selected in place
+    if spec.mode == "dsr":
+        assert m.last_counters[Stat.RESELECT] == (1, 0)  # re-selected in place
         assert only_entry(m)[0] == idx and m.flows[idx].backend_id != bid
         return
     # the old entry was retired (stale, matching nothing) before the flow claimed a way
@@ -740,7 +770,8 @@ def test_retired_nat_entry_matches_nothing_and_is_reused():
                                                              .addr[:4])), dst="10.0.0.10") / \
         TCP(sport=m.config.backends[e.backend_id].port or 80, dport=m.nat_port_of(idx))
     assert m.process(bytes(reply))[2] == Stat.PASS_NOT_VIP  # proto 0: no reply matches
-    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.FWD_NEW  # a new flow, same way
+    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.DROP_NOT_SYN  # no SYN, no flow
+    assert m.process(bytes(tcp4()))[2] == Stat.FWD_NEW  # a new flow, same way
     assert only_entry(m)[0] == idx
 
 

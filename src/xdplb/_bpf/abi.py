@@ -21,9 +21,11 @@ BE_F_MAC = 1 << 1
 BE_F_REDIRECT = 1 << 2
 
 FLOW_F_CLOSING = 1 << 0
+FLOW_F_EMBRYONIC = 1 << 1
+FLOW_F_SYNACK = 1 << 2
 SET_F_SPILL = 1 << 0
 FLOW_WAYS = 4
-FLOW_FORMAT = 1  # abi.h: what the flows table means; a takeover needs the same
+FLOW_FORMAT = 2  # abi.h: what the flows table means; a takeover needs the same
 
 Addr = C.c_uint8 * 16
 
@@ -99,8 +101,12 @@ class FlowEntry(C.Structure):
         ("backend_id", C.c_uint32),
         ("client_ifindex", C.c_uint32),
         ("client_mac", C.c_uint8 * 6),
-        ("pad", C.c_uint16),
+        ("ack_check", C.c_uint16),
     ]
+
+
+class FloodBudget(C.Structure):
+    _fields_ = [("window", C.c_uint64), ("used", C.c_uint64)]
 
 
 class Counter(C.Structure):
@@ -140,9 +146,13 @@ class Stat(enum.IntEnum):
     CT_FULL = 18
     TX_ERROR = 19
     PASS_OTHER_MAC = 20
+    DROP_NOT_SYN = 21
+    EVICT_CLOSING = 22
+    EVICT_EMBRYONIC = 23
+    NONSYN_STATELESS = 24
 
 
-ST_MAX = 21
+ST_MAX = 25
 
 
 class LbKnobs(C.Structure):
@@ -170,11 +180,12 @@ class LbRuntime(C.Structure):
         ("nat_vips", C.c_uint32),
         ("hz", C.c_uint32),
         ("vip_spill", C.c_uint32),
-        ("pad", C.c_uint32),
+        ("nonsyn_budget", C.c_uint32),
         ("tcp_timeout", C.c_uint64),
         ("closing_timeout", C.c_uint64),
         ("udp_timeout", C.c_uint64),
         ("refresh", C.c_uint64),
+        ("syn_timeout", C.c_uint64),
         ("port_bits", C.c_uint64 * PORT_BITS_WORDS),
         ("addr_bits", C.c_uint64 * PORT_BITS_WORDS),
     ]

@@ -59,7 +59,9 @@ class Knobs:
     tcp_timeout_s: float = DEFAULTS.tcp_timeout_s
     closing_timeout_s: float = DEFAULTS.closing_timeout_s
     udp_timeout_s: float = DEFAULTS.udp_timeout_s
+    syn_timeout_s: float = DEFAULTS.syn_timeout_s
     refresh_s: float = DEFAULTS.refresh_s
+    nonsyn_budget: int = DEFAULTS.nonsyn_budget
     ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
     #: the interface's MAC: only frames addressed to it are balanced, and it is the source of
     #: what goes back out of the interface; None: every frame is looked at (tests, `run`)
@@ -99,8 +101,10 @@ class Knobs:
         rt.tcp_timeout = int(self.tcp_timeout_s * hz)
         rt.closing_timeout = int(self.closing_timeout_s * hz)
         rt.udp_timeout = int(self.udp_timeout_s * hz)
+        rt.syn_timeout = int(self.syn_timeout_s * hz)
         rt.refresh = max(1, int(self.refresh_s * hz))
-        for name in ("tcp_timeout", "closing_timeout", "udp_timeout"):
+        rt.nonsyn_budget = min(max(0, self.nonsyn_budget), 0xFFFFFFFF)
+        for name in ("tcp_timeout", "closing_timeout", "udp_timeout", "syn_timeout"):
             setattr(rt, name, min(getattr(rt, name), 0x7FFFFFFF))  # flow ages are 32-bit
 
 
@@ -111,6 +115,7 @@ _TYPES = {
     "backends": (C.c_uint32, abi.Backend),
     "flows": (C.c_uint32, abi.FlowEntry),
     "stats": (C.c_uint32, abi.Counter),
+    "flood": (C.c_uint32, abi.FloodBudget),
     "vip_stats": (C.c_uint32, abi.ObjStats),
     "be_stats": (C.c_uint32, abi.ObjStats),
 }
@@ -339,6 +344,8 @@ class DataPlane:
             t[:split] = zero
         if conntrack:
             t[split:] = zero
+        if "flood" in self.maps:  # a clean table starts with a full non-SYN budget
+            self.maps["flood"].update(0, bytes(C.sizeof(abi.FloodBudget)))
 
     def flow_liveness(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(table, used, live, age in jiffies, NAT region entries): the one reading of
@@ -349,8 +356,9 @@ class DataPlane:
         now = jiffies_now(rt.hz or 1000)
         used = (t["family"] != 0) & (t["proto"] != 0)
         age = (np.uint32(now) - t["last_seen"]).astype(np.uint64)
-        tmo = np.where((t["flags"] & abi.FLOW_F_CLOSING) != 0, rt.closing_timeout,
-                       np.where(t["proto"] == 6, rt.tcp_timeout, rt.udp_timeout))
+        tmo = np.where((t["flags"] & abi.FLOW_F_EMBRYONIC) != 0, rt.syn_timeout,
+                       np.where((t["flags"] & abi.FLOW_F_CLOSING) != 0, rt.closing_timeout,
+                                np.where(t["proto"] == 6, rt.tcp_timeout, rt.udp_timeout)))
         live = used & (age <= tmo)
         return t, used, live, age, nat
 
@@ -397,7 +405,7 @@ class DataPlane:
 
 
 MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "stats",
-             "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "runtime")
+             "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "flood", "runtime")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 
@@ -425,7 +433,7 @@ FLOW_DTYPE = np.dtype([
     ("src", "<u4", (4,)), ("dst", "<u4", (4,)), ("sport", "<u2"), ("dport", "<u2"),
     ("proto", "u1"), ("family", "u1"), ("flags", "u1"), ("set_flags", "u1"),
     ("last_seen", "<u4"), ("reply_tag", "<u4"), ("backend_id", "<u4"),
-    ("client_ifindex", "<u4"), ("client_mac", "u1", (6,)), ("pad", "<u2")])
+    ("client_ifindex", "<u4"), ("client_mac", "u1", (6,)), ("ack_check", "<u2")])
 _FIELDS: dict = dict(FLOW_DTYPE.fields or {})
 assert FLOW_DTYPE.itemsize == C.sizeof(abi.FlowEntry) and all(
     _FIELDS[name][1] == getattr(abi.FlowEntry, name).offset

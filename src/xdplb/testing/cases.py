@@ -204,6 +204,19 @@ class Case:
         return self.name
 
 
+def syn_step(p: Pick, sport: int, client: str = CLIENT, client_mac: str = CLIENT_MAC,
+             vip: str = VIP, dport: int = 8000) -> Step:
+    """The SYN that opens a TCP flow (only a SYN creates one) forwarded to pick `p`."""
+    ip = IPv6 if ":" in vip else IP
+    return Step(Ether(src=client_mac, dst=LB_MAC)
+                / ip(src=client, dst=vip) / TCP(sport=sport, dport=dport, flags="S"),
+                XDP_TX,
+                Ether(src=LB_MAC, dst=p.mac)
+                / ip(src=vip, dst=p.addr) / TCP(sport=p.nat_port or sport, dport=p.backend_port,
+                                                flags="S"),
+                ("fwd_new",), "the SYN opens the flow")
+
+
 _BUILDERS: list[Callable[[], Case]] = []
 
 
@@ -369,6 +382,7 @@ def _odd_length() -> Case:
         seed_note="live results: the revised checksum loop drops the last byte of odd "
                   "segments (the 155-byte HTTP response header)",
         steps=[
+            syn_step(p, 40004),
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
                  / IP(src=CLIENT, dst=VIP) / TCP(sport=40004, dport=8000, flags="PA")
                  / Raw(req),
@@ -376,7 +390,7 @@ def _odd_length() -> Case:
                  Ether(src=LB_MAC, dst=p.mac)
                  / IP(src=VIP, dst=p.addr) / TCP(sport=p.nat_port, dport=8000, flags="PA")
                  / Raw(req),
-                 ("fwd_new",)),
+                 ("fwd_est",)),
             Step(Ether(src=p.mac, dst=LB_MAC)
                  / IP(src=p.addr, dst=VIP) / TCP(sport=8000, dport=p.nat_port, flags="PA")
                  / Raw(resp),
@@ -691,10 +705,9 @@ def _nat_full() -> Case:
     knobs = Knobs(nat_port_min=61000, nat_port_max=61000)
     m = Predictor(vips, knobs)
     p1 = m.forward(CLIENT, 40012, VIP, 8000)
-    assert m.forward(CLIENT2, 40012, VIP, 8000).drop == "drop_nat_full"
     return Case(
-        name="When every candidate NAT port is held by a live flow the new flow is dropped "
-             "and the old one keeps working",
+        name="When every candidate NAT port is held by a confirmed flow the new flow is "
+             "dropped and the old one keeps working",
         vips=vips,
         knobs=knobs,
         steps=[
@@ -704,14 +717,32 @@ def _nat_full() -> Case:
                  Ether(src=LB_MAC, dst=B2_MAC)
                  / IP(src=VIP, dst=B2) / TCP(sport=61000, dport=8000, flags="S"),
                  ("fwd_new",)),
+            Step(Ether(src=B2_MAC, dst=LB_MAC)
+                 / IP(src=B2, dst=VIP) / TCP(sport=8000, dport=p1.nat_port, flags="SA",
+                                             seq=7000, ack=1),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=CLIENT_MAC)
+                 / IP(src=VIP, dst=CLIENT) / TCP(sport=8000, dport=40012, flags="SA",
+                                                 seq=7000, ack=1),
+                 ("reply",)),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40012, dport=8000, flags="A",
+                                                 seq=1, ack=7001),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=B2_MAC)
+                 / IP(src=VIP, dst=B2) / TCP(sport=61000, dport=8000, flags="A", seq=1,
+                                             ack=7001),
+                 ("fwd_est",), "the client's ACK of the SYN-ACK confirms the flow"),
             Step(Ether(src=CLIENT2_MAC, dst=LB_MAC)
                  / IP(src=CLIENT2, dst=VIP) / TCP(sport=40012, dport=8000, flags="S"),
                  XDP_DROP, None, ("drop_nat_full",)),
             Step(Ether(src=B2_MAC, dst=LB_MAC)
-                 / IP(src=B2, dst=VIP) / TCP(sport=8000, dport=p1.nat_port, flags="SA"),
+                 / IP(src=B2, dst=VIP) / TCP(sport=8000, dport=p1.nat_port, flags="A",
+                                             seq=7001, ack=1),
                  XDP_TX,
                  Ether(src=LB_MAC, dst=CLIENT_MAC)
-                 / IP(src=VIP, dst=CLIENT) / TCP(sport=8000, dport=40012, flags="SA"),
+                 / IP(src=VIP, dst=CLIENT) / TCP(sport=8000, dport=40012, flags="A",
+                                                 seq=7001, ack=1),
                  ("reply",)),
         ])
 
@@ -1061,8 +1092,9 @@ def _icmp_errors() -> Case:
              "quoted header back to what its receiver sent",
         seed_note="not a tutorial defect: ICMP errors parse the inner header (path MTU discovery)",
         steps=[
+            syn_step(p, 40033),
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / data_in, XDP_TX,
-                 Ether(src=LB_MAC, dst=p.mac) / data_out, ("fwd_new",)),
+                 Ether(src=LB_MAC, dst=p.mac) / data_out, ("fwd_est",)),
             Step(Ether(src=p.mac, dst=LB_MAC)
                  / IP(src=p.addr, dst=VIP, id=99)
                  / ICMP(type=3, code=4, nexthopmtu=1280) / Raw(bytes(data_out)[:28]),
@@ -1104,8 +1136,9 @@ def _icmp6_too_big() -> Case:
         seed_note="not a tutorial defect: ICMP errors parse the inner header",
         vips=vips,
         steps=[
+            syn_step(p, 40034, CLIENT6, vip=VIP6),
             Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / data_in, XDP_TX,
-                 Ether(src=LB_MAC, dst=p.mac) / data_out, ("fwd_new",)),
+                 Ether(src=LB_MAC, dst=p.mac) / data_out, ("fwd_est",)),
             Step(Ether(src=p.mac, dst=LB_MAC)
                  / IPv6(src=p.addr, dst=VIP6) / ICMPv6PacketTooBig(mtu=1280)
                  / Raw(bytes(data_out)[:48]),

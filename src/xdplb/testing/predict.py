@@ -24,7 +24,7 @@ from .._bpf.fake import FakeDataPlane
 from ..lb import PROTOCOLS, BackendSpec, LoadBalancer, VipSpec
 
 _DROPS = {abi.Stat.DROP_NO_BACKEND: "drop_no_backend", abi.Stat.DROP_NAT_FULL: "drop_nat_full",
-          abi.Stat.DROP_REMOVED: "drop_removed"}
+          abi.Stat.DROP_REMOVED: "drop_removed", abi.Stat.DROP_NOT_SYN: "drop_not_syn"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Pick:
     backend: BackendSpec | None  # None: dropped (see `drop`)
     nat_port: int = 0  # host order; 0 in DSR mode or when dropped
     backend_port: int = 0  # host order: the destination port towards the backend
-    drop: str = ""  # "" (forwarded), "drop_no_backend", "drop_nat_full" or "drop_removed"
+    drop: str = ""  # "" (forwarded), or drop_no_backend, _nat_full, _removed, _not_syn
     known: bool = field(default=False, compare=False)  # the flow had an entry (fwd_est)
 
     @property
@@ -79,9 +79,10 @@ class Predictor:
         return None
 
     def forward(self, client, sport: int, vip, dport: int, proto: str = "tcp",
-                client_mac: bytes = bytes(6), ifindex: int = 1) -> Pick:
+                client_mac: bytes = bytes(6), ifindex: int = 1,
+                tcp_flags: int = model.TCPF_SYN) -> Pick:
         """The pick for a packet client:sport -> vip:dport (a new flow takes its entry,
-        as in the data plane)."""
+        as in the data plane); TCP packets are SYNs unless `tcp_flags` says otherwise."""
         client, vip = ipaddress.ip_address(client), ipaddress.ip_address(vip)
         key = (client, sport, vip, dport, proto)
         spec = self.vip_for(vip, dport, proto)
@@ -89,7 +90,7 @@ class Predictor:
             raise KeyError(f"{vip}:{dport}/{proto} is not a VIP")
         fk = model.FlowKey(model._addr16(client), model._addr16(vip), sport, dport,
                            PROTOCOLS[proto], abi.AF_INET if vip.version == 4 else abi.AF_INET6)
-        fp = self.model.pick(fk, client_mac, ifindex)
+        fp = self.model.pick(fk, client_mac, ifindex, tcp_flags if proto == "tcp" else 0)
         be = self._backend_spec(spec, fp.backend_id)
         if fp.stat in _DROPS:
             return Pick(fp.backend_id, be if fp.stat == abi.Stat.DROP_NAT_FULL else None,
