@@ -309,12 +309,25 @@ def establish(rig: Rig) -> tuple[tuple[str, str], int]:
     """Create the established flow in every stateful program; returns the backend the flow
     went to (ip, mac) and its NAT port, read back from xdplb's output frame."""
     est = _client_frame(CLIENT_PORT, F.TCP_ACK | F.TCP_PSH, F.MIN_FRAME)
-    action, out, _ = rig.xdplb.program.test_run(est)
+    # the handshake: only a SYN opens a flow, the client's ACK of the backend's SYN-ACK
+    # (seq 1999: the est frames acknowledge 2000) confirms it
+    action, out, _ = rig.xdplb.program.test_run(_client_frame(CLIENT_PORT, F.TCP_SYN))
     p = F.parse(out)
     if ACTION.get(action) != "TX" or p is None or p.src != LB_IP:
-        raise SystemExit(f"bench: xdplb did not forward the established flow "
+        raise SystemExit(f"bench: xdplb did not forward the established flow's SYN "
                          f"(action {ACTION.get(action, action)}, {p})")
     backend = next(b for b in BACKENDS if b[0] == p.dst)
+    synack = F.tcp_frame(src_mac=backend[1], dst_mac=LB_MAC, src=backend[0], dst=LB_IP,
+                         sport=VIP_PORT, dport=p.sport, flags=F.TCP_SYN | F.TCP_ACK, seq=1999,
+                         ack=1001)
+    rig.xdplb.program.test_run(synack)
+    action, out, _ = rig.xdplb.program.test_run(est)
+    if ACTION.get(action) != "TX":
+        raise SystemExit(f"bench: xdplb did not forward the established flow "
+                         f"(action {ACTION.get(action, action)})")
+    if rig.xdplb_dsr is not None:
+        rig.xdplb_dsr.program.test_run(_client_frame(CLIENT_PORT, F.TCP_SYN))
+        rig.xdplb_dsr.program.test_run(est)
     if rig.katran:
         rig.katran.program.test_run(est)
     return backend, p.sport

@@ -203,6 +203,8 @@ struct lb_runtime {
 	__u64 udp_timeout;
 	__u64 refresh;       /* last_seen is rewritten at most this often */
 	__u64 syn_timeout;   /* an embryonic (unconfirmed) TCP flow's timeout */
+	__u32 age_shift;     /* victims compare idle times >> this (31: by rank and way only) */
+	__u32 pad;
 	__u64 port_bits[PORT_BITS_WORDS]; /* dports used by some VIP (host order) */
 	__u64 addr_bits[PORT_BITS_WORDS]; /* VIP addresses, by addr_bit() */
 };

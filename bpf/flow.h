@@ -290,7 +290,8 @@ static __always_inline __u32 victim_rank(__u8 flags)
 static __always_inline void victim_consider(struct victim *v, __u32 idx, const struct flow_entry *e,
 					    __u32 now, __u32 min)
 {
-	__u32 rank = victim_rank(e->flags), age = now - e->last_seen, score;
+	__u32 rank = victim_rank(e->flags), age = (now - e->last_seen) >> (runtime.age_shift & 31);
+	__u32 score;
 
 	if (rank < min)
 		return;

@@ -97,6 +97,8 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+# flow ages are 32-bit jiffies: 2^31 at HZ 1000 (the highest common HZ) is 24.8 days
+MAX_FLOW_TIMEOUT = 2_000_000.0
 MAX_RING_SIZE = 1 << 24
 MAX_WEIGHT = 0xFFFF
 DEFAULT_HOLD_TIME = 9  # seconds; keepalive every hold/3 (BGP's minimum hold is 3)
@@ -163,6 +165,12 @@ class LbSettings:
     max_vips: int = DEFAULTS.max_vips
     max_backends: int = DEFAULTS.max_backends
     frag_policy: FragPolicy = DEFAULTS.frag_policy
+    # flow timeouts (seconds) and the non-SYN entry budget: docs/config.md
+    syn_timeout: float = DEFAULTS.syn_timeout_s
+    tcp_timeout: float = DEFAULTS.tcp_timeout_s
+    closing_timeout: float = DEFAULTS.closing_timeout_s
+    udp_timeout: float = DEFAULTS.udp_timeout_s
+    nonsyn_budget: int = DEFAULTS.nonsyn_budget
     name: str | None = None  # instance name (pins, control socket); None: the interface's
     metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
 
@@ -678,6 +686,14 @@ def _communities(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _seconds(t: _Table, name: str, lo: float, hi: float, default: float) -> float:
+    """A number of seconds in [lo, hi]."""
+    v = t.number(name, default)
+    if not lo <= v <= hi:
+        raise t.fail(name, f"{v:g} s is outside {lo:g} .. {hi:g} s")
+    return v
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -814,6 +830,14 @@ class _Parser:
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULTS.max_backends),
             frag_policy=cast(FragPolicy, t.choice("frag_policy", get_args(FragPolicy),
                                                   DEFAULTS.frag_policy)),
+            syn_timeout=_seconds(t, "syn_timeout", 0.1, 600.0, DEFAULTS.syn_timeout_s),
+            tcp_timeout=_seconds(t, "tcp_timeout", 1.0, MAX_FLOW_TIMEOUT,
+                                 DEFAULTS.tcp_timeout_s),
+            closing_timeout=_seconds(t, "closing_timeout", 0.1, 3600.0,
+                                     DEFAULTS.closing_timeout_s),
+            udp_timeout=_seconds(t, "udp_timeout", 1.0, MAX_FLOW_TIMEOUT,
+                                 DEFAULTS.udp_timeout_s),
+            nonsyn_budget=t.integer("nonsyn_budget", 0, 1 << 31, DEFAULTS.nonsyn_budget),
             name=t.get("name", _instance, "a string", None),
             metrics=t.get("metrics", parse_listen, 'a string like "127.0.0.1:9100"', None),
         )

@@ -663,6 +663,7 @@ class Model:
         self.syn_timeout = min(int(getattr(k, "syn_timeout_s", DEFAULTS.syn_timeout_s) * hz),
                                AGE_MAX)
         self.nonsyn_budget = int(getattr(k, "nonsyn_budget", DEFAULTS.nonsyn_budget))
+        self.age_shift = int(getattr(k, "age_shift", 0)) & 31
         # flow.h::nonsyn_admit's per-CPU budget (one CPU here): window start, entries used
         self.budget_window = 0
         self.budget_used = 0
@@ -713,6 +714,7 @@ class Model:
             m.tcp_timeout, m.closing_timeout = rt.tcp_timeout, rt.closing_timeout
             m.udp_timeout, m.refresh = rt.udp_timeout, rt.refresh
             m.syn_timeout, m.nonsyn_budget = rt.syn_timeout, rt.nonsyn_budget
+            m.age_shift = rt.age_shift
         return m
 
     @property
@@ -1019,11 +1021,11 @@ class Model:
         e.family = n.family
         e.last_seen, e.reply_tag = now, n.reply_tag  # set_flags kept
 
-    @staticmethod
-    def _victim_score(e: FlowEntry, now: int) -> tuple[int, int]:
+    def _victim_score(self, e: FlowEntry, now: int) -> tuple[int, int]:
         """flow.h::victim_consider: (rank, score) of a live way as a victim."""
         rank = 2 if e.flags & abi.FLOW_F_EMBRYONIC else 1 if e.flags & abi.FLOW_F_CLOSING else 0
-        return rank, (rank << 30) | min((now - e.last_seen) & M32, 0x3FFFFFFF)
+        return rank, (rank << 30) | min(((now - e.last_seen) & M32) >> self.age_shift,
+                                        0x3FFFFFFF)
 
     def _consider(self, v: list, idx: int, e: FlowEntry, now: int, least: int) -> None:
         """v = [idx or None, score]: keep the better victim."""

@@ -100,7 +100,7 @@ VIPS = [
 PULLABLE = [(0, 0), (0, 1), (3, 0), (6, 2), (7, 1), (2, 1), (8, 0)]
 
 _TIMEOUTS = {"tcp_timeout_s": NEVER, "closing_timeout_s": NEVER, "udp_timeout_s": NEVER,
-             "syn_timeout_s": NEVER,
+             "syn_timeout_s": NEVER, "age_shift": 31,
              "refresh_s": NEVER}
 KNOB_SETS = {
     "default": Knobs(**_TIMEOUTS),

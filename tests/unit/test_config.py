@@ -297,6 +297,26 @@ class TestLbErrors:
             LB + "conntrack_size = 1023\n", "lb.conntrack_size", "1023 is out of range 1024"
         )
 
+    @pytest.mark.parametrize(
+        "text, key, reason",
+        [
+            ("syn_timeout = 0.01", "syn_timeout", "0.01 s is outside 0.1 .. 600 s"),
+            ("tcp_timeout = 3e6", "tcp_timeout", r"3e\+06 s is outside 1 \.\. 2e\+06 s"),
+            ("closing_timeout = -1", "closing_timeout", "must be a finite number"),
+            ("udp_timeout = \"30\"", "udp_timeout", "a number of seconds"),
+            ("nonsyn_budget = -1", "nonsyn_budget", "-1 is out of range"),
+        ],
+    )
+    def test_bad_flow_timeouts(self, text, key, reason):
+        assert_error(LB + text + "\n", f"lb.{key}", reason)
+
+    def test_flow_timeouts(self):
+        lb = parse(LB + "syn_timeout = 2\ntcp_timeout = 7200\nclosing_timeout = 0.5\n"
+                   "udp_timeout = 60\nnonsyn_budget = 0\n").lb
+        assert (lb.syn_timeout, lb.tcp_timeout, lb.closing_timeout, lb.udp_timeout,
+                lb.nonsyn_budget) == (2.0, 7200.0, 0.5, 60.0, 0)
+        assert parse(LB).lb.tcp_timeout == 900.0
+
     def test_bad_frag_policy(self):
         assert_error(
             LB + 'frag_policy = "reassemble"\n',

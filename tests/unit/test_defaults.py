@@ -93,6 +93,9 @@ def test_the_config_reference_states_the_table():
     for key in ("conntrack_size", "max_vips", "max_backends", "ring_size"):
         assert int(_doc_default(key)) == getattr(DEFAULTS, key), key
     assert _doc_default("frag_policy") == DEFAULTS.frag_policy
+    for key in ("syn_timeout", "tcp_timeout", "closing_timeout", "udp_timeout"):
+        assert float(_doc_default(key)) == getattr(DEFAULTS, f"{key}_s"), key
+    assert int(_doc_default("nonsyn_budget")) == DEFAULTS.nonsyn_budget
 
 
 def test_the_model_defaults_to_the_table():

@@ -186,6 +186,8 @@ class LbRuntime(C.Structure):
         ("udp_timeout", C.c_uint64),
         ("refresh", C.c_uint64),
         ("syn_timeout", C.c_uint64),
+        ("age_shift", C.c_uint32),
+        ("pad", C.c_uint32),
         ("port_bits", C.c_uint64 * PORT_BITS_WORDS),
         ("addr_bits", C.c_uint64 * PORT_BITS_WORDS),
     ]

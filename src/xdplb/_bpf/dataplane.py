@@ -62,6 +62,7 @@ class Knobs:
     syn_timeout_s: float = DEFAULTS.syn_timeout_s
     refresh_s: float = DEFAULTS.refresh_s
     nonsyn_budget: int = DEFAULTS.nonsyn_budget
+    age_shift: int = 0  # victims compare idle times >> this; 31: not at all (tests: no clock)
     ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
     #: the interface's MAC: only frames addressed to it are balanced, and it is the source of
     #: what goes back out of the interface; None: every frame is looked at (tests, `run`)
@@ -104,6 +105,7 @@ class Knobs:
         rt.syn_timeout = int(self.syn_timeout_s * hz)
         rt.refresh = max(1, int(self.refresh_s * hz))
         rt.nonsyn_budget = min(max(0, self.nonsyn_budget), 0xFFFFFFFF)
+        rt.age_shift = self.age_shift & 31
         for name in ("tcp_timeout", "closing_timeout", "udp_timeout", "syn_timeout"):
             setattr(rt, name, min(getattr(rt, name), 0x7FFFFFFF))  # flow ages are 32-bit
 

@@ -234,7 +234,9 @@ class Controller:
             self.log("reload_failed", level="error", error=str(e))
             raise RequestError(str(e)) from None
         ignored = [k for k in ("hash_seed", "nat_ports", "conntrack_size", "max_vips",
-                               "max_backends", "frag_policy", "metrics")
+                               "max_backends", "frag_policy", "metrics", "syn_timeout",
+                               "tcp_timeout", "closing_timeout", "udp_timeout",
+                               "nonsyn_budget")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
         if (cfg.bgp is None) != (self.cfg.bgp is None):
             ignored.append("bgp")  # starting or stopping the routing daemon: a restart

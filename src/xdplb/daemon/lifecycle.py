@@ -189,7 +189,10 @@ class Daemon:
             sizes=Sizes(max_vips=lb.max_vips, max_backends=lb.max_backends,
                         conntrack=lb.conntrack_size),
             knobs=Knobs(hash_seed=lb.hash_seed, nat_port_min=lb.nat_ports[0],
-                        nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop"),
+                        nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop",
+                        syn_timeout_s=lb.syn_timeout, tcp_timeout_s=lb.tcp_timeout,
+                        closing_timeout_s=lb.closing_timeout, udp_timeout_s=lb.udp_timeout,
+                        nonsyn_budget=lb.nonsyn_budget),
             pins=self.pins if self.opts.pins or self.keep else None,
             object_path=self.opts.object_path, trace_rate=self.opts.trace_rate,
             takeover=self.opts.takeover)

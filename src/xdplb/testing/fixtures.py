@@ -107,7 +107,7 @@ def configured(dp: DataPlane, vips: list[VipSpec]) -> Iterator[LoadBalancer]:
         lb.apply([])
         rt, old = abi.LbRuntime(), dp.runtime()  # switches off, timeouts kept
         for f in ("hz", "tcp_timeout", "closing_timeout", "udp_timeout", "refresh",
-                  "syn_timeout", "nonsyn_budget"):
+                  "syn_timeout", "nonsyn_budget", "age_shift"):
             setattr(rt, f, getattr(old, f))
         dp.set_runtime(rt)
         clear_flows(dp)
