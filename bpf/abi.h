@@ -42,6 +42,8 @@ enum xdplb_mode {
 #define SET_F_SPILL (1u << 0) /* a flow of this set's hash lives in the next set */
 
 #define FLOW_WAYS 4 /* entries per set of the flows table */
+#define CT_WAYS 8   /* entries per bucket of the conntrack region: two sets */
+#define CT_PREFER 6 /* a conntrack flow goes to its first bucket while it has fewer live ones */
 
 /* Version of what the flows table means (entry layout, flow hash, set rules):
  * a takeover keeps the table only when it is the same (knobs.flow_format). */

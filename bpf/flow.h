@@ -118,13 +118,14 @@ static __always_inline int flow_match(const struct flow_entry *e, const struct f
 	       e->dst[3] == k->dst[3];
 }
 
-/* Index of flow `k` in the set whose first entry is `first`, or FLOW_NONE;
- * *spill: the set's SET_F_SPILL. */
-static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 *spill)
+/* Index of flow `k` in the `ways` entries from `first`, or FLOW_NONE;
+ * *spill: the first entry's SET_F_SPILL. */
+static __always_inline int ways_find(const struct flow_key *k, __u32 first, __u8 *spill,
+				     const int ways)
 {
 	int w;
 
-	for (w = 0; w < FLOW_WAYS; w++) {
+	for (w = 0; w < ways; w++) {
 		struct flow_entry *e = flow_at(first + w);
 
 		if (!e)
@@ -139,6 +140,47 @@ static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 
 		}
 	}
 	return FLOW_NONE;
+}
+
+static __always_inline int set_find(const struct flow_key *k, __u32 first, __u8 *spill)
+{
+	return ways_find(k, first, spill, FLOW_WAYS);
+}
+
+/* The conntrack region: buckets of CT_WAYS entries (two sets), knobs.ct_sets / 2
+ * of them. A flow has two candidate buckets: its first, hash & mask, and a
+ * second from a remix of the hash (power of two choices: at 75 % of the region
+ * live, about 1 flow in 3,000 finds both full instead of 1 in 10 with one set
+ * of 4; bench/fill.py). New flows stay in the first while it has fewer than
+ * CT_PREFER live flows, else go to the less loaded one; a first bucket that
+ * sent a flow to its second is marked SET_F_SPILL (on its first way), so a
+ * lookup reads the second bucket only for those. */
+static __always_inline __u32 ct_mask(void)
+{
+	return knobs.ct_sets / 2 - 1;
+}
+
+static __always_inline __u32 ct_first(__u32 bucket)
+{
+	return nat_sets() * FLOW_WAYS + bucket * CT_WAYS;
+}
+
+static __always_inline __u32 ct_bucket2(__u32 hash)
+{
+	__u32 h = ((hash >> 16) | (hash << 16)) * 0x85EBCA77u;
+
+	return (h ^ (h >> 15)) & ct_mask();
+}
+
+/* A conntrack flow in its second bucket: a global function (rare). */
+__attribute__((noinline)) int ct_find_spilled(const struct flow_key *k, __u32 hash)
+{
+	__u32 b1 = hash & ct_mask(), b2 = ct_bucket2(hash);
+	__u8 spill = 0;
+
+	if (!k || b2 == b1)
+		return FLOW_NONE;
+	return ways_find(k, ct_first(b2), &spill, CT_WAYS);
 }
 
 static __always_inline __u32 nat_next(__u32 s)
@@ -173,8 +215,12 @@ static __always_inline int flow_find(const struct flow_key *k, __u32 hash, __u32
 	__u32 s;
 	int idx;
 
-	if (!nat)
-		return set_find(k, (nat_sets() + (hash & (knobs.ct_sets - 1))) * FLOW_WAYS, &spill);
+	if (!nat) {
+		idx = ways_find(k, ct_first(hash & ct_mask()), &spill, CT_WAYS);
+		if (idx != FLOW_NONE || !spill)
+			return idx;
+		return ct_find_spilled(k, hash);
+	}
 	s = hash % nat_sets();
 	idx = set_find(k, s * FLOW_WAYS, &spill);
 	if (idx != FLOW_NONE || !spill)
@@ -416,49 +462,106 @@ static __always_inline void flow_retire(struct flow_entry *e, __u32 now)
 	e->last_seen = now - 0x80000000u;
 }
 
-/* A way for new conntrack flow `n`: the first never-used or stale way, else
- * the victim's (embryonic, closing, then the longest idle live flow: counted).
- * A global function. */
+/* What a conntrack bucket offers a new flow `n`: its first free or stale
+ * way (or FLOW_NONE) and that way's last_seen, its live flows, and the best
+ * victim among them (into `v`). A global function. */
+struct ct_scan {
+	int free;
+	__u32 free_seen;
+	__u32 live;
+};
+
+__attribute__((noinline)) int ct_bucket_scan(const struct flow_new *n, __u32 first,
+					     struct ct_scan *out, struct victim *v)
+{
+	int w;
+
+	if (!n || !out || !v)
+		return 0;
+	out->free = FLOW_NONE;
+	out->free_seen = 0;
+	out->live = 0;
+	for (w = 0; w < CT_WAYS; w++) {
+		struct flow_entry *e = flow_at(first + w);
+
+		if (!e)
+			return 0;
+		if (!e->family && e->last_seen) {
+			out->live++; /* being published by another CPU */
+			continue;
+		}
+		if (!e->family || flow_stale(e, n->now)) {
+			if (out->free == FLOW_NONE) {
+				out->free = first + w;
+				out->free_seen = e->last_seen;
+			}
+			if (!e->family)
+				break; /* ways fill in order: the rest are never used */
+			continue;
+		}
+		out->live++;
+		victim_consider(v, first + w, e, n->now, VICTIM_LIVE);
+	}
+	return 0;
+}
+
+/* A way for new conntrack flow `n`: a free or stale way of its first bucket
+ * while that has fewer than CT_PREFER live flows, else of the less loaded of
+ * its two buckets, else the victim's of both (embryonic, closing, then the
+ * longest idle flow: counted). A global function. */
 __attribute__((noinline)) int ct_claim(struct flow_new *n)
 {
-	__u32 first, seen = 0, t;
-	int w, idx;
+	struct ct_scan s1, s2;
+	struct flow_entry *head;
+	__u32 b1, b2, seen;
+	struct victim v;
+	int idx, spill;
 
 	if (!n)
 		return FLOW_NONE;
-	first = (nat_sets() + (n->hash & (knobs.ct_sets - 1))) * FLOW_WAYS;
-	for (t = 0; t < 2; t++) {
-		struct victim v;
-
-		victim_init(&v);
-		idx = FLOW_NONE;
-		for (w = 0; w < FLOW_WAYS; w++) {
-			struct flow_entry *e = flow_at(first + w);
-
-			if (!e)
+	b1 = n->hash & ct_mask();
+	b2 = ct_bucket2(n->hash);
+	victim_init(&v);
+	ct_bucket_scan(n, ct_first(b1), &s1, &v);
+	if (s1.free != FLOW_NONE && s1.live < CT_PREFER) {
+		idx = s1.free;
+		seen = s1.free_seen;
+		spill = 0;
+	} else {
+		s2.free = FLOW_NONE;
+		s2.free_seen = 0;
+		s2.live = CT_WAYS;
+		if (b2 != b1)
+			ct_bucket_scan(n, ct_first(b2), &s2, &v);
+		if (s1.free != FLOW_NONE && (s2.free == FLOW_NONE || s1.live <= s2.live)) {
+			idx = s1.free;
+			seen = s1.free_seen;
+			spill = 0;
+		} else if (s2.free != FLOW_NONE) {
+			idx = s2.free;
+			seen = s2.free_seen;
+			spill = 1;
+		} else {
+			if (v.idx == FLOW_NONE)
 				return FLOW_NONE;
-			if (!e->family && e->last_seen)
-				continue; /* being published by another CPU */
-			if (!e->family || flow_stale(e, n->now)) {
-				idx = first + w;
-				seen = e->last_seen;
-				break;
-			}
-			victim_consider(&v, first + w, e, n->now, VICTIM_LIVE);
-		}
-		if (idx != FLOW_NONE) {
-			if (!flow_publish(idx, seen, n))
-				return idx;
-			continue;
-		}
-		if (v.idx == FLOW_NONE)
-			return FLOW_NONE;
-		if (!flow_publish(v.idx, v.seen, n)) {
-			count_eviction(&v);
-			return v.idx;
+			idx = v.idx;
+			seen = v.seen;
+			spill = (__u32)idx >= ct_first(b2) && (__u32)idx < ct_first(b2) + CT_WAYS &&
+				b2 != b1;
 		}
 	}
-	return FLOW_NONE;
+	if (spill) { /* before publishing: a lookup must never miss the flow */
+		head = flow_at(ct_first(b1));
+		if (!head)
+			return FLOW_NONE;
+		if (!(head->set_flags & SET_F_SPILL))
+			head->set_flags |= SET_F_SPILL;
+	}
+	if (flow_publish(idx, seen, n))
+		return FLOW_NONE; /* another CPU took the way: the flow's next packet retries */
+	if (idx == v.idx)
+		count_eviction(&v);
+	return idx;
 }
 
 /* Keep a live flow's entry fresh: last_seen rewritten at most every

@@ -825,7 +825,7 @@ class _Parser:
             nat_ports=t.get(
                 "nat_ports", _port_range, 'a string like "61000-65535"', DEFAULTS.nat_ports
             ),
-            conntrack_size=t.integer("conntrack_size", 1024, 1 << 25, DEFAULTS.conntrack_size),
+            conntrack_size=t.integer("conntrack_size", 1024, 1 << 27, DEFAULTS.conntrack_size),
             max_vips=t.integer("max_vips", 1, 1 << 20, DEFAULTS.max_vips),
             max_backends=t.integer("max_backends", 1, 1 << 24, DEFAULTS.max_backends),
             frag_policy=cast(FragPolicy, t.choice("frag_policy", get_args(FragPolicy),

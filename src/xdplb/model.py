@@ -84,6 +84,8 @@ M32 = 0xFFFFFFFF
 FLOW_WAYS = abi.FLOW_WAYS
 SET_F_SPILL = abi.SET_F_SPILL
 NAT_PROBES = 16  # flow.h: sets a NAT flow may live in
+CT_WAYS = abi.CT_WAYS  # entries of a conntrack bucket (two sets)
+CT_PREFER = abi.CT_PREFER
 AGE_MAX = 0x7FFFFFFF  # timeouts are capped like Knobs.timeouts: flow ages are 32-bit
 
 # XDP actions
@@ -965,10 +967,12 @@ class Model:
         return (e.src == k.src and e.dst == k.dst and e.sport == k.sport
                 and e.dport == k.dport and e.proto == k.proto and e.family == k.family)
 
-    def _set_find(self, k: FlowKey, first: int) -> tuple[int | None, int]:
-        """(index of `k` in the set starting at `first` or None, the set's SET_F_SPILL)."""
+    def _set_find(self, k: FlowKey, first: int, ways: int = FLOW_WAYS
+                  ) -> tuple[int | None, int]:
+        """(index of `k` in the `ways` entries from `first` or None, the first entry's
+        SET_F_SPILL)."""
         spill = 0
-        for w in range(FLOW_WAYS):
+        for w in range(ways):
             e = self._at(first + w)
             if w == 0:
                 spill = e.set_flags & SET_F_SPILL
@@ -980,9 +984,22 @@ class Model:
                 return first + w, spill
         return None, spill
 
+    # conntrack buckets (flow.h: ct_mask, ct_first, ct_bucket2)
+    def _ct_first(self, bucket: int) -> int:
+        return self.nat_sets * FLOW_WAYS + bucket * CT_WAYS
+
+    def _ct_buckets(self, h: int) -> tuple[int, int]:
+        mask = self.ct_sets // 2 - 1
+        x = ((((h >> 16) | (h << 16)) & M32) * 0x85EBCA77) & M32
+        return h & mask, (x ^ (x >> 15)) & mask
+
     def _flow_find(self, k: FlowKey, h: int, nat: bool) -> int | None:
         if not nat:
-            return self._set_find(k, (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS)[0]
+            b1, b2 = self._ct_buckets(h)
+            idx, spill = self._set_find(k, self._ct_first(b1), CT_WAYS)
+            if idx is not None or not spill or b2 == b1:
+                return idx
+            return self._set_find(k, self._ct_first(b2), CT_WAYS)[0]
         n = self.nat_sets
         s = h % n
         for _ in range(NAT_PROBES):  # the flow's set, then the next ones while spilled
@@ -1088,22 +1105,49 @@ class Model:
         self._count_eviction(v[1])
         return int(v[0])
 
-    def _ct_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
-        first = (self.nat_sets + (h & (self.ct_sets - 1))) * FLOW_WAYS
-        v: list = [None, 0]
-        for w in range(FLOW_WAYS):
+    def _ct_scan(self, first: int, now: int, v: list) -> tuple[int | None, int]:
+        """flow.h::ct_bucket_scan: (first free or stale way, live flows); victims into v."""
+        free, live = None, 0
+        for w in range(CT_WAYS):
             e = self._at(first + w)
             if not e.family and e.last_seen:
-                continue  # being published by another CPU
+                live += 1  # being published by another CPU
+                continue
             if not e.family or self._flow_stale(e, now):
-                self._flow_publish(first + w, n, now)
-                return first + w
+                if free is None:
+                    free = first + w
+                if not e.family:
+                    break
+                continue
+            live += 1
             self._consider(v, first + w, e, now, 0)
-        if v[0] is None:
-            return None
-        self._flow_publish(v[0], n, now)
-        self._count_eviction(v[1])
-        return int(v[0])
+        return free, live
+
+    def _ct_claim(self, n: FlowEntry, h: int, now: int) -> int | None:
+        b1, b2 = self._ct_buckets(h)
+        v: list = [None, 0]
+        free1, live1 = self._ct_scan(self._ct_first(b1), now, v)
+        spill = False
+        if free1 is not None and live1 < CT_PREFER:
+            idx = free1
+        else:
+            free2, live2 = (self._ct_scan(self._ct_first(b2), now, v) if b2 != b1
+                            else (None, CT_WAYS))
+            if free1 is not None and (free2 is None or live1 <= live2):
+                idx = free1
+            elif free2 is not None:
+                idx, spill = free2, True
+            else:
+                if v[0] is None:
+                    return None
+                idx = int(v[0])
+                spill = b2 != b1 and self._ct_first(b2) <= idx < self._ct_first(b2) + CT_WAYS
+        if spill:
+            self._at_w(self._ct_first(b1)).set_flags |= SET_F_SPILL
+        self._flow_publish(idx, n, now)
+        if idx == v[0]:
+            self._count_eviction(v[1])
+        return idx
 
     def _flow_touch(self, e: FlowEntry, now: int, flags: int) -> None:
         if ((now - e.last_seen) & M32) >= (self.refresh & M32) or flags != e.flags:

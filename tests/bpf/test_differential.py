@@ -104,11 +104,11 @@ _TIMEOUTS = {"tcp_timeout_s": NEVER, "closing_timeout_s": NEVER, "udp_timeout_s"
              "refresh_s": NEVER}
 KNOB_SETS = {
     "default": Knobs(**_TIMEOUTS),
-    "5-port NAT range, 2 conntrack sets": Knobs(hash_seed=0x0BADCAFE, nat_port_min=61000,
-                                                nat_port_max=61004, ct_sets=2, **_TIMEOUTS),
-    "no csum fixup, drop fragments, 1 conntrack set": Knobs(
+    "5-port NAT range, 2 conntrack buckets": Knobs(hash_seed=0x0BADCAFE, nat_port_min=61000,
+                                                   nat_port_max=61004, ct_sets=4, **_TIMEOUTS),
+    "no csum fixup, drop fragments, 1 conntrack bucket": Knobs(
         hash_seed=0x13572468, csum_fixup=False, frag_drop=True, nat_port_min=40000,
-        nat_port_max=40999, ct_sets=1, **_TIMEOUTS),
+        nat_port_max=40999, ct_sets=2, **_TIMEOUTS),
 }
 TOTALS = {"frames": 0, "seconds": 0.0, "entries": 0, "spills": 0, "ct_full": 0,
           "drop_nat_full": 0, "reselect": 0}

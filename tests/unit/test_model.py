@@ -282,7 +282,7 @@ def test_dsr_flow_lives_in_the_conntrack_region(m):
     assert m.process(frame)[2] == Stat.FWD_NEW
     idx, e = only_entry(m)
     h = model.hash_flow("10.0.1.100", "10.0.0.20", 40000, 22, 6, m.hash_seed)
-    assert idx == (m.nat_sets + (h & (m.ct_sets - 1))) * model.FLOW_WAYS
+    assert idx == m.nat_sets * model.FLOW_WAYS + (h & (m.ct_sets // 2 - 1)) * model.CT_WAYS
     assert (e.reply_tag, e.client_mac, e.client_ifindex) == (0, bytes(6), 0)
     assert e.flags == abi.FLOW_F_EMBRYONIC
     assert m.process(bytes(tcp4(dst="10.0.0.20", dport=22, flags="F")))[2] == Stat.FWD_EST
@@ -672,37 +672,60 @@ def test_reply_must_come_from_the_flows_backend():
         assert m.process(frame) == (XDP_PASS, frame, Stat.PASS_NOT_VIP)
 
 
-def test_conntrack_set_full_evicts_embryonic_then_the_longest_idle_flow():
-    m = Model.from_specs([DSR4], knobs(ct_sets=1))
-    assert m.ct_sets == 1 and m.size == (m.nat_sets + 1) * model.FLOW_WAYS
+def test_conntrack_bucket_full_evicts_embryonic_then_the_longest_idle_flow():
+    m = Model.from_specs([DSR4], knobs(ct_sets=2))  # one bucket of CT_WAYS
+    assert m.ct_sets == 2 and m.size == (m.nat_sets + 2) * model.FLOW_WAYS
     first = m.nat_sets * model.FLOW_WAYS
     outs = {}
-    for sport in range(1, 5):
+    for sport in range(1, model.CT_WAYS + 1):
         m.now = 100 + sport  # flow 1 is the longest idle
         _a, outs[sport], stat = m.process(bytes(tcp4(dst="10.0.0.20", sport=sport)))
         assert stat == Stat.FWD_NEW
         if sport != 3:  # flow 3 stays embryonic
             m.process(bytes(tcp4(dst="10.0.0.20", sport=sport, flags="A")))
-    assert [m.flows[first + w].sport for w in range(4)] == [1, 2, 3, 4]
+    assert [m.flows[first + w].sport for w in range(model.CT_WAYS)] == list(range(1, 9))
     m.now = 200
-    frame = bytes(tcp4(dst="10.0.0.20", sport=5))
+    frame = bytes(tcp4(dst="10.0.0.20", sport=9))
     action, _out, stat = m.process(frame)
     assert (action, stat) == (XDP_TX, Stat.FWD_NEW)
     assert m.last_counters == {Stat.FWD_NEW: (1, len(frame)), Stat.EVICT_EMBRYONIC: (1, 0)}
-    assert m.flows[first + 2].sport == 5  # the embryonic flow's way
-    m.process(bytes(tcp4(dst="10.0.0.20", sport=5, flags="A")))
-    frame = bytes(tcp4(dst="10.0.0.20", sport=6))
+    assert m.flows[first + 2].sport == 9  # the embryonic flow's way
+    m.process(bytes(tcp4(dst="10.0.0.20", sport=9, flags="A")))
+    frame = bytes(tcp4(dst="10.0.0.20", sport=10))
     _a, _out, stat = m.process(frame)
     assert stat == Stat.FWD_NEW and m.last_counters[Stat.CT_FULL] == (1, 0)
-    assert m.flows[first].sport == 6  # flow 1, idle the longest, is evicted
+    assert m.flows[first].sport == 10  # flow 1, idle the longest, is evicted
     # the others are still known; the evicted flow (no SYN: within the non-SYN budget)
     # is chosen again, onto the same backend: the ring did not change
-    for sport in (2, 4, 5):
+    for sport in (2, 4, 5, 9):
         assert m.process(bytes(tcp4(dst="10.0.0.20", sport=sport, flags="A")))[2] \
             == Stat.FWD_EST
     _a, out, stat = m.process(bytes(tcp4(dst="10.0.0.20", sport=1, flags="A")))
     assert stat == Stat.FWD_NEW and Stat.EVICT_EMBRYONIC in m.last_counters
     assert Ether(out)[Ether].dst == Ether(outs[1])[Ether].dst
+
+
+def test_conntrack_flows_balance_over_two_buckets():
+    """A bucket with CT_PREFER live flows sends the next flow of its hash to the less
+    loaded of its two buckets, marks itself spilled, and the flow is found there."""
+    m = Model.from_specs([DSR4], knobs(ct_sets=64))
+    want_b1 = None
+    placed = []
+    for sport in range(1, 5000):
+        h = model.hash_flow("10.0.1.100", "10.0.0.20", sport, 80, 6, m.hash_seed)
+        b1, b2 = m._ct_buckets(h)
+        want_b1 = b1 if want_b1 is None else want_b1
+        if b1 != want_b1 or b2 == b1:
+            continue
+        m.process(bytes(tcp4(dst="10.0.0.20", sport=sport)))
+        placed.append((sport, b1, b2))
+        if len(placed) == model.CT_PREFER + 1:
+            break
+    sport, b1, b2 = placed[-1]
+    idx = m.find_flow(key_of(bytes(tcp4(dst="10.0.0.20", sport=sport))))
+    assert idx is not None and m._ct_first(b2) <= idx < m._ct_first(b2) + model.CT_WAYS
+    assert m.flows[m._ct_first(b1)].set_flags == model.SET_F_SPILL
+    assert m.process(bytes(tcp4(dst="10.0.0.20", sport=sport, flags="A")))[2] == Stat.FWD_EST
 
 
 def test_dsr_flow_whose_conntrack_entry_was_lost_keeps_its_backend(m):

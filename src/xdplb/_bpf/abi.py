@@ -25,6 +25,8 @@ FLOW_F_EMBRYONIC = 1 << 1
 FLOW_F_SYNACK = 1 << 2
 SET_F_SPILL = 1 << 0
 FLOW_WAYS = 4
+CT_WAYS = 8  # abi.h: entries of a conntrack bucket (two sets)
+CT_PREFER = 6  # a conntrack flow stays in its first bucket while that has fewer live flows
 FLOW_FORMAT = 2  # abi.h: what the flows table means; a takeover needs the same
 
 Addr = C.c_uint8 * 16

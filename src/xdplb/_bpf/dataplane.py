@@ -76,8 +76,11 @@ class Knobs:
         """Sets of the conntrack region: `ct_sets`, else enough for `conntrack` flows
         (a power of two)."""
         if self.ct_sets:
+            if self.ct_sets < 2 or self.ct_sets & (self.ct_sets - 1):
+                raise ValueError(f"ct_sets {self.ct_sets}: a power of two >= 2 "
+                                 "(conntrack buckets are two sets)")
             return self.ct_sets
-        want = max(1, -(-conntrack // abi.FLOW_WAYS))
+        want = max(2, -(-conntrack // abi.FLOW_WAYS))  # (buckets of two sets: at least one)
         return 1 << (want - 1).bit_length()
 
     def pack(self, ct_sets: int | None = None, flow_format: int = abi.FLOW_FORMAT) -> bytes:
