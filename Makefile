@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all deps venv build demo test test-unit test-bpf test-e2e bench lint clean image
+.PHONY: all deps venv build demo test test-unit test-bpf test-e2e bench fuzz lint clean image
 
 all: build
 
@@ -45,6 +45,14 @@ bench: build
 image: build
 	@scripts/install-deps.sh image
 	@scripts/build-image.sh
+
+# The differential test, long: random sequences (floods, port reuse, FIN/RST at every point,
+# table pressure) until FUZZ_FRAMES frames went through program and model (0 disagreements).
+FUZZ_FRAMES ?= 1000000
+fuzz: build
+	XDPLB_FUZZ_FRAMES=$(FUZZ_FRAMES) XDPLB_FUZZ_REPORT=bench/results/fuzz.json \
+		$(PY) -m pytest -q -p no:cacheprovider -rA tests/bpf/test_differential.py \
+		-k test_program_equals_model
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

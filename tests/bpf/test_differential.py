@@ -30,7 +30,9 @@ NAT entries.
 """
 from __future__ import annotations
 
+import ctypes as C
 import ipaddress
+import os
 import random
 import struct
 import time
@@ -131,11 +133,18 @@ class Rig:
             self.specs = list(specs)
 
     def read_stats(self) -> list[tuple[int, int]]:
+        """Every counter of `stats`, summed over CPUs: one batch lookup (a lookup per
+        counter when batches are refused)."""
         m = self.dp.maps["stats"]
+        raw = _batch_values(m, abi.ST_MAX)
+        if raw is None:
+            raws = [m.lookup(k) for k in range(abi.ST_MAX)]
+        else:
+            per = len(raw) // abi.ST_MAX
+            raws = [raw[k * per:(k + 1) * per] for k in range(abi.ST_MAX)]
         out = []
-        for k in range(abi.ST_MAX):
-            raw = m.lookup(k)
-            v = struct.unpack(f"<{len(raw) // 8}Q", raw)
+        for r in raws:
+            v = struct.unpack(f"<{len(r) // 8}Q", r)
             out.append((sum(v[0::2]), sum(v[1::2])))
         return out
 
@@ -151,10 +160,44 @@ class Rig:
         return action, out, delta
 
 
+class _BatchOpts(C.Structure):
+    _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
+
+
+def _batch_values(m, n: int) -> bytes | None:
+    """The values of keys 0..n-1 of (per-CPU) array map `m` in one bpf_map_lookup_batch;
+    None when it fails."""
+    from xdplb._bpf import libbpf
+
+    fn = libbpf._lib.bpf_map_lookup_batch
+    fn.restype = C.c_int
+    fn.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p,
+                   C.POINTER(C.c_uint32), C.c_void_p]
+    vsize = m._vsize()
+    keys = (C.c_uint32 * n)()
+    vals = C.create_string_buffer(n * vsize)
+    out_batch = C.c_uint32(0)
+    count = C.c_uint32(n)
+    opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
+    rc = fn(m.fd, None, C.byref(out_batch), keys, vals, C.byref(count), C.byref(opts))
+    if (rc < 0 and count.value != n) or count.value != n or list(keys) != list(range(n)):
+        return None
+    return vals.raw
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_totals(request):
     """Say how many frames went through both (visible with -rA or in the terminal)."""
     yield
+    if FUZZ_FRAMES:  # the fuzz run's promise: at least that many frames, 0 disagreements
+        import json
+
+        out = os.environ.get("XDPLB_FUZZ_REPORT")
+        if out:
+            with open(out, "w") as f:  # a failed sequence is a disagreement (or worse)
+                json.dump({**TOTALS, "target": FUZZ_FRAMES,
+                           "failed_tests": request.session.testsfailed}, f)
+        assert TOTALS["frames"] >= FUZZ_FRAMES, f"only {TOTALS['frames']} frames fuzzed"
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     capman = request.config.pluginmanager.get_plugin("capturemanager")
     if tr is not None and capman is not None and TOTALS["frames"]:
@@ -802,7 +845,14 @@ def run_sequence(rig: Rig, ops) -> int:
     return n
 
 
-@settings(max_examples=50, derandomize=True, deadline=None, database=None,
+# Nightly / `make fuzz`: XDPLB_FUZZ_FRAMES=N runs random (not derandomized) sequences
+# until at least N frames went through program and model over the three knob sets
+# (about 125 frames a sequence); the normal tier runs 50 fixed sequences per knob set.
+FUZZ_FRAMES = int(os.environ.get("XDPLB_FUZZ_FRAMES", "0") or 0)
+EXAMPLES = max(50, FUZZ_FRAMES // (len(KNOB_SETS) * 100) + 1) if FUZZ_FRAMES else 50
+
+
+@settings(max_examples=EXAMPLES, derandomize=not FUZZ_FRAMES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=ops)
 def test_program_equals_model(rig, ops):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from lbproc import xdp_attached
 
+from xdplb._bpf import abi
 from xdplb.demo import xdplb_argv
 
 pytestmark = pytest.mark.e2e
@@ -371,7 +372,7 @@ def test_a_takeover_refuses_a_flow_table_of_another_format(lab, tmp_path, run_di
                        "--object", str(other)], timeout=60)
     assert r.returncode == 1, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert "flow table has format 1, this xdplb uses 99" in lines[-1], lines
+    assert f"flow table has format {abi.FLOW_FORMAT}, this xdplb uses 99" in lines[-1], lines
     assert xdp_attached(lab, "lb", "veth6") == before
     r = lab.run("lb", [*cli_argv(), "stop", "-c", str(config), "--run-dir", str(run_dir)],
                 timeout=30)

@@ -310,6 +310,7 @@ class Daemon:
         self._bgp_task = asyncio.ensure_future(self._watch_announcer())
         self._sync_task = asyncio.ensure_future(self._run_sync()) if self.cfg.sync else None
         self._trace_task = asyncio.ensure_future(self._expire_trace())
+        self._flow_task = asyncio.ensure_future(self._watch_flows())
         n_be = sum(len(v.backends) for v in self.cfg.vips)
         self.log("ready", instance=self.instance, interface=self.cfg.lb.interface,
                  vips=len(self.cfg.vips), backends=n_be,
@@ -336,6 +337,7 @@ class Daemon:
             if self._sync_task is not None:
                 self._sync_task.cancel()
             self._trace_task.cancel()
+            self._flow_task.cancel()
             await self.ctl.monitor.close()
 
     async def _open_socket(self) -> asyncio.Server:
@@ -428,6 +430,41 @@ class Daemon:
                     self.ctl.announce()
             except AnnounceError as e:
                 self.log("bgp_restart_failed", level="error", error=str(e))
+
+    async def _watch_flows(self, every: float = 1.0) -> None:
+        """Say when flood protection engages and ends (new flows recycle the ways of
+        unconfirmed ones: `evict_embryonic` rises) and when the flow table turns new
+        flows away (`drop_nat_full`) or evicts confirmed ones (`ct_full`)."""
+        watched = ("evict_embryonic", "drop_nat_full", "ct_full", "drop_not_syn",
+                   "nonsyn_stateless")
+        last: dict[str, int] = {}
+        engaged = False
+        while True:
+            await asyncio.sleep(every)
+            if self.dp is None:
+                continue
+            try:
+                st = self.dp.stats()
+            except OSError:
+                continue
+            now = {k: st[k][0] for k in watched if k in st}
+            d = {k: v - last[k] for k, v in now.items() if k in last}
+            last = now
+            if not d:
+                continue
+            if d["evict_embryonic"] and not engaged:
+                engaged = True
+                self.log("flood_protection", level="warning", state="engaged",
+                         evicted_embryonic=d["evict_embryonic"],
+                         drop_not_syn=d["drop_not_syn"], why="new flows recycle the ways "
+                         "of unconfirmed (SYN-only) flows: a SYN flood, or a full table")
+            elif engaged and not d["evict_embryonic"]:
+                engaged = False
+                self.log("flood_protection", state="ended")
+            if d["drop_nat_full"] or d["ct_full"]:
+                self.log("flow_table_full", level="warning", drop_nat_full=d["drop_nat_full"],
+                         ct_full=d["ct_full"], why="every way holds a confirmed flow: "
+                         "widen nat_ports / raise conntrack_size")
 
     async def _expire_trace(self, every: float = 1.0) -> None:
         """Sampling that an `xdplb trace` switched on goes back to this instance's own
