@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/reliability.py [--flood-seconds 20] [--skip-flood] [--skip-fill]
 
-Runs (unless skipped) the lab's spoofed SYN flood test (tests/e2e/test_flood.py, with
+Runs (unless skipped) the lab's spoofed SYN flood test (tests/e2e/test_under_attack.py, with
 XDPLB_FLOOD_SECONDS) and bench/fill.py, reads the last `make fuzz` report
 (bench/results/fuzz.json), and writes the page from those JSON files only
 (bench/results/flood.json, fill.json, fuzz.json): no figure on it is typed by hand.
@@ -27,7 +27,7 @@ def run_flood(seconds: float) -> None:
     env = dict(os.environ, XDPLB_FLOOD_SECONDS=str(seconds),
                XDPLB_FLOOD_REPORT=str(RESULTS / "flood.json"))
     subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
-                    "tests/e2e/test_flood.py", "-k", "syn_flood"], cwd=ROOT, env=env,
+                    "tests/e2e/test_under_attack.py", "-k", "syn_flood"], cwd=ROOT, env=env,
                    check=False)
 
 
@@ -53,7 +53,7 @@ def render(flood: dict | None, fill: dict | None, fuzz: dict | None) -> str:
     if flood:
         c = flood.get("counters", {})
         rate = flood.get("rate_pps")
-        out += [(f"`tests/e2e/test_flood.py`: {flood['flood']} from the client's namespace at the "
+        out += [(f"`tests/e2e/test_under_attack.py`: {flood['flood']} from the client's namespace at the "
                 f"VIP for {flood['seconds']:g} s, as fast as hping3 sends "
                 f"({flood.get('packets')} packets, about {rate} a second), while a 4 MiB "
                 "download runs rate-limited through the flood and the client opens a new "
