@@ -120,6 +120,7 @@ __all__ = [
     "addr_bit",
     "csum_fold64",
     "csum_replace",
+    "ct_buckets",
     "flow_entries",
     "hash_flow",
     "nat_port_candidates",
@@ -176,6 +177,15 @@ def reply_tag(be_addr, be_port: int, snat, proto: int, seed: int) -> int:
     """hash.h::reply_tag: the tag of a NAT flow's reply tuple (backend address, its port
     (host order), SNAT address), i.e. hash_flow of (backend, port) -> (SNAT, port 0)."""
     return _hash_raw(_addr16(be_addr), _addr16(snat), be_port, 0, proto, seed)
+
+
+def ct_buckets(flow_hash: int, ct_sets: int) -> tuple[int, int]:
+    """flow.h: a conntrack flow's two candidate buckets (CT_WAYS entries each, from the
+    start of the conntrack region), its first and its second (they may be the same)."""
+    mask = max(1, ct_sets // 2) - 1
+    h = flow_hash & M32
+    x = ((((h >> 16) | (h << 16)) & M32) * 0x85EBCA77) & M32
+    return h & mask, (x ^ (x >> 15)) & mask
 
 
 def select_slot(flow_hash: int, ring_size: int) -> int:
@@ -989,9 +999,7 @@ class Model:
         return self.nat_sets * FLOW_WAYS + bucket * CT_WAYS
 
     def _ct_buckets(self, h: int) -> tuple[int, int]:
-        mask = self.ct_sets // 2 - 1
-        x = ((((h >> 16) | (h << 16)) & M32) * 0x85EBCA77) & M32
-        return h & mask, (x ^ (x >> 15)) & mask
+        return ct_buckets(h, self.ct_sets)
 
     def _flow_find(self, k: FlowKey, h: int, nat: bool) -> int | None:
         if not nat:

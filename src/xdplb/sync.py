@@ -290,13 +290,15 @@ class FlowSync:
         if not x["family"]:
             return not x["last_seen"]  # else: being published by the data plane
         age = (jnow - int(x["last_seen"])) & 0xFFFFFFFF
-        tmo = rt.closing_timeout if x["flags"] & abi.FLOW_F_CLOSING else (
-            rt.tcp_timeout if x["proto"] == 6 else rt.udp_timeout)
+        tmo = rt.syn_timeout if x["flags"] & abi.FLOW_F_EMBRYONIC else (
+            rt.closing_timeout if x["flags"] & abi.FLOW_F_CLOSING else (
+                rt.tcp_timeout if x["proto"] == 6 else rt.udp_timeout))
         return not x["proto"] or age > tmo
 
-    def _pick_way(self, t: np.ndarray, first: int, e: np.void, jnow: int, rt) -> int | None:
+    def _pick_way(self, t: np.ndarray, first: int, e: np.void, jnow: int, rt,
+                  ways: int = abi.FLOW_WAYS) -> int | None:
         pick = None
-        for w in range(abi.FLOW_WAYS):
+        for w in range(ways):
             x = t[first + w]
             if x["family"] and self._same_flow(x, e):
                 self.stats.known += 1
@@ -320,6 +322,7 @@ class FlowSync:
         slot["reply_tag"] = reply_tag
         slot["client_ifindex"] = 0
         slot["client_mac"] = 0
+        slot["ack_check"] = 0
         slot["family"] = e["family"]
         self._written[i] = (int(_digest(slot)[0]), jnow)
 
@@ -329,8 +332,22 @@ class FlowSync:
                                int(e["proto"]), self.hash_seed)
 
     def _write_ct(self, t: np.ndarray, e: np.void, bid: int, jnow: int, rt) -> int:
-        first = self.nat_entries + (self._hash(e) & (self.ct_sets - 1)) * abi.FLOW_WAYS
-        i = self._pick_way(t, first, e, jnow, rt)
+        """Into the flow's first conntrack bucket, else its second (marking the first
+        spilled, as the data plane does, so a lookup goes on to it)."""
+        b1, b2 = model.ct_buckets(self._hash(e), self.ct_sets)
+        first1 = self.nat_entries + b1 * abi.CT_WAYS
+        first2 = self.nat_entries + b2 * abi.CT_WAYS
+        if b2 != b1 and any(t[first2 + w]["family"] and self._same_flow(t[first2 + w], e)
+                            for w in range(abi.CT_WAYS)):
+            self.stats.known += 1
+            return 0
+        known = self.stats.known
+        i = self._pick_way(t, first1, e, jnow, rt, abi.CT_WAYS)
+        if i is None and self.stats.known == known and b2 != b1:
+            self.stats.no_room -= 1  # (counted once, below, if the second has none either)
+            i = self._pick_way(t, first2, e, jnow, rt, abi.CT_WAYS)
+            if i is not None:
+                t[first1:first1 + 1]["set_flags"] |= abi.SET_F_SPILL
         if i is None:
             return 0
         self._publish(t, i, e, bid, jnow, 0)

@@ -55,6 +55,8 @@ def test_synced_entries_keep_moved_flows_on_their_backend_after_a_backend_change
     assert a.dp is not b.dp
     flows = {s: send(a.dp, frame(s, "S")) for s in range(20000, 20300)}
     assert all(flows.values())
+    for s in flows:  # the client's ACK confirms each (only confirmed flows are synced)
+        assert send(a.dp, frame(s, "A")) == flows[s]
     grown = VipSpec(VIP, 80, mode="dsr", backends=backends(4))
     b.apply([grown])  # a backend added on B: some flows' Maglev slot changes
     fresh = Predictor([grown])  # what B's Maglev picks for a flow it does not know
@@ -118,6 +120,15 @@ def test_synced_nat_flows_leave_another_node_with_their_own_snat_address_and_por
     b = balancer([b_spec], Knobs(frag_drop=True))
     flows = {s: nat_send(a.dp, nat_frame(s, "S")) for s in range(21000, 21200)}
     assert all(f and f[0] == "10.2.0.11" for f in flows.values())
+    for s, (snat, port, be) in flows.items():  # the handshake confirms each flow on A
+        synack = raw(Ether(src=f"de:ad:be:ef:01:{int(be.rsplit('.', 1)[1]):02x}",
+                           dst="de:ad:be:ef:00:10") / IP(src=be, dst=snat)
+                     / TCP(sport=80, dport=port, flags="SA", seq=5000))
+        assert a.dp.program.test_run(synack)[0] == XDP_TX
+        ack = raw(Ether(src="de:ad:be:ef:00:01", dst="de:ad:be:ef:00:10")
+                  / IP(src="10.1.0.1", dst=str(VIP)) / TCP(sport=s, dport=80, flags="A",
+                                                         ack=5001))
+        assert nat_send(a.dp, ack) == (snat, port, be)
     sa, sb = node(a, [a_spec]), node(b, [b_spec])
     assert sa.collect(now=0.0) == []  # first seen now: younger than min_age
     datagrams = sa.collect(now=1.0)
