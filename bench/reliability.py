@@ -92,12 +92,15 @@ def render(flood: dict | None, fill: dict | None, fuzz: dict | None) -> str:
         out += ["Not run (no bench/results/fill.json).", ""]
     out += ["## Differential fuzzing (program against the model)", ""]
     if fuzz:
-        out += [(f"`make fuzz` (FUZZ_FRAMES={fuzz['target']:,}): random sequences of floods, "
-                "port reuse, FIN/RST at every point of a connection, table pressure, backend "
-                "and VIP changes through the real object and `xdplb.model`: "
-                f"{fuzz['frames']:,} frames in {fuzz['seconds']:.0f} s, "
-                f"{fuzz['failed_tests']} failed sequences (a failure is a disagreement); "
-                f"{fuzz['entries']:,} flow entries compared at sequence ends."), ""]
+        state = ("finished" if fuzz.get("status", "done") == "done" else
+                 "stopped before its target (the figures are those of the sequences it "
+                 "completed)")
+        out += [(f"`make fuzz` (FUZZ_FRAMES={fuzz['target']:,}), {state}: random sequences of "
+                 "floods, port reuse, FIN/RST at every point of a connection, table pressure, "
+                 "backend and VIP changes through the real object and `xdplb.model`: "
+                 f"{fuzz['frames']:,} frames in {fuzz['seconds']:.0f} s, "
+                 f"{fuzz['failed_tests']} failed runs (a failure is a disagreement); "
+                 f"{fuzz['entries']:,} flow entries compared at sequence ends."), ""]
     else:
         out += ["Not run yet (no bench/results/fuzz.json): `make fuzz`.", ""]
     out += ["## Bad input", "", ("<!-- bad-input tally: section kept for the bad-input runs "

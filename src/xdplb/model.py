@@ -769,6 +769,7 @@ class Model:
         split = self.nat_sets * FLOW_WAYS
         for idx in [i for i in self.flows if (i < split and nat) or (i >= split and conntrack)]:
             del self.flows[idx]
+        self.budget_window = self.budget_used = 0  # DataPlane.clear_flows zeroes `flood`
 
     def table(self) -> dict[int, tuple]:
         """index -> FlowEntry.decision() of every entry holding anything but a time

@@ -160,6 +160,16 @@ class Rig:
         return action, out, delta
 
 
+def _fuzz_report(status: str, failed: int) -> None:
+    """The fuzz run's figures so far (XDPLB_FUZZ_REPORT): a failed sequence is a
+    disagreement (or worse); 'running' means every sequence so far agreed."""
+    import json
+
+    with open(os.environ["XDPLB_FUZZ_REPORT"], "w") as f:
+        json.dump({**TOTALS, "target": FUZZ_FRAMES, "status": status, "failed_tests": failed},
+                  f)
+
+
 class _BatchOpts(C.Structure):
     _fields_ = [("sz", C.c_size_t), ("elem_flags", C.c_uint64), ("flags", C.c_uint64)]
 
@@ -190,13 +200,9 @@ def _report_totals(request):
     """Say how many frames went through both (visible with -rA or in the terminal)."""
     yield
     if FUZZ_FRAMES:  # the fuzz run's promise: at least that many frames, 0 disagreements
-        import json
-
         out = os.environ.get("XDPLB_FUZZ_REPORT")
         if out:
-            with open(out, "w") as f:  # a failed sequence is a disagreement (or worse)
-                json.dump({**TOTALS, "target": FUZZ_FRAMES,
-                           "failed_tests": request.session.testsfailed}, f)
+            _fuzz_report("done", request.session.testsfailed)
         assert TOTALS["frames"] >= FUZZ_FRAMES, f"only {TOTALS['frames']} frames fuzzed"
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     capman = request.config.pluginmanager.get_plugin("capturemanager")
@@ -861,6 +867,8 @@ def test_program_equals_model(rig, ops):
                                                                "reselect")}
     TOTALS["frames"] += run_sequence(rig, ops)
     TOTALS["seconds"] += time.perf_counter() - t0
+    if FUZZ_FRAMES and os.environ.get("XDPLB_FUZZ_REPORT"):  # progress: agreed so far
+        _fuzz_report("running", 0)
     for k, v in before.items():
         TOTALS[k] += rig.model.stats[Stat[k.upper()]][0] - v
 

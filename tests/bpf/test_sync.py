@@ -55,8 +55,8 @@ def test_synced_entries_keep_moved_flows_on_their_backend_after_a_backend_change
     assert a.dp is not b.dp
     flows = {s: send(a.dp, frame(s, "S")) for s in range(20000, 20300)}
     assert all(flows.values())
-    for s in flows:  # the client's ACK confirms each (only confirmed flows are synced)
-        assert send(a.dp, frame(s, "A")) == flows[s]
+    for s, be in flows.items():  # the client's ACK confirms each (only those are synced)
+        assert send(a.dp, frame(s, "A")) == be
     grown = VipSpec(VIP, 80, mode="dsr", backends=backends(4))
     b.apply([grown])  # a backend added on B: some flows' Maglev slot changes
     fresh = Predictor([grown])  # what B's Maglev picks for a flow it does not know
