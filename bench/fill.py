@@ -5,7 +5,8 @@ count the live flows evicted to make room (ct_full), at several fill levels.
 
 Each level starts from an empty table and opens `fill x conntrack` distinct UDP flows
 (a DSR VIP; UDP flows are confirmed from their first datagram, so every eviction is a
-live flow's: ct_full). Then it re-sends a sample of the flows (an established packet
+live flow's: ct_full; timeouts far longer than the run, so none goes stale). Then it
+re-sends a sample of the flows (an established packet
 each) and records the kernel's ns per packet for both passes, beside an empty XDP
 program measured on the same frames. Writes bench/results/fill.json.
 """
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     empty_obj = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty",))
     empty = empty_obj.program("xdp_empty")
     sizes = Sizes(max_vips=16, max_backends=64, conntrack=args.conntrack)
-    dp = load(args.object, sizes=sizes, knobs=Knobs())
+    # timeouts far longer than the run: a flow must not go stale (and free its way
+    # without counting) while the table fills
+    dp = load(args.object, sizes=sizes, knobs=Knobs(udp_timeout_s=1e6, tcp_timeout_s=1e6))
     try:
         LoadBalancer(dp, max_vips=16, max_backends=64).apply([VipSpec(
             ipaddress.ip_address(VIP), VIP_PORT, "udp", mode="dsr",

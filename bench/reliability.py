@@ -92,10 +92,11 @@ def render(flood: dict | None, fill: dict | None, fuzz: dict | None) -> str:
         out += ["Not run (no bench/results/fill.json).", ""]
     out += ["## Differential fuzzing (program against the model)", ""]
     if fuzz:
-        state = ("finished" if fuzz.get("status", "done") == "done" else
+        state = ("finished" if fuzz.get("status") == "done" else
                  "stopped before its target (the figures are those of the sequences it "
                  "completed)")
-        out += [(f"`make fuzz` (FUZZ_FRAMES={fuzz['target']:,}), {state}: random sequences of "
+        out += [(f"The differential test in fuzz mode (`make fuzz`, or pytest with "
+                 f"XDPLB_FUZZ_FRAMES={fuzz['target']:,}), {state}: random sequences of "
                  "floods, port reuse, FIN/RST at every point of a connection, table pressure, "
                  "backend and VIP changes through the real object and `xdplb.model`: "
                  f"{fuzz['frames']:,} frames in {fuzz['seconds']:.0f} s, "

@@ -202,7 +202,8 @@ def _report_totals(request):
     if FUZZ_FRAMES:  # the fuzz run's promise: at least that many frames, 0 disagreements
         out = os.environ.get("XDPLB_FUZZ_REPORT")
         if out:
-            _fuzz_report("done", request.session.testsfailed)
+            _fuzz_report("done" if TOTALS["frames"] >= FUZZ_FRAMES else "stopped",
+                         request.session.testsfailed)
         assert TOTALS["frames"] >= FUZZ_FRAMES, f"only {TOTALS['frames']} frames fuzzed"
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     capman = request.config.pluginmanager.get_plugin("capturemanager")
