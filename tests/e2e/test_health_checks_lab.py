@@ -11,48 +11,13 @@ import sys
 import time
 
 import pytest
+from clients import paced_download
 from test_serve import KEEPALIVE_CLIENT, Backends, curls, serving, write_config
 
 pytestmark = pytest.mark.e2e
 
 CHECK = ('kind = "http"\npath = "/healthy"\ninterval = 0.2\ntimeout = 0.15\nrise = 2\n'
          "fall = 2\n")
-
-DOWNLOAD = r"""
-import hashlib, os, socket, sys, time
-# paced by the reader (small receive buffer), so the transfer really lasts; while the
-# file argv[2] exists it reads nothing (the connection stays open, its window closed)
-rate = int(sys.argv[1])
-hold = sys.argv[2] if len(sys.argv) > 2 else None
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-s.settimeout(10)
-s.connect(("10.0.0.10", 8000))
-s.sendall(b"GET /big.bin HTTP/1.0\r\nHost: vip\r\n\r\n")
-buf = b""
-while b"\r\n\r\n" not in buf:
-    buf += s.recv(4096)
-head, body = buf.split(b"\r\n\r\n", 1)
-print(head.split(b"\r\n")[0].decode(), flush=True)
-h, got, t0 = hashlib.sha256(body), len(body), time.monotonic()
-got0 = 0
-try:
-    while True:
-        while hold and os.path.exists(hold):
-            time.sleep(0.05)
-            t0, got0 = time.monotonic(), got
-        data = s.recv(16384)
-        if not data:
-            break
-        h.update(data)
-        got += len(data)
-        time.sleep(max(0.0, t0 + (got - got0) / rate - time.monotonic()))
-except OSError as e:
-    print(got, "error", e.strerror or e, flush=True)
-    sys.exit(1)
-print(got, h.hexdigest(), flush=True)
-"""
-
 
 @pytest.fixture
 def run_dir(tmp_path):
@@ -107,7 +72,7 @@ def test_a_download_survives_its_backend_failing_its_check_under_drain(lab, tmp_
         before = flows_of(lb)
         hold = tmp_path / "hold"
         hold.touch()  # the download stalls (open, idle) until the backend is down
-        dl = lab.popen("client", [sys.executable, "-c", DOWNLOAD, str(4 << 20), str(hold)],
+        dl = lab.popen("client", paced_download(4 << 20, hold),
                        stdout=subprocess.PIPE, text=True)
         assert dl.stdout.readline().strip() == "HTTP/1.0 200 OK"
         addr = serving_backend(lb, before)

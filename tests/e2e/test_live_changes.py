@@ -6,10 +6,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import subprocess
-import sys
 
 import pytest
-from test_serve import BIG, SLOW_DOWNLOAD, Backends, serving, write_config
+from clients import paced_download
+from test_serve import BIG, Backends, serving, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def test_add_drain_remove_during_downloads(lab, tmp_path):
     config = write_config(tmp_path / "lb.toml", lab, ["h2", "h3", "h4"])
     want = (BIG, hashlib.sha256(be.big).hexdigest())
     with serving(lab, config, run_dir) as lb:
-        download = lab.popen("client", [sys.executable, "-c", SLOW_DOWNLOAD],
+        download = lab.popen("client", paced_download(),
                              stdout=subprocess.PIPE, text=True)
         assert download.stdout.readline().strip() == "HTTP/1.0 200 OK"
         busy = serving_backend(lab)

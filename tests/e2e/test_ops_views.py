@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from clients import paced_download
 from lbproc import running_lb
-from test_health_checks_lab import DOWNLOAD
 from test_serve import Backends, cli_argv, serving, write_config
 
 from xdplb import __version__
@@ -37,7 +36,7 @@ def test_flows_lists_a_running_download(lab, tmp_path):
     with running_lb(lab):
         hold = tmp_path / "hold"
         hold.touch()  # the download stays open (and idle) while we look at it
-        dl = lab.popen("client", [sys.executable, "-c", DOWNLOAD, str(4 << 20), str(hold)],
+        dl = lab.popen("client", paced_download(4 << 20, hold),
                        stdout=subprocess.PIPE, text=True)
         try:
             assert dl.stdout.readline().strip() == "HTTP/1.0 200 OK"

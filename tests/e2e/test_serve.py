@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clients import paced_download
 from lbproc import xdp_attached
 
 from xdplb._bpf import abi
@@ -276,33 +277,6 @@ print(" ".join(map(str, seen)))
 """
 
 
-SLOW_DOWNLOAD = r"""
-import hashlib, socket, sys, time
-# 500 KiB/s, paced by the reader with a small receive buffer so the sender really waits
-# (curl 7.88's --limit-rate finishes 4 MiB in anything from 1.4 to 6 s here)
-rate = 500 * 1024
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-s.settimeout(10)
-s.connect(("10.0.0.10", 8000))
-s.sendall(b"GET /big.bin HTTP/1.0\r\nHost: vip\r\n\r\n")
-buf = b""
-while b"\r\n\r\n" not in buf:
-    buf += s.recv(4096)
-head, body = buf.split(b"\r\n\r\n", 1)
-print(head.split(b"\r\n")[0].decode(), flush=True)
-h, got, t0 = hashlib.sha256(body), len(body), time.monotonic()
-while True:
-    data = s.recv(16384)
-    if not data:
-        break
-    h.update(data)
-    got += len(data)
-    time.sleep(max(0.0, t0 + got / rate - time.monotonic()))
-print(got, h.hexdigest(), flush=True)
-"""
-
-
 def test_keep_restart_keeps_the_program_attached_and_the_download_intact(lab, tmp_path,
                                                                          run_dir):
     be = Backends(lab, tmp_path)
@@ -311,7 +285,7 @@ def test_keep_restart_keeps_the_program_attached_and_the_download_intact(lab, tm
     with serving(lab, config, run_dir, "--keep") as first:
         poll = lab.popen("lb", [sys.executable, "-c", POLL_XDP, "veth6", str(stop)],
                          stdout=subprocess.PIPE, text=True)
-        download = lab.popen("client", [sys.executable, "-c", SLOW_DOWNLOAD],
+        download = lab.popen("client", paced_download(),
                              stdout=subprocess.PIPE, text=True)
         assert download.stdout.readline().strip() == "HTTP/1.0 200 OK"
         time.sleep(1)

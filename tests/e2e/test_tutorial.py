@@ -9,9 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,21 @@ def test_sigint_detaches_cleanly(lab, webroot):
     assert not xdp_attached(lab, "lb", "veth6")
     # the host still answers on the VIP address without the LB
     assert lab.ping("client", "10.0.0.10").returncode == 0
+
+
+def test_stats_interval_counts_on_stderr_and_leaves_stdout_the_tutorials(lab, webroot):
+    serve(lab, webroot)
+    with running_lb(lab, "--stats-interval", "0.2") as lb:
+        for _ in range(3):
+            assert curl(lab, "client", "http://10.0.0.10:8000/whoami").stdout in {"h2", "h3"}
+        time.sleep(0.6)  # at least two ticks after the traffic
+        lb.send_signal(signal.SIGINT)
+        out, err = lb.communicate(timeout=10)
+    assert lb.returncode == 0, err
+    assert not out.strip(), out  # nothing after "Press Ctrl+C to exit..."
+    ticks = re.findall(r"^xdplb: flows (\d+), to backends (\d+) pkts", err, re.MULTILINE)
+    assert len(ticks) >= 2, err
+    assert int(ticks[-1][0]) >= 3, err  # the three connections were counted
 
 
 def test_sigterm_detaches_cleanly(lab, webroot):

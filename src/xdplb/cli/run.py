@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
         print("Press Ctrl+C to exit...", flush=True)
 
     def tick(d: Daemon) -> None:
-        print(summary_line(d), flush=True)
+        info(summary_line(d))  # stdout stays the tutorial's lines
 
     def stopping(d: Daemon) -> None:
         if ready_seen:  # (a start cut short says so in its one line)
