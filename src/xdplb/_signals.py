@@ -41,11 +41,10 @@ def checkpoint() -> None:
 
 
 @contextlib.contextmanager
-def stop_on(*sigs: signal.Signals) -> Iterator[None]:
-    """Inside the block, each of `sigs` (default SIGINT, SIGTERM) raises Stop; the
-    previous handlers come back after it."""
-    sigs = sigs or STOP_SIGNALS
-    old = {s: signal.signal(s, raise_stop) for s in sigs}
+def handlers(handler, sigs: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Inside the block, `handler` handles each of `sigs`; the previous handlers come back
+    after it."""
+    old = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     finally:
@@ -53,15 +52,14 @@ def stop_on(*sigs: signal.Signals) -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def stop_on(*sigs: signal.Signals) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, each of `sigs` (default SIGINT, SIGTERM) raises Stop."""
+    return handlers(raise_stop, sigs or STOP_SIGNALS)
+
+
+def deferred() -> contextlib.AbstractContextManager[None]:
     """Hold SIGINT/SIGTERM while cleaning up (a second Ctrl-C must not half-detach)."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return handlers(signal.SIG_IGN)
 
 
 @contextlib.contextmanager
@@ -76,12 +74,10 @@ def held() -> Iterator[None]:
         yield
         return
     noted: list[int] = []
-    sigs = (*STOP_SIGNALS, signal.SIGHUP)
-    old = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in sigs}
     try:
-        yield
+        with handlers(lambda signum, frame: noted.append(signum),
+                      (*STOP_SIGNALS, signal.SIGHUP)):
+            yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         for signum in dict.fromkeys(noted):
             signal.raise_signal(signum)
