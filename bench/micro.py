@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import frames as F
 import numpy as np
+
+from xdplb import frames as F
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGS_DIR = ROOT / "bench" / "progs"

@@ -44,6 +44,9 @@ from hypothesis import strategies as st
 
 from xdplb._bpf import abi
 from xdplb._bpf.dataplane import Knobs
+from xdplb.frames import inet_csum
+from xdplb.frames import pseudo_header as _pseudo
+from xdplb.frames import sum16 as _sum16
 from xdplb.lb import BackendSpec, VipSpec, vip_key
 from xdplb.model import FlowKey, Model, Stat, flow_entries, parse
 from xdplb.testing.fixtures import clear_flows, configured
@@ -251,25 +254,6 @@ def _check_config(r: Rig) -> None:
 
 
 # --- frame rendering (struct, no scapy) ----------------------------------------------
-
-
-def _sum16(data: bytes) -> int:
-    if len(data) & 1:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def inet_csum(data: bytes) -> int:
-    return ~_sum16(data) & 0xFFFF
-
-
-def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, length)
-    return src + dst + struct.pack("!IxxxB", length, proto)
 
 
 def l4_segment(proto: int, sport: int, dport: int, payload: bytes, rnd: random.Random,

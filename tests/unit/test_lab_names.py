@@ -5,7 +5,6 @@ import argparse
 import ipaddress
 import json
 import os
-import struct
 
 import pytest
 
@@ -14,7 +13,6 @@ from xdplb.lab import (
     Lab,
     LabError,
     LabNotFound,
-    _ping,
     backend_numbers,
     plan_hosts,
     register_cli,
@@ -220,10 +218,3 @@ def test_cli_name_may_be_omitted_only_with_one_lab(state_in_tmp, capsys):
     Lab("two").save()
     with pytest.raises(LabError, match="several labs are up"):
         lab_cli._resolve(None)
-
-
-def test_ping_checksum():
-    hdr = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"abc"
-    c = _ping._csum(hdr)
-    full = hdr[:2] + struct.pack("!H", c) + hdr[4:]
-    assert _ping._csum(full) == 0

@@ -1,8 +1,8 @@
 """Minimal ICMP/ICMPv6 echo ("ping") with raw sockets, for hosts without iputils.
 
-Run as a script inside a namespace: ``python _ping.py ADDR [COUNT [TIMEOUT]]``.  Prints one line
+Run inside a namespace: ``python -m xdplb.lab._ping ADDR [COUNT [TIMEOUT]]``.  Prints one line
 per reply (``reply from ADDR seq=N time=T ms``) and exits 0 if every request was answered.
-Needs CAP_NET_RAW.  Kept free of package imports so it runs by path from any interpreter.
+Needs CAP_NET_RAW.
 """
 from __future__ import annotations
 
@@ -13,14 +13,7 @@ import struct
 import sys
 import time
 
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
+from ..frames import inet_csum
 
 
 def ping(addr: str, count: int = 1, timeout: float = 1.0) -> int:
@@ -36,7 +29,7 @@ def ping(addr: str, count: int = 1, timeout: float = 1.0) -> int:
             payload = struct.pack("!d", time.monotonic()) + b"xdplb-lab-ping"
             hdr = struct.pack("!BBHHH", req_type, 0, 0, ident, seq)
             # the kernel fills in the ICMPv6 checksum (it needs the pseudo header)
-            csum = 0 if v6 else _csum(hdr + payload)
+            csum = 0 if v6 else inet_csum(hdr + payload)
             s.sendto(struct.pack("!BBHHH", req_type, 0, csum, ident, seq) + payload, sockaddr)
             t0 = time.monotonic()
             deadline = t0 + timeout
@@ -63,7 +56,7 @@ def ping(addr: str, count: int = 1, timeout: float = 1.0) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: _ping.py ADDR [COUNT [TIMEOUT]]", file=sys.stderr)
+        print("usage: python -m xdplb.lab._ping ADDR [COUNT [TIMEOUT]]", file=sys.stderr)
         return 2
     count = int(argv[1]) if len(argv) > 1 else 1
     timeout = float(argv[2]) if len(argv) > 2 else 1.0

@@ -38,7 +38,6 @@ from .plan import (
 STATE_VERSION = 1
 NETNS_DIR = Path("/run/netns")
 OFFLOAD_MODES = ("default", "off")
-_PING = Path(__file__).with_name("_ping.py")
 _XDP_MODES = {1: "driver", 2: "generic", 3: "offload", 4: "multi"}
 
 
@@ -442,7 +441,7 @@ class Lab:
              timeout: float = 1.0) -> subprocess.CompletedProcess:
         """ICMP/ICMPv6 echo from a host (raw sockets; the machine may lack iputils' ping).
         returncode 0 when every request was answered; stdout has one line per request."""
-        return self.run(host, [sys.executable, str(_PING), addr, str(count), str(timeout)],
+        return self.run(host, [sys.executable, "-m", "xdplb.lab._ping", addr, str(count), str(timeout)],
                         timeout=count * (timeout + 1) + 10)
 
     def snmp(self, host: str) -> dict[str, dict[str, int]]:

@@ -39,6 +39,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Padding, Raw
 
+from .. import frames
 from .._bpf.dataplane import Knobs
 from ..config import L4Proto, Mode
 from ..lb import BackendSpec, VipSpec
@@ -107,21 +108,11 @@ def payload(n: int) -> bytes:
     return bytes((i * 7 + 3) % 251 + 1 for i in range(n))
 
 
-# --- checksum helpers ---------------------------------------------------------------------
-def _sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
+# --- checksum helpers (the arithmetic is xdplb.frames') ---------------------------------
 def partial_csum(src: str, dst: str, proto: int, l4_len: int) -> int:
     """The CHECKSUM_PARTIAL form of an L4 checksum: the folded pseudo-header sum, not
     inverted (what a local stack with TX offload leaves for the NIC to finish)."""
-    pseudo = _ip(src).packed + _ip(dst).packed + struct.pack("!HH", proto, l4_len)
-    return _sum16(pseudo)
+    return frames.pseudo_sum(_ip(src).packed, _ip(dst).packed, proto, l4_len)
 
 
 def partial(pkt: Packet) -> Packet:
@@ -146,8 +137,8 @@ def udp_payload_summing_to_zero(src: str, dst: str, sport: int, dport: int, n: i
     to 0, so it must be sent as 0xffff (RFC 768)."""
     body = payload(n - 2)
     ulen = 8 + n
-    s = _sum16(_ip(src).packed + _ip(dst).packed + struct.pack("!HH", 17, ulen) +
-               struct.pack("!HHHH", sport, dport, ulen, 0) + body)
+    s = frames.sum16(frames.pseudo_header(_ip(src).packed, _ip(dst).packed, 17, ulen) +
+                     struct.pack("!HHHH", sport, dport, ulen, 0) + body)
     return body + struct.pack("!H", 0xFFFF - s)
 
 
