@@ -177,38 +177,81 @@ def moved_among(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> floa
     return float((before[mask] != after[mask]).mean())
 
 
-class TestDisruption:
-    # Maglev's guarantee is approximate: besides the removed (added) backend's own slots,
-    # a small fraction of other slots changes hands. Measured here: < 2% at 10007 slots.
-    @given(keys=keys_st, data=st.data())
-    @slow
-    def test_removing_a_backend_barely_moves_the_others(self, keys, data):
-        bs = [(i, k, 1) for i, k in enumerate(keys)]
-        gone = data.draw(st.integers(0, len(bs) - 1))
-        before = maglev_table(bs, SMALL)
-        after = maglev_table([b for b in bs if b[0] != gone], SMALL)
-        assert not (after == gone).any()
-        survivors = before != gone
-        assert moved_among(before, after, survivors) < min(1 / len(bs) + 0.05, 0.05)
+def paper_maglev(keys: list[str], size: int) -> np.ndarray:
+    """The population loop of the Maglev paper (Eisenbud et al., NSDI 2016, Pseudocode 1),
+    written plainly as the reference: each backend in turn takes its next preferred free
+    slot. Returns, per slot, the index of its backend in `keys`."""
+    from xdplb.ring import _offset_skip
 
+    prefs = [_offset_skip(k, size) for k in keys]
+    nxt = [0] * len(keys)
+    table = [-1] * size
+    filled = 0
+    while True:
+        for i, (offset, skip) in enumerate(prefs):
+            c = (offset + nxt[i] * skip) % size
+            while table[c] >= 0:
+                nxt[i] += 1
+                c = (offset + nxt[i] * skip) % size
+            table[c] = i
+            nxt[i] += 1
+            filled += 1
+            if filled == size:
+                return np.array(table)
+
+
+def random_keys(rnd: random.Random, n: int) -> list[str]:
+    return list(dict.fromkeys(f"10.{rnd.randrange(256)}.{rnd.randrange(256)}."
+                              f"{rnd.randrange(1, 255)}:{rnd.randrange(1, 65536)}"
+                              for _ in range(n)))
+
+
+class TestDisruption:
+    # Maglev's guarantee is statistical: besides the removed (added) backend's own slots, a
+    # small fraction of the others' slots changes hands, about 1 % on average at 10007
+    # slots; for a rare set of few backends the cascade moves far more (the paper's own
+    # loop moves 23 % of the others' slots when 10.0.0.0:1 joins 10.0.0.0:2, 10.0.0.0:3,
+    # 10.0.160.61:47638 and 10.0.164.13:588). So: equal weights give exactly the paper's
+    # table for any keys, and the disruption is bounded on average over many key sets.
     @given(keys=keys_st)
     @slow
-    def test_adding_a_backend_barely_moves_the_others(self, keys):
-        bs = [(i, k, 1) for i, k in enumerate(keys[1:])]
-        new = (len(keys), keys[0], 1)
-        before = maglev_table(bs, SMALL)
-        after = maglev_table(bs + [new], SMALL)
-        untouched = after != new[0]
-        assert moved_among(before, after, untouched) < 0.05
-        # and the newcomer gets its fair share
-        assert abs(int((after == new[0]).sum()) - SMALL / len(keys)) <= 2
+    def test_equal_weights_give_the_papers_table(self, keys):
+        order = sorted(keys)  # the table depends on the keys, not on their order
+        ours = maglev_table([(i, k, 1) for i, k in enumerate(order)], SMALL)
+        assert (ours == paper_maglev(order, SMALL)).all()
 
-    @given(keys=keys_st, weights=st.data())
-    @slow
-    def test_removing_a_weighted_backend_barely_moves_the_others(self, keys, weights):
-        ws = weights.draw(st.lists(st.integers(1, 10), min_size=len(keys), max_size=len(keys)))
-        bs = [(i, k, w) for i, (k, w) in enumerate(zip(keys, ws))]
-        gone = weights.draw(st.integers(0, len(bs) - 1))
-        before = maglev_table(bs, SMALL)
-        after = maglev_table([b for b in bs if b[0] != gone], SMALL)
-        assert moved_among(before, after, before != gone) < 0.05
+    @pytest.mark.parametrize("change", ["add", "remove", "remove weighted"])
+    def test_a_change_barely_moves_the_others_on_average(self, change):
+        rnd = random.Random(f"disruption {change}")
+        moved = []
+        for _ in range(60):
+            keys = random_keys(rnd, rnd.randrange(5, 41))
+            ws = [rnd.randrange(1, 11) if "weighted" in change else 1 for _ in keys]
+            bs = [(i, k, w) for i, (k, w) in enumerate(zip(keys, ws))]
+            if change == "add":
+                before = maglev_table(bs[1:], SMALL)
+                after = maglev_table(bs, SMALL)
+                keep = after != 0
+                assert abs(int((after == 0).sum()) - SMALL / len(bs)) <= 2  # a fair share
+            else:
+                gone = rnd.randrange(len(bs))
+                before = maglev_table(bs, SMALL)
+                after = maglev_table([b for b in bs if b[0] != gone], SMALL)
+                assert not (after == gone).any()
+                keep = before != gone
+            moved.append(moved_among(before, after, keep))
+        assert float(np.mean(moved)) < 0.02, moved
+        assert float(np.percentile(moved, 90)) < 0.05, moved
+
+    def test_the_rare_cascade_is_the_papers_too(self):
+        keys = ["10.0.0.0:2", "10.0.0.0:3", "10.0.160.61:47638", "10.0.164.13:588"]
+        new = "10.0.0.0:1"
+        before = maglev_table([(i, k, 1) for i, k in enumerate(keys)], SMALL)
+        after = maglev_table([(i, k, 1) for i, k in enumerate(keys)] + [(9, new, 1)], SMALL)
+        theirs_before = paper_maglev(sorted(keys), SMALL)
+        theirs_after = paper_maglev(sorted([*keys, new]), SMALL)
+        ours = moved_among(before, after, after != 9)
+        theirs = moved_among(np.array(sorted(keys))[theirs_before],
+                             np.array(sorted([*keys, new]))[theirs_after],
+                             np.array(sorted([*keys, new]))[theirs_after] != new)
+        assert ours == pytest.approx(theirs) and ours > 0.2
