@@ -66,6 +66,20 @@ def flows(lab: EcmpLab, n: int, seconds: float) -> subprocess.Popen:
                      stderr=subprocess.PIPE, text=True)
 
 
+def why(r: dict, lab: EcmpLab | None = None) -> str:
+    """What a failed survival assertion should show in full (pytest elides long dicts):
+    the counts, the errors and when the flows broke, and the tail of each node's log."""
+    at = sorted(r.get("broken_at", []))
+    out = (f"opened {r.get('opened')}, survived {r.get('survived')}, broken {r.get('broken')} "
+           f"({r.get('errors')}) at {at[:3]}..{at[-3:]}, longest stall {r.get('stall_max')} s "
+           f"at {r.get('stall_max_at')} s")
+    if lab is not None:
+        for f in sorted(lab.run_dir.glob("n*.log")):
+            tail = f.read_text(errors="replace").splitlines()[-6:]
+            out += f"\n{f.stem}: " + "\n    ".join(tail)
+    return out
+
+
 def result(p: subprocess.Popen, timeout: float = 60) -> dict:
     out, err = p.communicate(timeout=timeout)
     assert p.returncode == 0, err
@@ -100,7 +114,7 @@ def test_router_learns_the_vip_from_three_nodes_and_traffic_spreads(ecmp_factory
     assert {s["peer"]: s["announced"] for s in st["sessions"]} == {
         "10.2.0.254": [f"{VIP4}/32"], "fd02::fe": [f"{VIP6}/128"]}
     r = result(flows(lab, 120, 2.0))
-    assert r["opened"] == 120 and r["survived"] == 120, r
+    assert r["opened"] == 120 and r["survived"] == 120, why(r, lab)
     spread = [new_flows(lab, n) for n in ("n1", "n2", "n3")]
     assert all(s > 0 for s in spread), spread  # the router's hash follows the 5-tuple
 
@@ -139,7 +153,7 @@ def test_node_drain_and_add_keep_long_lived_connections(ecmp_factory):
     assert time.monotonic() - t0 < 18, "the add must happen while the connections run"
     r = result(client)
     assert r["opened"] == 300, r
-    assert r["survived"] >= 0.999 * r["opened"], r
+    assert r["survived"] >= 0.999 * r["opened"], why(r, lab)
     p = lab.run("n1", lab.ctl_argv("n1", XDPLB, "node", "resume"), timeout=20)
     assert p.returncode == 0, p.stderr
     lab.wait_nexthops(3)
@@ -162,7 +176,7 @@ def test_node_crash_with_bfd_is_detected_fast_and_flows_move(ecmp_factory):
     assert detected < 1.5, f"router dropped the failed node after {detected:.2f} s"
     r = result(client)
     assert r["opened"] == 200, r
-    assert r["survived"] >= 0.999 * r["opened"], r  # DSR: same Maglev table on n2
+    assert r["survived"] >= 0.999 * r["opened"], why(r, lab)  # DSR: same Maglev table on n2
 
 
 def test_a_killed_serve_leaves_nothing_announced(ecmp_factory):
@@ -202,7 +216,7 @@ def test_synced_flows_survive_a_backend_change_then_a_drain(ecmp_factory):
     assert time.monotonic() - t0 < 14, "the drain must happen while the connections run"
     r = result(client)
     assert r["opened"] == 200, r
-    assert r["survived"] >= 0.999 * r["opened"], r
+    assert r["survived"] >= 0.999 * r["opened"], why(r, lab)
     sync = status(lab, "n2")["sync"]
     assert sync["sent_entries"] > 0 and sync["written"] > 0, sync
 
@@ -227,4 +241,4 @@ def test_synced_nat_flows_survive_a_drain_and_an_add(ecmp_factory):
     assert time.monotonic() - t0 < 20, "the add must happen while the connections run"
     r = result(client)
     assert r["opened"] == 200, r
-    assert r["survived"] >= 0.999 * r["opened"], r
+    assert r["survived"] >= 0.999 * r["opened"], why(r, lab)
