@@ -9,6 +9,7 @@ pseudo-header sum, the CHECKSUM_PARTIAL form a local stack with TX offload puts 
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 from dataclasses import dataclass
 
@@ -128,3 +129,33 @@ def _parse_ip(pkt: bytes) -> Parsed | None:
     elif proto == PROTO_IPIP:
         p.inner = _parse_ip(l4)
     return p
+
+
+# --- pcap ---------------------------------------------------------------------------------
+PCAP_MAGIC = 0xA1B2C3D4  # microsecond timestamps
+LINKTYPE_ETHERNET = 1
+
+
+def write_pcap(path: str | os.PathLike, frames: list[bytes], *, t0: float = 0.0, step: float = 0.001) -> None:
+    """`frames` as a classic pcap file (little-endian, Ethernet) that tcpdump and Wireshark
+    read; frame i is stamped t0 + i * step seconds."""
+    out = [struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET)]
+    for i, f in enumerate(frames):
+        usec = round((t0 + i * step) * 1e6)
+        out.append(struct.pack("<IIII", usec // 10**6, usec % 10**6, len(f), len(f)) + f)
+    with open(path, "wb") as fh:
+        fh.write(b"".join(out))
+
+
+def read_pcap(path: str | os.PathLike) -> list[bytes]:
+    """The frames of a pcap file written by `write_pcap` (or any little-endian classic pcap)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 24 or struct.unpack("<I", data[:4])[0] != PCAP_MAGIC:
+        raise ValueError(f"{path}: not a little-endian classic pcap file")
+    frames, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack("<I", data[off + 8:off + 12])[0]
+        frames.append(data[off + 16:off + 16 + incl])
+        off += 16 + incl
+    return frames

@@ -1,2 +1,3 @@
-"""Test support shared by the test tiers, benchmarks and pcap export: the packet-case
-table (cases), its runner, frame diffs, the bpf-tier pytest fixtures and a BTF reader."""
+"""Test support shared by the test tiers and pcap export: the packet-case table (cases),
+its runner, frame diffs, the bpf-tier pytest fixtures and a BTF reader. `python -m
+xdplb.testing --pcap DIR` writes every case as a pcap (see __main__.py)."""
