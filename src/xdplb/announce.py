@@ -5,7 +5,8 @@ its own network namespace, with a generated config, socket and pidfile under its
 and drives it with ``birdc configure`` whenever the set of routes it should announce changes:
 
 - a VIP's prefix (/32 or /128) is announced while the data plane is attached, the node is not
-  drained, the VIP has ``announce = true`` and at least ``min_healthy`` healthy backends;
+  drained, the VIP has ``announce = true`` and at least ``min_healthy`` healthy backends (the
+  controller counts none until every backend of the VIP has had its first verdict);
 - ``[[bgp.aggregate]]`` prefixes replace the VIPs inside them: announced while any of those is;
 - the routes are ``static`` blackholes inside BIRD only (no kernel protocol: nothing is installed
   in the node's routing table), exported to every ``[[bgp.peer]]`` of their family.

@@ -249,3 +249,46 @@ def test_a_failing_backend_is_pulled_and_returns_with_its_id():
         return ctl
     ctl = asyncio.run(go())
     assert ctl.checks[("web", "10.0.0.3:2", "fail")] >= 3
+
+
+def test_a_vip_is_offered_for_announcement_only_once_every_backend_had_a_verdict():
+    """Behind ECMP a starting node must not attract flows while one backend has risen and
+    the other has not been checked enough: its Maglev table would differ from its peers'
+    and the moved flows of the other backend would be reset."""
+    async def go():
+        cfg = CONFIG.replace('initial = "up"', 'initial = "down"')
+        script = {1: [(True, "")], 2: [(True, "")]}
+        slow = {"gate": asyncio.Event()}
+        factory, _ = scripted(script)
+
+        def gated(check):  # backend port 2 answers only once the gate opens
+            probe = factory(check)
+
+            async def p(address, port):
+                if port == 2:
+                    await slow["gate"].wait()
+                return await probe(address, port)
+            return p
+        ctl = Controller(FakeDataPlane(), parse_config(cfg, "lb.toml"), "lb.toml",
+                         Log(io.StringIO()), HealthMonitor(None, gated))
+        ctl.start()
+        ctl.sync_health()
+        healthy = lambda: ctl.vip_health()[0].healthy  # noqa: E731
+        await wait_for(lambda: ctl.monitor.is_up((WEB, "10.0.0.2:1")))
+        await asyncio.sleep(0.3)  # several more intervals: 10.0.0.3 still has no verdict
+        assert healthy() == 0, "not offered while 10.0.0.3:2 was never checked"
+        script[2] = [(False, "connection refused")]
+        slow["gate"].set()
+        st3 = (WEB, "10.0.0.3:2")
+        await wait_for(lambda: ctl.monitor.states[st3].checks >= 3)  # max(rise 2, fall 3)
+        assert not ctl.monitor.is_up(st3)
+        assert healthy() == 1, "a verdict for each: offered with its one healthy backend"
+        # later changes follow min_healthy at once: a backend that goes down is counted out
+        script[1] = [(False, "connection refused")]
+        await wait_for(lambda: not ctl.monitor.is_up((WEB, "10.0.0.2:1")))
+        assert healthy() == 0
+        script[1] = [(True, "")]
+        await wait_for(lambda: ctl.monitor.is_up((WEB, "10.0.0.2:1")))
+        assert healthy() == 1
+        await ctl.monitor.close()
+    asyncio.run(go())

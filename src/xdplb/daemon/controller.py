@@ -91,6 +91,7 @@ class Controller:
         self._expired: set[BKey] = set()  # down longer than max_drain_time: pulled
         self._serving: set[VipKey] = set()  # VIPs with a backend taking new flows
         self._serving_once: set[VipKey] = set()  # VIPs that ever had one (start is quiet)
+        self._settled: set[VipKey] = set()  # VIPs whose backends all had a verdict once
         self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
         #: announce.Announcer when [bgp] is configured and the data plane is attached
         self.announcer: Any = None
@@ -181,11 +182,35 @@ class Controller:
         self._serving = serving
 
     def vip_health(self) -> list:
-        """Each VIP with the number of its backends that take new flows (up, weight > 0)."""
+        """Each VIP with the number of its backends that take new flows (up, weight > 0);
+        0 until every backend of the VIP has had its first verdict (see `_verdicts_in`)."""
         from ..announce import VipHealth
 
         states = {v.name: sum(b.state == "up" for b in v.backends) for v in self._view}
-        return [VipHealth(v, states.get(v.name, 0)) for v in self.desired.vips.values()]
+        out = []
+        self._settled &= self.desired.vips.keys()
+        for key, v in self.desired.vips.items():
+            if key not in self._settled and self._verdicts_in(key):
+                self._settled.add(key)
+            out.append(VipHealth(v, states.get(v.name, 0) if key in self._settled else 0))
+        return out
+
+    def _verdicts_in(self, key: VipKey) -> bool:
+        """Have all the VIP's backends had their first verdict? A node that starts (or
+        restarts) must not attract traffic while only some of its backends have passed
+        their first checks: behind ECMP, flows moved to it would all be balanced over
+        those few, and every flow of the others reset (its Maglev table differs from its
+        peers'). A verdict: max(rise, fall) probes, i.e. a backend that did not rise by
+        then is really down. Only the first announcement waits: a backend added later
+        starts down without withdrawing a VIP that is served."""
+        v = self.desired.vips.get(key)
+        if v is None:
+            return False
+        for b in v.backends:
+            st = self.monitor.states.get((key, b.key))
+            if st is not None and st.checks < max(st.rise, st.fall):
+                return False
+        return True
 
     def announce(self) -> list[str]:
         """Tell the routing daemon what to announce now (no-op without [bgp])."""
@@ -301,6 +326,8 @@ class Controller:
         v = self.desired.vips.get(key[0])
         k = (v.name if v else vip_label(key[0]), key[1], "ok" if ok else "fail")
         self.checks[k] = self.checks.get(k, 0) + 1
+        if v is not None and key[0] not in self._settled and self._verdicts_in(key[0]):
+            self.announce()  # its last first verdict: the VIP may be announced now
         st = self.monitor.states.get(key)
         if v is None or st is None or st.up or key in self._expired:
             return
