@@ -165,6 +165,10 @@ enum xdplb_stat {
 	ST_EVICT_CLOSING,    /* a closing flow's way given to a new flow */
 	ST_EVICT_EMBRYONIC,  /* an unconfirmed flow's way given to a new flow (flood protection) */
 	ST_NONSYN_STATELESS, /* not NAT: a non-SYN miss beyond the per-CPU budget, no entry */
+	ST_SYN_CHALLENGE,    /* NAT, flood protection engaged: a SYN answered with a challenge SYN-ACK */
+	ST_RST_NOT_SYN,      /* NAT: a TCP miss without SYN answered with an RST */
+	ST_RST_NAT_FULL,     /* NAT: a SYN that found no way answered with an RST|ACK */
+	ST_SYN_VERIFIED,     /* NAT: a client's RST carried the challenge's cookie: address verified */
 	ST__MAX,
 };
 
@@ -182,10 +186,26 @@ struct lb_knobs {
 	__u16 pad;
 };
 
-/* Per-CPU budget of entries created by non-SYN misses (`flood` map). */
-struct flood_budget {
-	__u64 window; /* jiffies when the current one-second window began */
-	__u64 used;   /* entries created in it */
+/* Per-CPU flood state (`flood` map, guard.h): the non-SYN budget (not NAT), the
+ * SYN challenge's engagement (NAT) and the RST answers' rate limit. */
+struct flood_state {
+	__u64 window;        /* non-SYN budget: jiffies when the current one-second window began */
+	__u64 used;          /* entries created in it */
+	__u64 syn_window;    /* jiffies (64-bit) when the current SYN-counting second began */
+	__u64 syns;          /* NAT SYN misses counted in it */
+	__u64 engaged_until; /* jiffies (64-bit): the SYN challenge is engaged until then */
+	__u64 rst_tat;       /* RST answers: the token bucket's next free time, jiffies x rst_rate */
+};
+
+/* lb_runtime.syn_challenge */
+#define CHALLENGE_AUTO 0   /* engaged by a SYN rate or by table pressure (guard.h) */
+#define CHALLENGE_OFF 1    /* never: every SYN may create a flow */
+#define CHALLENGE_ALWAYS 2 /* every SYN from an unverified address is challenged */
+
+/* A client address that answered a challenge (`verified` map). */
+struct verified_key {
+	__u32 addr[4];
+	__u32 family;
 };
 
 #define PORT_BITS_WORDS 1024 /* 65536 bits: one per destination port */
@@ -206,7 +226,14 @@ struct lb_runtime {
 	__u64 refresh;       /* last_seen is rewritten at most this often */
 	__u64 syn_timeout;   /* an embryonic (unconfirmed) TCP flow's timeout */
 	__u32 age_shift;     /* victims compare idle times >> this (31: by rank and way only) */
+	__u32 syn_challenge; /* CHALLENGE_* (NAT VIPs) */
+	__u32 syn_challenge_rate; /* auto: engaged above this many NAT SYN misses per CPU and second */
+	__u32 rst_rate;      /* RST answers per CPU and second (0: none, misses are only dropped) */
+	__u64 challenge_hold;   /* jiffies engagement lasts after its last trigger */
+	__u64 verified_timeout; /* jiffies a verified address stays verified */
+	__u32 cookie_shift;  /* the cookie's time slot is jiffies64 >> this */
 	__u32 pad;
+	__u32 cookie_secret[4]; /* the cookie's key (random at load, kept by a takeover) */
 	__u64 port_bits[PORT_BITS_WORDS]; /* dports used by some VIP (host order) */
 	__u64 addr_bits[PORT_BITS_WORDS]; /* VIP addresses, by addr_bit() */
 };

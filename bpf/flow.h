@@ -25,6 +25,7 @@
 #ifndef XDPLB_FLOW_H
 #define XDPLB_FLOW_H
 
+#include "guard.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -451,6 +452,8 @@ __attribute__((noinline)) int nat_claim(struct flow_new *n)
 	if (v.idx == FLOW_NONE || flow_publish(v.idx, v.seen, n))
 		return FLOW_NONE;
 	count_eviction(&v);
+	if ((v.score >> 30) == VICTIM_EMBRYONIC)
+		flood_engage(); /* a live handshake lost its way: the table is under pressure */
 	return v.idx;
 }
 
@@ -580,7 +583,7 @@ static __always_inline void flow_touch(struct flow_entry *e, __u32 now, __u8 fla
 static __always_inline int nonsyn_admit(__u32 now)
 {
 	__u32 zero = 0;
-	struct flood_budget *b = bpf_map_lookup_elem(&flood, &zero);
+	struct flood_state *b = bpf_map_lookup_elem(&flood, &zero);
 
 	if (!b)
 		return 0;

@@ -23,11 +23,14 @@ struct flow_pick {
 
 /* The flow's backend: kept from the flow table, else chosen by Maglev (and, in
  * NAT mode, a NAT port taken). out: backend id and NAT port. Admission: a TCP
- * flow is created by a SYN (embryonic until the client's ACK confirms it); a
- * TCP miss without SYN is dropped in NAT mode (the backend never saw its
- * handshake) and otherwise forwarded by Maglev, creating an (embryonic) entry
- * within the per-CPU budget only. A SYN on a closing or stale entry opens a
- * fresh flow. */
+ * flow is created by a SYN (embryonic until the client's ACK confirms it); in
+ * NAT mode a TCP miss goes through guard.h first (a SYN may be challenged, a
+ * miss without SYN is answered with an RST or verifies a challenge: the
+ * backend never saw its handshake), and a SYN that finds no way is answered
+ * with an RST|ACK; in other modes a miss without SYN is forwarded by Maglev,
+ * creating an (embryonic) entry within the per-CPU budget only. A SYN on a
+ * closing or stale entry opens a fresh flow. Returns 0 with the stat of a drop
+ * or of an answer (balance sends an answer back). */
 static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct packet *pkt,
 						    struct vip_info *vip, struct flow_pick *out,
 						    __u32 *stat)
@@ -81,11 +84,11 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 		flow_retire(e, now); /* NAT: its reply tuple changes, so must its way */
 	if ((vip->flags & VIP_F_UDP_STATELESS) && pkt->key.proto == IPPROTO_UDP)
 		return be;
-	if (tcp && !syn) {
-		if (nat) {
-			*stat = ST_DROP_NOT_SYN;
+	if (tcp && nat) { /* guard.h: challenged, verified, answered, or admitted (a SYN) */
+		*stat = nat_tcp_miss(ctx, pkt, ANSWER_MISS);
+		if (*stat != ST_FWD_NEW)
 			return 0;
-		}
+	} else if (tcp && !syn) {
 		if (!nonsyn_admit(now)) {
 			count_stat(ST_NONSYN_STATELESS, 0);
 			return be;
@@ -111,7 +114,7 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 	}
 	idx = nat_claim(&n);
 	if (idx == FLOW_NONE) {
-		*stat = ST_DROP_NAT_FULL;
+		*stat = tcp ? nat_tcp_miss(ctx, pkt, ANSWER_FULL) : ST_DROP_NAT_FULL;
 		return 0;
 	}
 	out->nat_port = nat_port_of(idx);
@@ -128,10 +131,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 	__u16 dport = pkt->key.dport;
 	int action;
 
-	if (!be) {
+	if (!be) { /* dropped, or answered by guard.h (the frame is the answer) */
+		action = stat >= ST_SYN_CHALLENGE && stat <= ST_RST_NAT_FULL ? XDP_TX : XDP_DROP;
 		count_obj(&vip_stats, vip_id, pkt->frame_len, 0);
-		trace_decision(pkt, pkt->key.dst, dport, vip_id, XDPLB_NO_BACKEND, XDP_DROP, stat);
-		return verdict(pkt, stat, XDP_DROP);
+		trace_decision(pkt, pkt->key.dst, dport, vip_id, XDPLB_NO_BACKEND, action, stat);
+		return verdict(pkt, stat, action);
 	}
 	if (vip->mode == XDPLB_MODE_NAT) {
 		/* the backend entry's SNAT address: the VIP's, or, for a flow synced from

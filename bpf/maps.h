@@ -111,13 +111,22 @@ struct {
 	__type(value, struct obj_stats);
 } be_stats SEC(".maps");
 
-/* the per-CPU budget of entries non-SYN misses create (flow.h::nonsyn_admit). */
+/* per-CPU flood state: the non-SYN budget (flow.h::nonsyn_admit), the SYN
+ * challenge's engagement and the RST answers' token bucket (guard.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct flood_budget);
+	__type(value, struct flood_state);
 } flood SEC(".maps");
+
+/* client address -> jiffies64 it answered a SYN challenge (guard.h); bounded, LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct verified_key);
+	__type(value, __u64);
+} verified SEC(".maps");
 
 /* sampled trace events (off unless runtime.trace_rate != 0). */
 struct {

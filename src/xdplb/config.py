@@ -27,6 +27,7 @@ __all__ = [
     "BgpAggregate",
     "BgpPeer",
     "BgpSettings",
+    "ChallengeMode",
     "Config",
     "ConfigError",
     "Defaults",
@@ -60,6 +61,7 @@ Mode = Literal["nat", "dsr"]  # full NAT (SNAT towards backends) or L2 direct se
 RemovedPolicy = Literal["reselect", "reset"]  # flows of a removed backend
 FragPolicy = Literal["pass", "drop"]  # IP fragments addressed to a VIP
 XdpMode = Literal["auto", "native", "generic"]
+ChallengeMode = Literal["auto", "off", "always"]  # the NAT SYN challenge (bpf/guard.h)
 
 
 class VipKey(NamedTuple):
@@ -94,6 +96,15 @@ class Defaults:
     refresh_s: float = 1.0  # how often an established flow's last_seen is written
     # not NAT: entries non-SYN misses (flows ECMP moved here) may create, per CPU and second
     nonsyn_budget: int = 8192
+    # NAT: the stateless SYN challenge (docs/dataplane.md, bpf/guard.h): "auto" engages it per
+    # CPU above syn_challenge_rate SYN misses a second or when a handshake in flight loses its
+    # way, for syn_challenge_hold_s after the last trigger; "off"; "always"
+    syn_challenge: ChallengeMode = "auto"
+    syn_challenge_rate: int = 10000
+    syn_challenge_hold_s: float = 5.0
+    verified_size: int = 65536  # client addresses that answered a challenge (LRU)
+    verified_timeout_s: float = 300.0  # how long such an address skips the challenge
+    rst_rate: int = 1000  # NAT: RST answers (non-SYN miss, full table) per CPU and second
 
 
 DEFAULTS = Defaults()
@@ -171,6 +182,12 @@ class LbSettings:
     closing_timeout: float = DEFAULTS.closing_timeout_s
     udp_timeout: float = DEFAULTS.udp_timeout_s
     nonsyn_budget: int = DEFAULTS.nonsyn_budget
+    # the NAT SYN challenge and RST answers: docs/config.md
+    syn_challenge: ChallengeMode = DEFAULTS.syn_challenge
+    syn_challenge_rate: int = DEFAULTS.syn_challenge_rate
+    verified_size: int = DEFAULTS.verified_size
+    verified_timeout: float = DEFAULTS.verified_timeout_s
+    rst_rate: int = DEFAULTS.rst_rate
     name: str | None = None  # instance name (pins, control socket); None: the interface's
     metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
 
@@ -838,6 +855,14 @@ class _Parser:
             udp_timeout=_seconds(t, "udp_timeout", 1.0, MAX_FLOW_TIMEOUT,
                                  DEFAULTS.udp_timeout_s),
             nonsyn_budget=t.integer("nonsyn_budget", 0, 1 << 31, DEFAULTS.nonsyn_budget),
+            syn_challenge=cast(ChallengeMode, t.choice("syn_challenge", get_args(ChallengeMode),
+                                                      DEFAULTS.syn_challenge)),
+            syn_challenge_rate=t.integer("syn_challenge_rate", 0, 1 << 31,
+                                         DEFAULTS.syn_challenge_rate),
+            verified_size=t.integer("verified_size", 16, 1 << 24, DEFAULTS.verified_size),
+            verified_timeout=_seconds(t, "verified_timeout", 1.0, 86400.0,
+                                      DEFAULTS.verified_timeout_s),
+            rst_rate=t.integer("rst_rate", 0, 1 << 24, DEFAULTS.rst_rate),
             name=t.get("name", _instance, "a string", None),
             metrics=t.get("metrics", parse_listen, 'a string like "127.0.0.1:9100"', None),
         )

@@ -127,6 +127,7 @@ __all__ = [
     "parse",
     "reply_tag",
     "select_slot",
+    "syn_cookie",
 ]
 
 
@@ -186,6 +187,26 @@ def ct_buckets(flow_hash: int, ct_sets: int) -> tuple[int, int]:
     h = flow_hash & M32
     x = ((((h >> 16) | (h << 16)) & M32) * 0x85EBCA77) & M32
     return h & mask, (x ^ (x >> 15)) & mask
+
+
+def syn_cookie(key: FlowKey, slot: int, secret: Sequence[int]) -> int:
+    """guard.h::syn_cookie: the SYN challenge's cookie of client flow `key` in time slot
+    `slot` (the low 32 bits count) under the 4-word key `secret`."""
+    h = (secret[0] ^ slot) & M32
+    h = _round(h, secret[1])
+    for w in struct.unpack("<4I", key.src):
+        h = _round(h, w)
+    h = _round(h, secret[2])
+    for w in struct.unpack("<4I", key.dst):
+        h = _round(h, w)
+    h = _round(h, _sw16(key.sport) | (_sw16(key.dport) << 16))
+    h = _round(h, secret[3] ^ key.family)
+    h ^= h >> 15
+    h = (h * H_P2) & M32
+    h ^= h >> 13
+    h = (h * H_P3) & M32
+    h ^= h >> 16
+    return h
 
 
 def select_slot(flow_hash: int, ring_size: int) -> int:
@@ -676,9 +697,28 @@ class Model:
                                AGE_MAX)
         self.nonsyn_budget = int(getattr(k, "nonsyn_budget", DEFAULTS.nonsyn_budget))
         self.age_shift = int(getattr(k, "age_shift", 0)) & 31
-        # flow.h::nonsyn_admit's per-CPU budget (one CPU here): window start, entries used
-        self.budget_window = 0
+        # guard.h: the SYN challenge and the RST answers
+        self.syn_challenge = abi.CHALLENGE_MODES[getattr(k, "syn_challenge",
+                                                         DEFAULTS.syn_challenge)]
+        self.syn_challenge_rate = min(max(0, int(getattr(k, "syn_challenge_rate",
+                                                         DEFAULTS.syn_challenge_rate))), M32)
+        self.challenge_hold = max(0, int(getattr(k, "syn_challenge_hold_s",
+                                                 DEFAULTS.syn_challenge_hold_s) * hz))
+        self.verified_timeout = max(0, int(getattr(k, "verified_timeout_s",
+                                                   DEFAULTS.verified_timeout_s) * hz))
+        self.rst_rate = min(max(0, int(getattr(k, "rst_rate", DEFAULTS.rst_rate))), 1 << 24)
+        self.cookie_shift = (int(getattr(k, "cookie_shift", 0)) & 63) or abi.cookie_shift_for(hz)
+        secret = getattr(k, "cookie_secret", None)
+        self.cookie_secret: tuple[int, ...] = struct.unpack("<4I", secret) if secret \
+            else (0, 0, 0, 0)
+        # the `flood` map of the one CPU the model has (abi.FloodState) and `verified`
+        self.budget_window = 0  # flow.h::nonsyn_admit: window start, entries used
         self.budget_used = 0
+        self.syn_window = 0  # guard.h::syn_gate: SYN misses counted this second
+        self.syns = 0
+        self.engaged_until = 0
+        self.rst_tat = 0  # guard.h::rst_admit
+        self.verified: dict[tuple[bytes, int], int] = {}  # (address, family) -> jiffies
         self.now = 0
         self.flows: dict[int, FlowEntry] = {}  # index -> entry; absent: never used
         self.stats = [[0, 0] for _ in range(abi.ST_MAX)]
@@ -727,6 +767,10 @@ class Model:
             m.udp_timeout, m.refresh = rt.udp_timeout, rt.refresh
             m.syn_timeout, m.nonsyn_budget = rt.syn_timeout, rt.nonsyn_budget
             m.age_shift = rt.age_shift
+            m.syn_challenge, m.syn_challenge_rate = rt.syn_challenge, rt.syn_challenge_rate
+            m.challenge_hold, m.verified_timeout = rt.challenge_hold, rt.verified_timeout
+            m.rst_rate, m.cookie_shift = rt.rst_rate, rt.cookie_shift
+            m.cookie_secret = tuple(rt.cookie_secret)
         return m
 
     @property
@@ -769,7 +813,11 @@ class Model:
         split = self.nat_sets * FLOW_WAYS
         for idx in [i for i in self.flows if (i < split and nat) or (i >= split and conntrack)]:
             del self.flows[idx]
-        self.budget_window = self.budget_used = 0  # DataPlane.clear_flows zeroes `flood`
+        # DataPlane.clear_flows zeroes `flood` (and empties `verified` with the NAT region)
+        self.budget_window = self.budget_used = 0
+        self.syn_window = self.syns = self.engaged_until = self.rst_tat = 0
+        if nat:
+            self.verified.clear()
 
     def table(self) -> dict[int, tuple]:
         """index -> FlowEntry.decision() of every entry holding anything but a time
@@ -801,7 +849,13 @@ class Model:
             raise KeyError(f"{key!r} is not addressed to a VIP")
         pkt = Packet(0, ifindex, src=key.src, dst=key.dst, sport=key.sport, dport=key.dport,
                      proto=key.proto, family=key.family, tcp_flags=tcp_flags)
-        return self._flow_backend(pkt, vip, bytes(client_mac))
+        return self._flow_backend(pkt, vip, bytes(client_mac), None)
+
+    def cookie(self, key: FlowKey, slot: int | None = None) -> int:
+        """guard.h::syn_cookie of client flow `key` in time slot `slot` (default: now's)."""
+        if slot is None:
+            slot = self.now >> self.cookie_shift
+        return syn_cookie(key, slot, self.cookie_secret)
 
     # the entry point ----------------------------------------------------------------
     def process(self, frame: bytes, ifindex: int = 1) -> Result:
@@ -1112,6 +1166,8 @@ class Model:
             return None
         self._flow_publish(v[0], n, now)
         self._count_eviction(v[1])
+        if v[1] >> 30 == 2:  # a live handshake lost its way: guard.h::flood_engage
+            self._flood_engage()
         return int(v[0])
 
     def _ct_scan(self, first: int, now: int, v: list) -> tuple[int | None, int]:
@@ -1173,13 +1229,120 @@ class Model:
         self.budget_used += 1
         return True
 
+    # guard.h ------------------------------------------------------------------------
+    def _flood_engage(self) -> None:
+        if self.syn_challenge == abi.CHALLENGE_AUTO:
+            self.engaged_until = self.now + self.challenge_hold
+
+    def _rst_admit(self, now: int) -> bool:
+        rate, hz = self.rst_rate, self.hz
+        t = now * rate
+        if not rate:
+            return False
+        tat = max(self.rst_tat, t)
+        if tat + hz - t > rate * hz:
+            return False
+        self.rst_tat = tat + hz
+        return True
+
+    def _answer_tcp(self, buf: bytearray | None, pkt: Packet, seq: int, ack: int,
+                    flags: int) -> int:
+        """guard.h::answer_tcp: 0, or -1 with the frame untouched (None: pick())."""
+        if buf is None:
+            return 0
+        l3, v4 = pkt.l3_off, pkt.family == abi.AF_INET
+        if l3 > 18:
+            return -1
+        n = l3 + (20 if v4 else 40) + 20
+        if n > len(buf):
+            return -1
+        del buf[n:]
+        dst_mac = bytes(buf[0:6])
+        buf[0:6] = buf[6:12]
+        buf[6:12] = self.if_mac if self.if_mac is not None else dst_mac
+        if v4:
+            ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, IPPROTO_TCP,
+                                       0, pkt.dst[:4], pkt.src[:4]))
+            _wr16(ip, 10, ~csum_fold64(sum(struct.unpack("<5I", ip))) & 0xFFFF)
+        else:
+            ip = bytearray(struct.pack("!IHBB16s16s", 0x60000000, 20, IPPROTO_TCP, 64,
+                                       pkt.dst, pkt.src))
+        th = bytearray(struct.pack("!HHIIBBHHH", pkt.dport, pkt.sport, seq & M32, ack & M32,
+                                   0x50, flags, 0, 0, 0))
+        s = _csum_pseudo(pkt.dst, pkt.src, pkt.nw, IPPROTO_TCP, 20) + \
+            sum(struct.unpack("<5I", th))
+        _wr16(th, 16, ~csum_fold64(s) & 0xFFFF)
+        buf[l3:n] = ip + th
+        return 0
+
+    def _syn_gate(self, buf: bytearray | None, pkt: Packet, now: int) -> Stat:
+        if self.syn_challenge == abi.CHALLENGE_OFF:
+            return Stat.FWD_NEW
+        if self.syn_challenge != abi.CHALLENGE_ALWAYS:
+            if now - self.syn_window >= self.hz:
+                self.syn_window, self.syns = now, 0
+            self.syns += 1
+            if self.syns > self.syn_challenge_rate:
+                self.engaged_until = now + self.challenge_hold
+            if now >= self.engaged_until:
+                return Stat.FWD_NEW
+        at = self.verified.get((pkt.src, pkt.family))
+        if at is not None and now - at <= self.verified_timeout:
+            return Stat.FWD_NEW
+        c = syn_cookie(pkt.key, now >> self.cookie_shift, self.cookie_secret)
+        if c == (pkt.tcp_seq + 1) & M32:
+            c ^= 1
+        if self._answer_tcp(buf, pkt, c, c, TCPF_SYN | TCPF_ACK):
+            return Stat.FWD_NEW
+        return Stat.SYN_CHALLENGE
+
+    def _cookie_check(self, pkt: Packet, now: int) -> bool:
+        slot = now >> self.cookie_shift
+        s = pkt.tcp_seq | 1
+        if s != syn_cookie(pkt.key, slot, self.cookie_secret) | 1 and \
+                s != syn_cookie(pkt.key, slot - 1, self.cookie_secret) | 1:
+            return False
+        self.verified[(pkt.src, pkt.family)] = now
+        return True
+
+    @staticmethod
+    def _seg_len(buf: bytearray | None, pkt: Packet) -> int:
+        off = pkt.l4_off
+        if buf is None or off > 512 or off + 14 > len(buf):
+            return 0
+        hlen = (buf[off + 12] >> 4) * 4
+        return max(0, pkt.l4_len - hlen) + (1 if pkt.tcp_flags & TCPF_FIN else 0)
+
+    def _nat_tcp_miss(self, buf: bytearray | None, pkt: Packet, full: bool) -> Stat:
+        """guard.h::nat_tcp_miss (`full`: ANSWER_FULL)."""
+        now = self.now
+        if full:
+            if self._rst_admit(now) and not self._answer_tcp(buf, pkt, 0, pkt.tcp_seq + 1,
+                                                             TCPF_RST | TCPF_ACK):
+                return Stat.RST_NAT_FULL
+            return Stat.DROP_NAT_FULL
+        if self._is_syn(pkt):
+            return self._syn_gate(buf, pkt, now)
+        if pkt.tcp_flags & TCPF_RST:
+            return Stat.SYN_VERIFIED if self._cookie_check(pkt, now) else Stat.DROP_NOT_SYN
+        if not self._rst_admit(now):
+            return Stat.DROP_NOT_SYN
+        if pkt.tcp_flags & TCPF_ACK:
+            rc = self._answer_tcp(buf, pkt, pkt.tcp_ack, 0, TCPF_RST)
+        else:
+            rc = self._answer_tcp(buf, pkt, 0, pkt.tcp_seq + self._seg_len(buf, pkt),
+                                  TCPF_RST | TCPF_ACK)
+        return Stat.DROP_NOT_SYN if rc else Stat.RST_NOT_SYN
+
     @staticmethod
     def _flow_retire(e: FlowEntry, now: int) -> None:
         e.proto = 0
         e.last_seen = (now - 0x80000000) & M32
 
     # lb.h ---------------------------------------------------------------------------
-    def _flow_backend(self, pkt: Packet, vip: VipRec, client_mac: bytes) -> FlowPick:
+    def _flow_backend(self, pkt: Packet, vip: VipRec, client_mac: bytes,
+                      buf: bytearray | None) -> FlowPick:
+        """lb.h::flow_backend; `buf` is the frame (an answer replaces it), None for pick()."""
         now = (self.now & M32) or 1  # flow.h::flow_now: never 0
         nat = vip.mode == abi.MODE_NAT
         h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
@@ -1214,12 +1377,13 @@ class Model:
             self._flow_retire(e, now)  # NAT: its reply tuple changes, so must its way
         if stateless:
             return FlowPick(Stat.FWD_NEW, bid, 0, None)
-        if tcp and not syn:
-            if nat:
-                return FlowPick(Stat.DROP_NOT_SYN, bid, 0, None)
-            if not self._nonsyn_admit(now):
-                self._count(Stat.NONSYN_STATELESS, 0)
-                return FlowPick(Stat.FWD_NEW, bid, 0, None)
+        if tcp and nat:  # guard.h
+            st = self._nat_tcp_miss(buf, pkt, False)
+            if st != Stat.FWD_NEW:
+                return FlowPick(st, bid, 0, None)
+        elif tcp and not syn and not self._nonsyn_admit(now):
+            self._count(Stat.NONSYN_STATELESS, 0)
+            return FlowPick(Stat.FWD_NEW, bid, 0, None)
         n = FlowEntry(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, pkt.family,
                       flags=abi.FLOW_F_EMBRYONIC if tcp else 0, backend_id=bid)
         if not nat:
@@ -1230,12 +1394,16 @@ class Model:
         n.client_mac = client_mac
         new = self._nat_claim(n, h, now)
         if new is None:
-            return FlowPick(Stat.DROP_NAT_FULL, bid, 0, None)
+            return FlowPick(self._nat_tcp_miss(buf, pkt, True) if tcp else Stat.DROP_NAT_FULL,
+                            bid, 0, None)
         return FlowPick(Stat.FWD_NEW, bid, self.nat_port_of(new), new)
 
     def _balance(self, buf: bytearray, pkt: Packet, vip: VipRec) -> tuple[int, Stat]:
-        fp = self._flow_backend(pkt, vip, bytes(buf[6:12]))
+        fp = self._flow_backend(pkt, vip, bytes(buf[6:12]), buf)
         stat = fp.stat
+        if stat in abi.ANSWER_STATS:  # guard.h answered: the frame is the answer
+            self._count_obj(self.vip_stats, vip.vip_id, pkt.frame_len, False)
+            return self._verdict(pkt, stat, XDP_TX)
         be = self._lookup_backend(fp.backend_id) if stat in (Stat.FWD_NEW, Stat.FWD_EST) \
             else None
         if be is None:

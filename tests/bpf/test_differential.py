@@ -104,19 +104,26 @@ VIPS = [
 # backends pulled (active=False) and restored by "pull" ops: (vip index, backend index)
 PULLABLE = [(0, 0), (0, 1), (3, 0), (6, 2), (7, 1), (2, 1), (8, 0)]
 
+# The SYN challenge (guard.h) engages, in "auto", only when a handshake loses its way (a
+# SYN rate never does: the kernel's second and the model's frozen clock would disagree) and
+# then stays engaged; RST answers are never rate-limited; the cookie's time slot is frozen
+# and its key known, so the model predicts every challenge and verifies like the kernel.
 _TIMEOUTS = {"tcp_timeout_s": NEVER, "closing_timeout_s": NEVER, "udp_timeout_s": NEVER,
              "syn_timeout_s": NEVER, "age_shift": 31,
-             "refresh_s": NEVER}
+             "refresh_s": NEVER, "syn_challenge_rate": 0xFFFFFFFF,
+             "syn_challenge_hold_s": NEVER, "verified_timeout_s": NEVER, "rst_rate": 1 << 24,
+             "cookie_shift": 63, "cookie_secret": bytes.fromhex("00112233445566778899aabbccddeeff")}
 KNOB_SETS = {
     "default": Knobs(**_TIMEOUTS),
     "5-port NAT range, 2 conntrack buckets": Knobs(hash_seed=0x0BADCAFE, nat_port_min=61000,
                                                    nat_port_max=61004, ct_sets=4, **_TIMEOUTS),
-    "no csum fixup, drop fragments, 1 conntrack bucket": Knobs(
+    "no csum fixup, drop fragments, 1 conntrack bucket, SYN challenge always": Knobs(
         hash_seed=0x13572468, csum_fixup=False, frag_drop=True, nat_port_min=40000,
-        nat_port_max=40999, ct_sets=2, **_TIMEOUTS),
+        nat_port_max=40999, ct_sets=2, **{**_TIMEOUTS, "syn_challenge": "always"}),
 }
 TOTALS = {"frames": 0, "seconds": 0.0, "entries": 0, "spills": 0, "ct_full": 0,
-          "drop_nat_full": 0, "reselect": 0}
+          "drop_nat_full": 0, "reselect": 0, "syn_challenge": 0, "syn_verified": 0,
+          "rst_not_syn": 0, "rst_nat_full": 0}
 
 
 # --- the rig -------------------------------------------------------------------------
@@ -216,7 +223,10 @@ def _report_totals(request):
                           f"in {TOTALS['seconds']:.1f} s; {TOTALS['entries']} flow entries "
                           f"compared, {TOTALS['spills']} spilled NAT sets, "
                           f"{TOTALS['ct_full']} ct_full, {TOTALS['drop_nat_full']} "
-                          f"drop_nat_full, {TOTALS['reselect']} reselect")
+                          f"drop_nat_full, {TOTALS['reselect']} reselect, "
+                          f"{TOTALS['syn_challenge']} syn_challenge, {TOTALS['syn_verified']} "
+                          f"syn_verified, {TOTALS['rst_not_syn']} rst_not_syn, "
+                          f"{TOTALS['rst_nat_full']} rst_nat_full")
 
 
 @pytest.fixture(scope="module", params=list(KNOB_SETS), ids=list(KNOB_SETS))
@@ -226,10 +236,16 @@ def rig(request, dataplane_pool):
     rt = dp.runtime()  # the pool may hand out a data plane whose timeouts were reset
     knobs.timeouts(rt, rt.hz or 250)
     dp.set_runtime(rt)
-    with configured(dp, VIPS) as lb:
-        r = Rig(dp, lb, knobs)
-        _check_config(r)
-        yield r
+    # the flood state (SYN challenge, RST bucket) is per CPU, the model has one: one CPU
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with configured(dp, VIPS) as lb:
+            r = Rig(dp, lb, knobs)
+            _check_config(r)
+            yield r
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def _check_config(r: Rig) -> None:
@@ -237,7 +253,8 @@ def _check_config(r: Rig) -> None:
     and its flow table has the kernel's geometry."""
     loaded = Model.from_dataplane(r.dp)
     for attr in ("hash_seed", "nat_port_min", "nat_port_max", "ct_sets", "frag_drop",
-                 "csum_fixup"):
+                 "csum_fixup", "syn_challenge", "syn_challenge_rate", "rst_rate",
+                 "cookie_shift", "cookie_secret"):
         assert getattr(loaded, attr) == getattr(r.model, attr), attr
     assert r.dp.maps["flows"].max_entries == len(r.dp.flow_table()) == r.model.size
     real = loaded.config
@@ -257,12 +274,13 @@ def _check_config(r: Rig) -> None:
 
 
 def l4_segment(proto: int, sport: int, dport: int, payload: bytes, rnd: random.Random,
-               flags: int = 0x10, ack: int | None = None) -> bytearray:
+               flags: int = 0x10, ack: int | None = None, seq: int | None = None) -> bytearray:
     if proto == 6:
         opts = b""
         if rnd.random() < 0.2:
             opts = bytes([2, 4, 5, 0xB4]) + b"\x01" * (4 * rnd.randrange(0, 3))
-        seq, rack = rnd.getrandbits(32), rnd.getrandbits(32)
+        rseq, rack = rnd.getrandbits(32), rnd.getrandbits(32)
+        seq = rseq if seq is None else seq
         if ack is not None:  # (low 16 bits: what a NAT flow's handshake check compares)
             rack = (rack & 0xFFFF0000) | (ack & 0xFFFF)
         hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, rack,
@@ -418,7 +436,7 @@ def render(rnd: random.Random, smac: bytes, dmac: bytes, src, dst, proto: int, s
         meta["valid"] = v["csum"] in ("full", "partial") or (v["csum"] == "zero" and family == 4)
         meta["partial"] = v["csum"] == "partial"
     payload = rnd.randbytes(v["plen"])
-    seg = l4_segment(proto, sport, dport, payload, rnd, v["flags"], v.get("ack"))
+    seg = l4_segment(proto, sport, dport, payload, rnd, v["flags"], v.get("ack"), v.get("seq"))
     set_l4_csum(seg, proto, _ab(src), _ab(dst), v["csum"])
     et, ip = ip_packet(src, dst, proto, bytes(seg), rnd, options=v["options"], frag=v["frag"],
                        exts=v["exts"], v6frag=v["v6frag"])
@@ -616,6 +634,12 @@ class Scenario:
         if kind == "again":  # retransmission / next segment of a known flow
             return render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto, f.sport, f.dport,
                           meta=meta)
+        if kind == "answer":  # the client's RST answering a SYN challenge (guard.h)
+            v = variants(rnd, f.vip.address.version, f.proto)
+            v["flags"] = 0x04
+            v["seq"] = self.rig.model.cookie(f.key()) ^ rnd.choice([0, 0, 1, 1, 2, 0x100])
+            return render(rnd, f.cmac, LB_MAC, f.client, f.vip.address, f.proto, f.sport,
+                          f.dport, v, meta=meta)
         if kind in ("syn", "ack", "fin", "rst", "data"):  # a given point of a connection
             v = variants(rnd, f.vip.address.version, f.proto)
             v["flags"] = {"syn": 0x02, "ack": 0x10, "fin": 0x11, "rst": 0x04,
@@ -686,6 +710,7 @@ FLOOD_VIPS = [0, 6, 2, 8]  # NAT and DSR, IPv4 and IPv6 (TCP)
 TOGGLE_VIPS = [13, 1, 8, 2]  # the vip_slots owner, a NAT VIP, two port-0 DSR VIPs
 KINDS = ["burst", "flood"] + ["new"] * 6 + ["again"] * 6 + ["reply"] * 4 + \
     ["synack"] * 3 + ["syn", "ack", "ack", "ack", "fin", "rst", "data", "data"] + \
+    ["answer", "answer", "syn"] + \
     ["icmp_fwd", "icmp_back", "icmp_back"] + ["noise"] * 2 + ["malformed"] * 3 + \
     ["pull", "vip", "evict"]
 
@@ -848,8 +873,9 @@ EXAMPLES = max(50, FUZZ_FRAMES // (len(KNOB_SETS) * 100) + 1) if FUZZ_FRAMES els
 @given(ops=ops)
 def test_program_equals_model(rig, ops):
     t0 = time.perf_counter()
-    before = {k: rig.model.stats[Stat[k.upper()]][0] for k in ("ct_full", "drop_nat_full",
-                                                               "reselect")}
+    before = {k: rig.model.stats[Stat[k.upper()]][0] for k in (
+        "ct_full", "drop_nat_full", "reselect", "syn_challenge", "syn_verified", "rst_not_syn",
+        "rst_nat_full")}
     TOTALS["frames"] += run_sequence(rig, ops)
     TOTALS["seconds"] += time.perf_counter() - t0
     if FUZZ_FRAMES and os.environ.get("XDPLB_FUZZ_REPORT"):  # progress: agreed so far

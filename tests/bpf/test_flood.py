@@ -96,13 +96,166 @@ def test_only_the_clients_ack_of_the_syn_ack_confirms_a_nat_flow():
         assert entry(dp, 40000)["flags"] == 0
 
 
-def test_a_non_syn_miss_of_a_nat_vip_is_dropped_and_creates_nothing():
+def test_a_non_syn_miss_of_a_nat_vip_is_answered_with_an_rst_and_creates_nothing():
+    """RFC 793's reset generation: with ACK, an RST whose seq is the segment's ACK number;
+    without, an RST|ACK acknowledging its sequence space; an RST is never answered."""
     with small_lb() as dp:
-        for flags in ("A", "PA", "FA", "R", "SA", ""):
-            f = client(41000, flags)
-            assert dp.program.test_run(f)[:2] == (XDP_DROP, f), flags
-        assert count(dp, "drop_not_syn") == 6 and entry(dp, 41000) is None
+        for flags in ("A", "PA", "FA", "SA", "", "F"):
+            action, out, _ = dp.program.test_run(client(41000, flags, seq=500, ack=9000,
+                                                        data=b"xyz"))
+            o = Ether(out)
+            assert action == XDP_TX and (o.dst, o[IP].dst, o[TCP].dport) == \
+                (CMAC, "10.0.0.1", 41000), flags
+            if "A" in flags:
+                assert (o[TCP].flags, o[TCP].seq, o[TCP].ack) == ("R", 9000, 0), flags
+            else:
+                fin = 1 if "F" in flags else 0
+                assert (o[TCP].flags, o[TCP].seq, o[TCP].ack) == ("RA", 0, 503 + fin), flags
+            assert len(out) == 54 and not o[TCP].payload, flags
+        f = client(41000, "R")
+        assert dp.program.test_run(f)[:2] == (XDP_DROP, f)
+        assert count(dp, "rst_not_syn") == 6 and count(dp, "drop_not_syn") == 1
+        assert entry(dp, 41000) is None
         assert dp.program.test_run(client(41000, "S"))[0] == XDP_TX
+
+
+def test_rst_answers_are_rate_limited_per_cpu():
+    os.sched_setaffinity(0, {0})  # the token bucket is per CPU
+    try:
+        with small_lb(rst_rate=3) as dp:
+            got = [dp.program.test_run(client(41100 + i, "A", ack=7))[0] for i in range(5)]
+            assert got == [XDP_TX] * 3 + [XDP_DROP] * 2  # a second's worth, then nothing
+            assert (count(dp, "rst_not_syn"), count(dp, "drop_not_syn")) == (3, 2)
+        with small_lb(rst_rate=0) as dp:  # 0: never answered
+            assert dp.program.test_run(client(41200, "A", ack=7))[0] == XDP_DROP
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+SECRET = bytes(range(16))
+
+
+def cookie_of(dp, sport: int, src: str = "10.0.0.1", vip: str = VIP,
+              slot: int = 0) -> int:
+    """guard.h's cookie for client src:sport -> VIP:8000 in time slot `slot` (0: these
+    tests freeze it with cookie_shift 63), from the loaded secret (the model's
+    syn_cookie)."""
+    from xdplb.model import FlowKey, syn_cookie
+
+    a = ip(src)
+    key = FlowKey(a.packed.ljust(16, b"\0"), ip(vip).packed.ljust(16, b"\0"), sport, 8000, 6,
+                  abi.AF_INET if a.version == 4 else abi.AF_INET6)
+    return syn_cookie(key, slot, tuple(dp.runtime().cookie_secret))
+
+
+def verified(dp) -> set[str]:
+    return {str(ip(bytes(k)[:4] if bytes(k)[16] == abi.AF_INET else bytes(k)[:16]))
+            for k in dp.maps["verified"]}
+
+
+def test_an_engaged_challenge_answers_a_syn_statelessly_and_the_cookie_rst_verifies():
+    with small_lb(syn_challenge="always", cookie_secret=SECRET, cookie_shift=63) as dp:
+        action, out, _ = dp.program.test_run(client(42100, "S", seq=1000))
+        o = Ether(out)
+        c = cookie_of(dp, 42100)
+        assert action == XDP_TX and (o.dst, o.src) == (CMAC, LBMAC)
+        assert (o[IP].src, o[IP].dst, o[TCP].sport, o[TCP].dport) == (VIP, "10.0.0.1", 8000,
+                                                                      42100)
+        assert (o[TCP].flags, o[TCP].seq, o[TCP].ack) == ("SA", c, c) and c != 1001
+        t = dp.flow_table()
+        assert not (t["family"] != 0).any(), "a challenged SYN creates no flow"
+        assert count(dp, "syn_challenge") == 1 and count(dp, "fwd_new") == 0
+        # an RST with another sequence number verifies nothing; the next SYN is challenged
+        assert dp.program.test_run(client(42100, "R", seq=c ^ 0x40))[0] == XDP_DROP
+        assert verified(dp) == set() and count(dp, "drop_not_syn") == 1
+        assert Ether(dp.program.test_run(client(42100, "S", seq=1000))[1])[TCP].flags == "SA"
+        # the client's answer (Linux: RST, seq = the ACK number) verifies its address
+        assert dp.program.test_run(client(42100, "R", seq=c))[0] == XDP_DROP
+        assert verified(dp) == {"10.0.0.1"} and count(dp, "syn_verified") == 1
+        action, out, _ = dp.program.test_run(client(42100, "S", seq=1000))  # its next SYN
+        assert action == XDP_TX and Ether(out)[IP].dst.startswith("10.0.1.")
+        assert entry(dp, 42100)["flags"] == EMB and count(dp, "fwd_new") == 1
+        # another port of a verified address goes straight in, another address does not
+        assert Ether(dp.program.test_run(client(42101, "S"))[1])[IP].dst.startswith("10.0.1.")
+        assert Ether(dp.program.test_run(client(42102, "S", "10.0.0.2"))[1])[TCP].flags == "SA"
+
+
+def test_an_ipv6_client_is_challenged_and_verified_too():
+    from scapy.all import IPv6
+
+    v6 = VipSpec(ip("fd00::a"), 8000, backends=(BackendSpec(ip("fd00::1:1"),
+                                                            bytes.fromhex("deadbeef0101")),))
+    from xdplb._bpf.loader import load
+    from xdplb.testing.fixtures import configured
+
+    dp = load(sizes=Sizes(max_vips=16, max_backends=64, conntrack=1024),
+              knobs=Knobs(nat_port_min=10000, nat_port_max=10015, syn_challenge="always",
+                          cookie_secret=SECRET, cookie_shift=63))
+
+    def syn(flags: str, seq: int) -> bytes:
+        return raw(Ether(src=CMAC, dst=LBMAC) / IPv6(src="fd00::1", dst="fd00::a")
+                   / TCP(sport=42200, dport=8000, flags=flags, seq=seq))
+    try:
+        with configured(dp, [v6]):
+            o = Ether(dp.program.test_run(syn("S", 5))[1])
+            c = cookie_of(dp, 42200, "fd00::1", "fd00::a")
+            assert (o[IPv6].dst, o[TCP].flags, o[TCP].ack, o[IPv6].plen) == \
+                ("fd00::1", "SA", c, 20)
+            assert dp.program.test_run(syn("R", c))[0] == XDP_DROP
+            assert verified(dp) == {"fd00::1"}
+            o = Ether(dp.program.test_run(syn("S", 5))[1])
+            assert o[IPv6].dst == "fd00::1:1" and o[TCP].flags == "S"
+    finally:
+        dp.close()
+
+
+def test_the_cookie_follows_a_time_slot_of_about_8_seconds():
+    """The default slot (cookie_shift from HZ): jiffies64 >> shift, jiffies64 counting
+    from 2^32 - 300 s (INITIAL_JIFFIES); an answer is good in its slot and the next."""
+    import time
+
+    with small_lb(syn_challenge="always", cookie_secret=SECRET) as dp:
+        rt = dp.runtime()
+        assert (1 << rt.cookie_shift) >= 8 * rt.hz > (1 << (rt.cookie_shift - 1))
+        slot = int((1 << 32) + (time.clock_gettime(time.CLOCK_MONOTONIC) - 300) * rt.hz) \
+            >> rt.cookie_shift
+        ack = Ether(dp.program.test_run(client(42600, "S", seq=1))[1])[TCP].ack
+        near = {cookie_of(dp, 42600, slot=slot + d): d for d in (-1, 0, 1)}
+        assert ack in near, (ack, near)
+        prev = cookie_of(dp, 42600, slot=slot + near[ack] - 1)  # the previous slot's
+        assert dp.program.test_run(client(42600, "R", seq=prev))[0] == XDP_DROP
+        assert count(dp, "syn_verified") == 1
+        older = cookie_of(dp, 42601, "10.0.0.7", slot=slot + near[ack] - 2)  # too old
+        dp.program.test_run(client(42601, "R", "10.0.0.7", seq=older))
+        assert count(dp, "syn_verified") == 1
+
+
+def test_the_challenge_engages_above_the_syn_rate_and_not_below():
+    os.sched_setaffinity(0, {0})  # engagement is per CPU
+    try:
+        with small_lb(syn_challenge_rate=5, cookie_secret=SECRET, cookie_shift=63) as dp:
+            got = [Ether(dp.program.test_run(client(42300 + i, "S", f"10.0.2.{i}"))[1])
+                   for i in range(8)]
+            assert [o[IP].dst.startswith("10.0.1.") for o in got] == [True] * 5 + [False] * 3
+            assert all(o[TCP].flags == "SA" for o in got[5:])
+            assert (count(dp, "fwd_new"), count(dp, "syn_challenge")) == (5, 3)
+        with small_lb(syn_challenge="off") as dp:  # off: never
+            for i in range(8):
+                assert Ether(dp.program.test_run(client(42400 + i, "S"))[1])[TCP].flags == "S"
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+def test_a_verified_address_expires():
+    import time
+
+    with small_lb(syn_challenge="always", verified_timeout_s=0.3, cookie_secret=SECRET,
+                  cookie_shift=63) as dp:
+        dp.program.test_run(client(42500, "S"))
+        dp.program.test_run(client(42500, "R", seq=cookie_of(dp, 42500)))
+        assert Ether(dp.program.test_run(client(42501, "S"))[1])[TCP].flags == "S"
+        time.sleep(0.6)
+        assert Ether(dp.program.test_run(client(42502, "S"))[1])[TCP].flags == "SA"
 
 
 def test_fin_and_rst_before_the_handshake_do_not_mark_and_data_clears_a_forged_mark():
@@ -142,27 +295,48 @@ def test_a_reused_client_port_opens_a_fresh_flow(close):
         assert entry(dp, 43000)["flags"] == 0
 
 
-def test_a_syn_flood_cannot_fill_the_nat_region_against_confirmed_and_new_flows():
-    """64 NAT ports x 4 ways. 32 confirmed flows, then 5,000 spoofed SYNs: the flood only
-    recycles embryonic ways (evict_embryonic), the confirmed flows keep theirs, and legit
-    clients opening connections during the flood get in and complete their handshake."""
-    with small_lb(ports=(10000, 10063)) as dp:
-        confirmed = {s: handshake(dp, s, "10.0.0.2") for s in range(44000, 44032)}
-        legit_ok = 0
-        for i in range(5000):
-            src = f"10.{100 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1}"
-            dp.program.test_run(client(1024 + i % 60000, "S", src))
-            if i % 100 == 50:  # a real client's connection in the middle of the flood
-                with contextlib.suppress(AssertionError):
-                    handshake(dp, 45000 + i // 100, "10.0.0.3")
-                    legit_ok += 1
-        assert count(dp, "evict_embryonic") > 4000
-        assert count(dp, "drop_nat_full") == 0
-        assert legit_ok == 50
-        for s, (be, port) in confirmed.items():
-            action, out, _ = dp.program.test_run(client(s, "A", "10.0.0.2", ack=7001))
-            assert action == XDP_TX and (Ether(out)[IP].dst, Ether(out)[TCP].sport) == \
-                (be, port)
+def challenged_handshake(dp, sport: int, src: str) -> tuple[str, int]:
+    """A Linux client through an engaged challenge: SYN, the challenge SYN-ACK, its RST
+    (seq = the ACK number), its SYN again, then the handshake."""
+    action, out, _ = dp.program.test_run(client(sport, "S", src))
+    o = Ether(out)
+    if action == XDP_TX and o[IP].dst == src:  # challenged
+        assert o[TCP].flags == "SA"
+        assert dp.program.test_run(client(sport, "R", src, seq=o[TCP].ack))[0] == XDP_DROP
+    return handshake(dp, sport, src)
+
+
+def test_a_syn_flood_engages_the_challenge_and_costs_no_table_space():
+    """64 NAT ports x 4 ways. 32 confirmed flows, then 5,000 spoofed SYNs: the first few
+    hundred fill the free ways, the next ones recycle embryonic ways (evict_embryonic),
+    which engages the challenge (no rate trigger here): from then on the flood is answered
+    statelessly (syn_challenge), no more ways move; the confirmed flows keep theirs, and
+    legit clients opening connections during the flood answer the challenge and complete
+    their handshake."""
+    os.sched_setaffinity(0, {0})  # engagement is per CPU
+    try:
+        with small_lb(ports=(10000, 10063), syn_challenge_rate=1 << 30,
+                      syn_challenge_hold_s=600) as dp:
+            confirmed = {s: handshake(dp, s, "10.0.0.2") for s in range(44000, 44032)}
+            legit_ok = 0
+            for i in range(5000):
+                src = f"10.{100 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1}"
+                dp.program.test_run(client(1024 + i % 60000, "S", src))
+                if i % 100 == 50:  # a real client's connection in the middle of the flood
+                    with contextlib.suppress(AssertionError):
+                        challenged_handshake(dp, 45000 + i // 100, "10.0.0.3")
+                        legit_ok += 1
+            evicted = count(dp, "evict_embryonic")
+            assert 0 < evicted < 50 and count(dp, "syn_challenge") > 4500
+            assert count(dp, "drop_nat_full") == count(dp, "rst_nat_full") == 0
+            assert count(dp, "syn_verified") == 1  # 10.0.0.3, once
+            assert legit_ok == 50
+            for s, (be, port) in confirmed.items():
+                action, out, _ = dp.program.test_run(client(s, "A", "10.0.0.2", ack=7001))
+                assert action == XDP_TX and (Ether(out)[IP].dst, Ether(out)[TCP].sport) == \
+                    (be, port)
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
 def test_dsr_non_syn_misses_are_forwarded_and_create_entries_within_the_budget():

@@ -90,11 +90,6 @@ def test_a_download_survives_its_backend_failing_its_check_under_drain(lab, tmp_
         assert (int(size), digest) == (len(be.big), hashlib.sha256(be.big).hexdigest())
 
 
-@pytest.mark.xfail(reason="known regression from flow admission (issue 14): a NAT flow re-selected "
-                   "mid-connection is now a non-SYN miss, dropped (drop_not_syn) instead of "
-                   "reaching a new backend that answered with RST, so the client times out "
-                   "instead of seeing a reset; fix: the data plane answers it with an RST",
-                   strict=False)
 def test_on_down_reset_ends_the_established_connection(lab, tmp_path, run_dir):
     Backends(lab, tmp_path, protocol="HTTP/1.1")
     for r in ("h2", "h3"):
@@ -116,8 +111,8 @@ def test_on_down_reset_ends_the_established_connection(lab, tmp_path, run_dir):
         conn.stdin.write("\n")
         conn.stdin.flush()
         out, err = conn.communicate(timeout=15)
-        # its flow was re-selected to the other backend, which answers the
-        # mid-connection segment with a reset
+        # its flow was re-selected: a NAT flow whose new backend never saw its handshake
+        # is a miss without SYN, which the data plane answers with an RST (bpf/guard.h)
         assert conn.returncode != 0 and "Connection reset" in err, (out, err)
 
 

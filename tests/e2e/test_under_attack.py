@@ -95,6 +95,11 @@ def test_a_spoofed_syn_flood_leaves_new_connections_and_a_download_working(lab, 
     print(json.dumps(report))
     assert sent, out
     assert moved.get("evict_embryonic", 0) > 0, report  # the flood did fill the table
+    # ... which engaged the SYN challenge: the flood was answered statelessly, and the
+    # probes' client answered it (its address verified) and got in
+    assert moved.get("syn_challenge", 0) > 0.5 * int(sent[1]), report
+    assert moved.get("syn_verified", 0) >= 1, report
+    assert engaged and "state=engaged" in engaged, report
     assert ok, report
     assert len(during) >= 5 and sum(during) >= 0.9 * len(during), report
     assert sum(after) >= 0.9 * len(after), report
@@ -173,3 +178,49 @@ def test_a_reused_client_port_survives_idle_periods_under_table_pressure(lab, tm
     assert r.returncode == 0 and r.stdout.split() == ["rst", "fin"], (r.stdout, r.stderr,
                                                                       moved)
     assert moved.get("evict_closing", 0) + moved.get("fwd_new", 0) > 100, moved
+
+
+CONNECT_TIMES = r"""
+import socket, sys, time
+vip, rounds, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for r in range(rounds):
+    out = []
+    for k in range(2):  # the first connection is challenged, the second is not
+        t0 = time.monotonic()
+        c = socket.create_connection((vip, 8000), timeout=5)
+        out.append(time.monotonic() - t0)
+        c.close()
+    print(f"{out[0]:.6f} {out[1]:.6f}", flush=True)
+    time.sleep(gap)  # beyond verified_timeout: the next round is challenged again
+"""
+
+
+def test_a_client_through_an_engaged_challenge_connects_within_milliseconds(lab, tmp_path,
+                                                                           run_dir):  # noqa: F811
+    """syn_challenge = "always": a client's first connection gets the challenge SYN-ACK,
+    answers it with an RST (Linux) and retransmits its SYN after TCP_TIMEOUT_MIN (2
+    jiffies), which is admitted: the added connect time is milliseconds, not the 1 s SYN
+    retransmission timeout. Printed: the connect times challenged and not."""
+    (tmp_path / "www").mkdir()
+    Backends(lab, tmp_path / "www")
+    config = flood_config(tmp_path / "lb.toml", lab, "10000-10255",
+                          'syn_challenge = "always"\nverified_timeout = 1\n')
+    rounds = 4
+    with serving(lab, config, run_dir):
+        before = counters(lab)
+        r = lab.run("client", [sys.executable, "-c", CONNECT_TIMES, VIP, str(rounds), "1.3"],
+                    timeout=60)
+        moved = {k: v - before.get(k, 0) for k, v in counters(lab).items()}
+        assert probe(lab)  # and a plain curl gets its page
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    times = [tuple(map(float, line.split())) for line in r.stdout.strip().splitlines()]
+    added = sorted(a - b for a, b in times)
+    report = {"rounds": rounds, "connect_s": times,
+              "added_ms_median": round(1000 * added[len(added) // 2], 2),
+              "added_ms_max": round(1000 * added[-1], 2),
+              "counters": {k: v for k, v in moved.items() if v}}
+    print(json.dumps(report))
+    assert len(times) == rounds
+    assert moved.get("syn_challenge", 0) >= rounds and moved.get("syn_verified", 0) >= rounds, \
+        report
+    assert added[-1] < 0.5, report  # not a SYN retransmission timeout (1 s)

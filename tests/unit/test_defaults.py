@@ -47,6 +47,11 @@ def test_the_data_plane_sizes_come_from_the_table():
     assert (k.tcp_timeout_s, k.closing_timeout_s, k.udp_timeout_s, k.refresh_s) == \
         (DEFAULTS.tcp_timeout_s, DEFAULTS.closing_timeout_s, DEFAULTS.udp_timeout_s,
          DEFAULTS.refresh_s)
+    assert (k.syn_challenge, k.syn_challenge_rate, k.syn_challenge_hold_s, k.verified_timeout_s,
+            k.rst_rate) == (DEFAULTS.syn_challenge, DEFAULTS.syn_challenge_rate,
+                            DEFAULTS.syn_challenge_hold_s, DEFAULTS.verified_timeout_s,
+                            DEFAULTS.rst_rate)
+    assert s.verified == DEFAULTS.verified_size
 
 
 def test_the_config_and_the_control_plane_use_the_table():
@@ -54,6 +59,10 @@ def test_the_config_and_the_control_plane_use_the_table():
     assert (lb.hash_seed, lb.nat_ports, lb.conntrack_size, lb.max_vips, lb.max_backends,
             lb.frag_policy) == (DEFAULTS.hash_seed, DEFAULTS.nat_ports, DEFAULTS.conntrack_size,
                                 DEFAULTS.max_vips, DEFAULTS.max_backends, DEFAULTS.frag_policy)
+    assert (lb.syn_challenge, lb.syn_challenge_rate, lb.verified_size, lb.verified_timeout,
+            lb.rst_rate) == (DEFAULTS.syn_challenge, DEFAULTS.syn_challenge_rate,
+                             DEFAULTS.verified_size, DEFAULTS.verified_timeout_s,
+                             DEFAULTS.rst_rate)
     assert VipSpec.__dataclass_fields__["ring_size"].default == DEFAULTS.ring_size
     lbm = LoadBalancer.__init__.__defaults__
     assert lbm == (DEFAULTS.max_vips, DEFAULTS.max_backends)
@@ -96,6 +105,10 @@ def test_the_config_reference_states_the_table():
     for key in ("syn_timeout", "tcp_timeout", "closing_timeout", "udp_timeout"):
         assert float(_doc_default(key)) == getattr(DEFAULTS, f"{key}_s"), key
     assert int(_doc_default("nonsyn_budget")) == DEFAULTS.nonsyn_budget
+    assert _doc_default("syn_challenge") == DEFAULTS.syn_challenge
+    for key in ("syn_challenge_rate", "verified_size", "rst_rate"):
+        assert int(_doc_default(key)) == getattr(DEFAULTS, key), key
+    assert float(_doc_default("verified_timeout")) == DEFAULTS.verified_timeout_s
 
 
 def test_the_model_defaults_to_the_table():
@@ -105,6 +118,9 @@ def test_the_model_defaults_to_the_table():
     m = Model(FakeDataPlane(), hz=1000)
     assert (m.hash_seed, (m.nat_port_min, m.nat_port_max), m.frag_drop) == \
         (DEFAULTS.hash_seed, DEFAULTS.nat_ports, DEFAULTS.frag_policy == "drop")
+    assert (m.syn_challenge, m.syn_challenge_rate, m.rst_rate) == \
+        (abi.CHALLENGE_MODES[DEFAULTS.syn_challenge], DEFAULTS.syn_challenge_rate,
+         DEFAULTS.rst_rate)
     assert (m.tcp_timeout, m.udp_timeout, m.refresh) == \
         (int(DEFAULTS.tcp_timeout_s * 1000), int(DEFAULTS.udp_timeout_s * 1000),
          int(DEFAULTS.refresh_s * 1000))

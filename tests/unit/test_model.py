@@ -500,8 +500,9 @@ def test_nat_port_skips_vip_ports_and_runs_out():
         stats.append(stat)
         if stat == Stat.FWD_NEW:
             assert Ether(out)[TCP].sport == 20001  # 20000 is a VIP port
-    # one backend: every flow has the same reply tuple, so the port serves one flow
-    assert stats[0] == Stat.FWD_NEW and set(stats[1:]) == {Stat.DROP_NAT_FULL}
+    # one backend: every flow has the same reply tuple, so the port serves one flow; the
+    # SYNs that find no way are answered with an RST|ACK (guard.h)
+    assert stats[0] == Stat.FWD_NEW and set(stats[1:]) == {Stat.RST_NAT_FULL}
     (idx, e), = entries(m).items()
     assert idx == 1 * model.FLOW_WAYS and e.sport == 1000
     # every set a flow hashed to and could not use is marked: its flows may live next door
@@ -538,7 +539,7 @@ def test_a_nat_port_serves_flows_of_different_reply_tuples():
         seen[bid] = k + 1
         _a, out, stat = open_flow(m, tcp4(src=c))
         if k >= 3:
-            assert stat == Stat.DROP_NAT_FULL, c
+            assert stat == Stat.RST_NAT_FULL, c
             continue
         assert stat == Stat.FWD_NEW and Ether(out)[TCP].sport == 30000 + k, c
         got[c] = (Ether(out)[IP].dst, Ether(out)[TCP].sport)
@@ -567,7 +568,7 @@ def test_nat_flows_beyond_their_probe_sets_are_dropped():
     for c in clients:
         _a, out, stat = open_flow(m, tcp4(src=c))
         ports.append(Ether(out)[TCP].sport if stat == Stat.FWD_NEW else stat)
-    assert ports == [30000 + i for i in range(model.NAT_PROBES)] + [Stat.DROP_NAT_FULL]
+    assert ports == [30000 + i for i in range(model.NAT_PROBES)] + [Stat.RST_NAT_FULL]
     spilled = [s for s in range(20)
                if (e := m.flows.get(s * model.FLOW_WAYS)) is not None and e.set_flags]
     assert spilled == list(range(model.NAT_PROBES - 1))
@@ -582,17 +583,17 @@ def test_stale_entry_with_the_same_reply_tuple_is_taken_over():
                                       tcp_timeout_s=100))
     m.now = 1000  # (a clock at 0 stamps 1: flow.h::flow_now is never 0)
     assert open_flow(m, tcp4(src="10.2.0.1"))[2] == Stat.FWD_NEW
-    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
+    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.RST_NAT_FULL
     m.now += 100 * m.hz  # not yet idle beyond the timeout
-    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.DROP_NAT_FULL
+    assert m.process(bytes(tcp4(src="10.2.0.2")))[2] == Stat.RST_NAT_FULL
     m.now += 1
     assert open_flow(m, tcp4(src="10.2.0.2"))[2] == Stat.FWD_NEW
     (idx, e), = entries(m).items()  # the same way: replies must find one flow only
     assert idx == 0 and e.src[:4] == A("10.2.0.2").packed and e.last_seen == m.now
-    # the old flow is gone: without a SYN it gets no entry (nor would a SYN: its reply
-    # tuple is held by a live flow)
-    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.DROP_NOT_SYN
-    assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.DROP_NAT_FULL
+    # the old flow is gone: without a SYN it gets no entry, only an RST (nor would a SYN:
+    # its reply tuple is held by a live flow)
+    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.RST_NOT_SYN
+    assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.RST_NAT_FULL
 
 
 def test_stale_way_with_the_same_reply_tuple_wins_over_an_earlier_one():
@@ -759,8 +760,11 @@ def test_removed_backend_reselects_or_resets(spec, policy, want):
     ack[TCP].flags = "A"
     action, out, stat = m.process(bytes(ack))
     if spec.mode == "nat" and want == Stat.FWD_NEW:
-        # the new backend never saw the handshake: the entry is retired, the ACK dropped
-        assert stat == Stat.DROP_NOT_SYN and m.find_flow(key_of(bytes(ack))) is None
+        # the new backend never saw the handshake: the entry is retired, the ACK answered
+        # with an RST (seq = its ACK number)
+        assert stat == Stat.RST_NOT_SYN and m.find_flow(key_of(bytes(ack))) is None
+        assert action == XDP_TX and Ether(out)[TCP].flags == "R"
+        assert Ether(out)[TCP].seq == ack[TCP].ack
         assert m.last_counters[Stat.RESELECT] == (1, 0)
         action, out, stat = m.process(bytes(syn))  # the client's next SYN opens it anew
     assert stat == want
@@ -793,7 +797,7 @@ def test_retired_nat_entry_matches_nothing_and_is_reused():
                                                              .addr[:4])), dst="10.0.0.10") / \
         TCP(sport=m.config.backends[e.backend_id].port or 80, dport=m.nat_port_of(idx))
     assert m.process(bytes(reply))[2] == Stat.PASS_NOT_VIP  # proto 0: no reply matches
-    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.DROP_NOT_SYN  # no SYN, no flow
+    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.RST_NOT_SYN  # no SYN, no flow
     assert m.process(bytes(tcp4()))[2] == Stat.FWD_NEW  # a new flow, same way
     assert only_entry(m)[0] == idx
 

@@ -107,8 +107,30 @@ class FlowEntry(C.Structure):
     ]
 
 
-class FloodBudget(C.Structure):
-    _fields_ = [("window", C.c_uint64), ("used", C.c_uint64)]
+class FloodState(C.Structure):
+    """struct flood_state: one CPU's non-SYN budget, SYN challenge and RST bucket."""
+
+    _fields_ = [("window", C.c_uint64), ("used", C.c_uint64), ("syn_window", C.c_uint64),
+                ("syns", C.c_uint64), ("engaged_until", C.c_uint64), ("rst_tat", C.c_uint64)]
+
+
+# lb_runtime.syn_challenge
+CHALLENGE_AUTO = 0
+CHALLENGE_OFF = 1
+CHALLENGE_ALWAYS = 2
+CHALLENGE_MODES = {"auto": CHALLENGE_AUTO, "off": CHALLENGE_OFF, "always": CHALLENGE_ALWAYS}
+
+
+def cookie_shift_for(hz: int) -> int:
+    """The shift that makes the challenge cookie's time slot (jiffies >> shift) at least
+    8 s long (a client's answer is accepted in its slot and the next: 8 to 16 s)."""
+    return max(1, (8 * max(1, hz) - 1).bit_length())
+
+
+class VerifiedKey(C.Structure):
+    """struct verified_key: a client address that answered a SYN challenge."""
+
+    _fields_ = [("addr", Addr), ("family", C.c_uint32)]
 
 
 class Counter(C.Structure):
@@ -152,9 +174,15 @@ class Stat(enum.IntEnum):
     EVICT_CLOSING = 22
     EVICT_EMBRYONIC = 23
     NONSYN_STATELESS = 24
+    SYN_CHALLENGE = 25
+    RST_NOT_SYN = 26
+    RST_NAT_FULL = 27
+    SYN_VERIFIED = 28
 
 
-ST_MAX = 25
+ST_MAX = 29
+# stats a NAT TCP miss answers with a frame of its own (guard.h: XDP_TX)
+ANSWER_STATS = (Stat.SYN_CHALLENGE, Stat.RST_NOT_SYN, Stat.RST_NAT_FULL)
 
 
 class LbKnobs(C.Structure):
@@ -189,7 +217,14 @@ class LbRuntime(C.Structure):
         ("refresh", C.c_uint64),
         ("syn_timeout", C.c_uint64),
         ("age_shift", C.c_uint32),
+        ("syn_challenge", C.c_uint32),
+        ("syn_challenge_rate", C.c_uint32),
+        ("rst_rate", C.c_uint32),
+        ("challenge_hold", C.c_uint64),
+        ("verified_timeout", C.c_uint64),
+        ("cookie_shift", C.c_uint32),
         ("pad", C.c_uint32),
+        ("cookie_secret", C.c_uint32 * 4),
         ("port_bits", C.c_uint64 * PORT_BITS_WORDS),
         ("addr_bits", C.c_uint64 * PORT_BITS_WORDS),
     ]
@@ -245,6 +280,8 @@ MIRRORS = {
     "obj_stats": ObjStats,
     "lb_knobs": LbKnobs,
     "lb_runtime": LbRuntime,
+    "flood_state": FloodState,
+    "verified_key": VerifiedKey,
     "trace_event": TraceEvent,
 }
 

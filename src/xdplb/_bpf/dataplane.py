@@ -12,6 +12,7 @@ import errno
 import mmap
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ class Sizes:
     max_vips: int = DEFAULTS.max_vips
     max_backends: int = DEFAULTS.max_backends
     conntrack: int = DEFAULTS.conntrack_size  # non-NAT flows (NAT: ports x FLOW_WAYS)
+    verified: int = DEFAULTS.verified_size  # client addresses that answered a SYN challenge
 
     def as_max_entries(self, knobs: Knobs | None = None) -> dict[str, int]:
         k = knobs or Knobs()
@@ -43,6 +45,7 @@ class Sizes:
             "vip_stats": self.max_vips,
             "backends": self.max_backends,
             "be_stats": self.max_backends,
+            "verified": self.verified,
         }
 
 
@@ -63,6 +66,17 @@ class Knobs:
     refresh_s: float = DEFAULTS.refresh_s
     nonsyn_budget: int = DEFAULTS.nonsyn_budget
     age_shift: int = 0  # victims compare idle times >> this; 31: not at all (tests: no clock)
+    # the NAT SYN challenge and RST answers (bpf/guard.h)
+    syn_challenge: str = DEFAULTS.syn_challenge  # "auto" | "off" | "always"
+    syn_challenge_rate: int = DEFAULTS.syn_challenge_rate
+    syn_challenge_hold_s: float = DEFAULTS.syn_challenge_hold_s
+    verified_timeout_s: float = DEFAULTS.verified_timeout_s
+    rst_rate: int = DEFAULTS.rst_rate
+    #: the cookie's time slot is jiffies >> cookie_shift; 0: about 8 s from HZ (tests: 63
+    #: freezes the slot, as the model's clock is frozen)
+    cookie_shift: int = 0
+    #: the cookie's key (16 bytes); None: a random one at load, or the one a takeover keeps
+    cookie_secret: bytes | None = None
     ct_sets: int = 0  # conntrack sets; 0: from Sizes.conntrack (a takeover keeps the old)
     #: the interface's MAC: only frames addressed to it are balanced, and it is the source of
     #: what goes back out of the interface; None: every frame is looked at (tests, `run`)
@@ -109,6 +123,18 @@ class Knobs:
         rt.refresh = max(1, int(self.refresh_s * hz))
         rt.nonsyn_budget = min(max(0, self.nonsyn_budget), 0xFFFFFFFF)
         rt.age_shift = self.age_shift & 31
+        rt.syn_challenge = abi.CHALLENGE_MODES[self.syn_challenge]
+        rt.syn_challenge_rate = min(max(0, self.syn_challenge_rate), 0xFFFFFFFF)
+        rt.rst_rate = min(max(0, self.rst_rate), 1 << 24)
+        rt.challenge_hold = max(0, int(self.syn_challenge_hold_s * hz))
+        rt.verified_timeout = max(0, int(self.verified_timeout_s * hz))
+        rt.cookie_shift = (self.cookie_shift & 63) or abi.cookie_shift_for(hz)
+        if self.cookie_secret is not None:
+            if len(self.cookie_secret) != 16:
+                raise ValueError(f"cookie_secret must be 16 bytes, not {len(self.cookie_secret)}")
+            rt.cookie_secret[:] = list(struct.unpack("<4I", self.cookie_secret))
+        elif not any(rt.cookie_secret):  # (a takeover that kept the run-time state keeps it)
+            rt.cookie_secret[:] = list(struct.unpack("<4I", os.urandom(16)))
         for name in ("tcp_timeout", "closing_timeout", "udp_timeout", "syn_timeout"):
             setattr(rt, name, min(getattr(rt, name), 0x7FFFFFFF))  # flow ages are 32-bit
 
@@ -120,7 +146,8 @@ _TYPES = {
     "backends": (C.c_uint32, abi.Backend),
     "flows": (C.c_uint32, abi.FlowEntry),
     "stats": (C.c_uint32, abi.Counter),
-    "flood": (C.c_uint32, abi.FloodBudget),
+    "flood": (C.c_uint32, abi.FloodState),
+    "verified": (abi.VerifiedKey, C.c_uint64),
     "vip_stats": (C.c_uint32, abi.ObjStats),
     "be_stats": (C.c_uint32, abi.ObjStats),
 }
@@ -349,8 +376,11 @@ class DataPlane:
             t[:split] = zero
         if conntrack:
             t[split:] = zero
-        if "flood" in self.maps:  # a clean table starts with a full non-SYN budget
-            self.maps["flood"].update(0, bytes(C.sizeof(abi.FloodBudget)))
+        if "flood" in self.maps:  # a clean table starts with a full non-SYN budget and
+            # the SYN challenge disengaged
+            self.maps["flood"].update(0, bytes(C.sizeof(abi.FloodState)))
+        if nat and "verified" in self.maps:  # (NAT admission: addresses that answered)
+            self.maps["verified"].clear()
 
     def flow_liveness(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(table, used, live, age in jiffies, NAT region entries): the one reading of
@@ -410,7 +440,8 @@ class DataPlane:
 
 
 MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "stats",
-             "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "flood", "runtime")
+             "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "flood", "verified",
+             "runtime")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 

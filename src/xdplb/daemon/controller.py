@@ -261,7 +261,8 @@ class Controller:
         ignored = [k for k in ("hash_seed", "nat_ports", "conntrack_size", "max_vips",
                                "max_backends", "frag_policy", "metrics", "syn_timeout",
                                "tcp_timeout", "closing_timeout", "udp_timeout",
-                               "nonsyn_budget")
+                               "nonsyn_budget", "syn_challenge", "syn_challenge_rate",
+                               "verified_size", "verified_timeout", "rst_rate")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
         if (cfg.bgp is None) != (self.cfg.bgp is None):
             ignored.append("bgp")  # starting or stopping the routing daemon: a restart

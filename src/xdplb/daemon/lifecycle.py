@@ -187,12 +187,14 @@ class Daemon:
         req = LoadRequest(
             interface=lb.interface, egress=self.opts.egress, xdp_mode=self.opts.xdp_mode,
             sizes=Sizes(max_vips=lb.max_vips, max_backends=lb.max_backends,
-                        conntrack=lb.conntrack_size),
+                        conntrack=lb.conntrack_size, verified=lb.verified_size),
             knobs=Knobs(hash_seed=lb.hash_seed, nat_port_min=lb.nat_ports[0],
                         nat_port_max=lb.nat_ports[1], frag_drop=lb.frag_policy == "drop",
                         syn_timeout_s=lb.syn_timeout, tcp_timeout_s=lb.tcp_timeout,
                         closing_timeout_s=lb.closing_timeout, udp_timeout_s=lb.udp_timeout,
-                        nonsyn_budget=lb.nonsyn_budget),
+                        nonsyn_budget=lb.nonsyn_budget, syn_challenge=lb.syn_challenge,
+                        syn_challenge_rate=lb.syn_challenge_rate,
+                        verified_timeout_s=lb.verified_timeout, rst_rate=lb.rst_rate),
             pins=self.pins if self.opts.pins or self.keep else None,
             object_path=self.opts.object_path, trace_rate=self.opts.trace_rate,
             takeover=self.opts.takeover)
@@ -432,11 +434,13 @@ class Daemon:
                 self.log("bgp_restart_failed", level="error", error=str(e))
 
     async def _watch_flows(self, every: float = 1.0) -> None:
-        """Say when flood protection engages and ends (new flows recycle the ways of
+        """Say when flood protection engages and ends (NAT SYNs are answered with the
+        stateless challenge: `syn_challenge` rises; or new flows recycle the ways of
         unconfirmed ones: `evict_embryonic` rises) and when the flow table turns new
-        flows away (`drop_nat_full`) or evicts confirmed ones (`ct_full`)."""
+        flows away (`drop_nat_full`, `rst_nat_full`) or evicts confirmed ones (`ct_full`)."""
         watched = ("evict_embryonic", "drop_nat_full", "ct_full", "drop_not_syn",
-                   "nonsyn_stateless")
+                   "nonsyn_stateless", "syn_challenge", "syn_verified", "rst_not_syn",
+                   "rst_nat_full")
         last: dict[str, int] = {}
         engaged = False
         while True:
@@ -452,19 +456,24 @@ class Daemon:
             last = now
             if not d:
                 continue
-            if d["evict_embryonic"] and not engaged:
+            active = d["evict_embryonic"] or d["syn_challenge"]
+            if active and not engaged:
                 engaged = True
                 self.log("flood_protection", level="warning", state="engaged",
+                         syn_challenge=d["syn_challenge"], syn_verified=d["syn_verified"],
                          evicted_embryonic=d["evict_embryonic"],
-                         drop_not_syn=d["drop_not_syn"], why="new flows recycle the ways "
-                         "of unconfirmed (SYN-only) flows: a SYN flood, or a full table")
-            elif engaged and not d["evict_embryonic"]:
+                         drop_not_syn=d["drop_not_syn"], why="NAT SYNs from unverified "
+                         "addresses are answered with a challenge (a SYN rate above "
+                         "syn_challenge_rate, or handshakes losing their ways: a SYN flood, "
+                         "or a full table)")
+            elif engaged and not active:
                 engaged = False
                 self.log("flood_protection", state="ended")
-            if d["drop_nat_full"] or d["ct_full"]:
+            if d["drop_nat_full"] or d["ct_full"] or d["rst_nat_full"]:
                 self.log("flow_table_full", level="warning", drop_nat_full=d["drop_nat_full"],
-                         ct_full=d["ct_full"], why="every way holds a confirmed flow: "
-                         "widen nat_ports / raise conntrack_size")
+                         rst_nat_full=d["rst_nat_full"], ct_full=d["ct_full"],
+                         why="every way holds a confirmed flow: widen nat_ports / raise "
+                         "conntrack_size")
 
     async def _expire_trace(self, every: float = 1.0) -> None:
         """Sampling that an `xdplb trace` switched on goes back to this instance's own

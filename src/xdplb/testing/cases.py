@@ -208,6 +208,17 @@ def syn_step(p: Pick, sport: int, client: str = CLIENT, client_mac: str = CLIENT
                 ("fwd_new",), "the SYN opens the flow")
 
 
+def answer(client_mac: str, client: str, vip: str, sport: int, seq: int, ack: int,
+           flags: str, dport: int = 8000) -> Packet:
+    """What bpf/guard.h sends back to a client instead of forwarding: a bare TCP segment
+    (20-byte header, window 0) in a fresh IP header (IPv4: DF, TTL 64, id 0; IPv6: hop
+    limit 64)."""
+    l3 = (IPv6(src=vip, dst=client, hlim=64, fl=0) if ":" in vip
+          else IP(src=vip, dst=client, id=0, flags="DF", ttl=64))
+    return (Ether(src=LB_MAC, dst=client_mac) / l3
+            / TCP(sport=dport, dport=sport, seq=seq, ack=ack, flags=flags, window=0))
+
+
 _BUILDERS: list[Callable[[], Case]] = []
 
 
@@ -698,7 +709,7 @@ def _nat_full() -> Case:
     p1 = m.forward(CLIENT, 40012, VIP, 8000)
     return Case(
         name="When every candidate NAT port is held by a confirmed flow the new flow is "
-             "dropped and the old one keeps working",
+             "turned away with an RST and the old one keeps working",
         vips=vips,
         knobs=knobs,
         steps=[
@@ -725,8 +736,10 @@ def _nat_full() -> Case:
                                              ack=7001),
                  ("fwd_est",), "the client's ACK of the SYN-ACK confirms the flow"),
             Step(Ether(src=CLIENT2_MAC, dst=LB_MAC)
-                 / IP(src=CLIENT2, dst=VIP) / TCP(sport=40012, dport=8000, flags="S"),
-                 XDP_DROP, None, ("drop_nat_full",)),
+                 / IP(src=CLIENT2, dst=VIP) / TCP(sport=40012, dport=8000, flags="S",
+                                                  seq=5000, options=SYN_OPTS),
+                 XDP_TX, answer(CLIENT2_MAC, CLIENT2, VIP, 40012, 0, 5001, "RA"),
+                 ("rst_nat_full",), "RST|ACK acknowledging the SYN (RFC 793), options dropped"),
             Step(Ether(src=B2_MAC, dst=LB_MAC)
                  / IP(src=B2, dst=VIP) / TCP(sport=8000, dport=p1.nat_port, flags="A",
                                              seq=7001, ack=1),
@@ -735,6 +748,106 @@ def _nat_full() -> Case:
                  / IP(src=VIP, dst=CLIENT) / TCP(sport=8000, dport=40012, flags="A",
                                                  seq=7001, ack=1),
                  ("reply",)),
+        ])
+
+
+@_case
+def _nat_not_syn() -> Case:
+    vips = tutorial_vips() + ipv6_vips()
+    return Case(
+        name="A NAT miss without SYN is answered with an RST and an RST miss with nothing",
+        vips=vips,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, options=[IPOption_NOP()] * 4)
+                 / TCP(sport=40020, dport=8000, flags="PA", seq=100, ack=7777,
+                       options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))])
+                 / Raw(payload(10)),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT, VIP, 40020, 7777, 0, "R"),
+                 ("rst_not_syn",), "RST, seq = its ACK number (RFC 793); options and "
+                 "payload dropped"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40021, dport=8000, flags="F", seq=200)
+                 / Raw(payload(5)),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT, VIP, 40021, 0, 206, "RA"),
+                 ("rst_not_syn",), "without ACK: RST|ACK acknowledging its data and FIN"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40022, dport=8000, flags="R", seq=300),
+                 XDP_DROP, None, ("drop_not_syn",), "an RST is never answered"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / Dot1Q(vlan=5)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40023, dport=8000, flags="A", ack=1),
+                 XDP_TX,
+                 Ether(src=LB_MAC, dst=CLIENT_MAC) / Dot1Q(vlan=5)
+                 / IP(src=VIP, dst=CLIENT, id=0, flags="DF", ttl=64)
+                 / TCP(sport=8000, dport=40023, seq=1, ack=0, flags="R", window=0),
+                 ("rst_not_syn",), "the VLAN tag stays"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrDestOpt()
+                 / TCP(sport=40024, dport=8000, flags="A", seq=5, ack=9999) / Raw(payload(3)),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT6, VIP6, 40024, 9999, 0, "R"),
+                 ("rst_not_syn",), "IPv6: a fresh header, extension headers dropped"),
+        ])
+
+
+CASE_SECRET = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+
+
+def _cookie(client: str, sport: int, vip: str, isn: int, dport: int = 8000) -> int:
+    """The challenge's ACK number (guard.h) for a SYN with sequence number `isn`, with
+    CASE_SECRET and the slot frozen (cookie_shift 63)."""
+    from ..model import FlowKey, syn_cookie
+
+    a = ipaddress.ip_address(client)
+    key = FlowKey(a.packed.ljust(16, b"\0"), ipaddress.ip_address(vip).packed.ljust(16, b"\0"),
+                  sport, dport, 6, 2 if a.version == 4 else 10)
+    c = syn_cookie(key, 0, struct.unpack("<4I", CASE_SECRET))
+    return c ^ 1 if c == (isn + 1) & 0xFFFFFFFF else c
+
+
+@_case
+def _syn_challenge() -> Case:
+    vips = tutorial_vips() + ipv6_vips()
+    knobs = Knobs(syn_challenge="always", cookie_shift=63, cookie_secret=CASE_SECRET)
+    p = Predictor(vips, Knobs()).forward(CLIENT, 40030, VIP, 8000)  # once admitted
+    c = _cookie(CLIENT, 40030, VIP, 1000)
+    c6 = _cookie(CLIENT6, 40031, VIP6, 77)
+    dodge = _cookie(CLIENT2, 40032, VIP, 0) - 1  # an ISN whose + 1 is the cookie
+    return Case(
+        name="While the SYN challenge is engaged a SYN from an unverified address gets a "
+             "SYN-ACK with a cookie and only the client's RST carrying it lets it in",
+        vips=vips,
+        knobs=knobs,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP, options=[IPOption_NOP()] * 4)
+                 / TCP(sport=40030, dport=8000, flags="S", seq=1000, options=SYN_OPTS),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT, VIP, 40030, c, c, "SA"),
+                 ("syn_challenge",), "ACK number = the cookie, not ISN + 1; no flow"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40030, dport=8000, flags="R",
+                                                 seq=c ^ 0x10),
+                 XDP_DROP, None, ("drop_not_syn",), "an RST without the cookie verifies nothing"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40030, dport=8000, flags="S", seq=1000),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT, VIP, 40030, c, c, "SA"),
+                 ("syn_challenge",), "still unverified: challenged again, the same cookie"),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT, dst=VIP) / TCP(sport=40030, dport=8000, flags="R", seq=c),
+                 XDP_DROP, None, ("syn_verified",),
+                 "Linux's answer to an unacceptable SYN-ACK: RST, seq = its ACK number"),
+            syn_step(p, 40030),
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC)
+                 / IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrHopByHop()
+                 / TCP(sport=40031, dport=8000, flags="S", seq=77, options=SYN_OPTS),
+                 XDP_TX, answer(CLIENT_MAC, CLIENT6, VIP6, 40031, c6, c6, "SA"),
+                 ("syn_challenge",), "IPv6: the client's address is not verified"),
+            Step(Ether(src=CLIENT2_MAC, dst=LB_MAC)
+                 / IP(src=CLIENT2, dst=VIP) / TCP(sport=40032, dport=8000, flags="S",
+                                                  seq=dodge & 0xFFFFFFFF),
+                 XDP_TX, answer(CLIENT2_MAC, CLIENT2, VIP, 40032, dodge + 1 ^ 1,
+                                dodge + 1 ^ 1, "SA"),
+                 ("syn_challenge",), "a cookie equal to ISN + 1 would be acceptable: its low "
+                 "bit flips"),
         ])
 
 

@@ -80,6 +80,11 @@ class DataPlanePool:
             self._dps[key] = load(self.path, knobs=knobs)
         dp = self._dps[key]
         clear_flows(dp)
+        # the run-time knobs (timeouts, SYN challenge, RST rate) are not part of the key:
+        # each user gets its own
+        rt = dp.runtime()
+        knobs.timeouts(rt, rt.hz or 250)
+        dp.set_runtime(rt)
         return dp
 
     def close(self) -> None:
@@ -107,7 +112,9 @@ def configured(dp: DataPlane, vips: list[VipSpec]) -> Iterator[LoadBalancer]:
         lb.apply([])
         rt, old = abi.LbRuntime(), dp.runtime()  # switches off, timeouts kept
         for f in ("hz", "tcp_timeout", "closing_timeout", "udp_timeout", "refresh",
-                  "syn_timeout", "nonsyn_budget", "age_shift"):
+                  "syn_timeout", "nonsyn_budget", "age_shift", "syn_challenge",
+                  "syn_challenge_rate", "rst_rate", "challenge_hold", "verified_timeout",
+                  "cookie_shift", "cookie_secret"):
             setattr(rt, f, getattr(old, f))
         dp.set_runtime(rt)
         clear_flows(dp)

@@ -24,7 +24,10 @@ from .._bpf.fake import FakeDataPlane
 from ..lb import PROTOCOLS, BackendSpec, LoadBalancer, VipSpec
 
 _DROPS = {abi.Stat.DROP_NO_BACKEND: "drop_no_backend", abi.Stat.DROP_NAT_FULL: "drop_nat_full",
-          abi.Stat.DROP_REMOVED: "drop_removed", abi.Stat.DROP_NOT_SYN: "drop_not_syn"}
+          abi.Stat.DROP_REMOVED: "drop_removed", abi.Stat.DROP_NOT_SYN: "drop_not_syn",
+          # answered instead of forwarded (guard.h), or a challenge's answer taken
+          abi.Stat.SYN_CHALLENGE: "syn_challenge", abi.Stat.RST_NOT_SYN: "rst_not_syn",
+          abi.Stat.RST_NAT_FULL: "rst_nat_full", abi.Stat.SYN_VERIFIED: "syn_verified"}
 
 
 @dataclass(frozen=True)
