@@ -154,12 +154,13 @@ def _families(snap: MetricsSnapshot):
     yield lost
 
 
-OUTCOME_PREFIXES = ("fwd_", "reply", "pass_", "drop_", "icmp_", "tx_")
+OUTCOME_PREFIXES = ("fwd_", "reply", "pass_", "drop_", "icmp_", "tx_", "rst_", "syn_")
 
 
 def is_outcome(reason: str) -> bool:
-    """fwd_new, reply, pass_not_vip, drop_no_backend, ...: what became of a packet; the
-    rest (reselect, csum_full, ct_full, evict_*, ...) are side events."""
+    """fwd_new, reply, pass_not_vip, drop_no_backend, syn_challenge, rst_not_syn, ...: what
+    became of a packet; the rest (reselect, csum_full, ct_full, evict_*, ...) are side
+    events."""
     return reason.startswith(OUTCOME_PREFIXES)
 
 

@@ -71,7 +71,9 @@ def handshake(dp, sport: int, src: str = "10.0.0.1") -> tuple[str, int]:
     assert action == XDP_TX
     o = Ether(out)
     assert dp.program.test_run(backend(o[IP].dst, o[TCP].sport, "SA", 7000))[0] == XDP_TX
-    assert dp.program.test_run(client(sport, "A", src, ack=7001))[0] == XDP_TX
+    action, ack, _ = dp.program.test_run(client(sport, "A", src, ack=7001))
+    # forwarded to the flow's backend (a lost entry would make it a miss: an RST back)
+    assert action == XDP_TX and Ether(ack)[IP].dst == o[IP].dst
     return o[IP].dst, o[TCP].sport
 
 

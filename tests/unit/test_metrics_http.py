@@ -58,3 +58,16 @@ def test_one_version_everywhere():
         __version__
     fams = {f.name: f for f in _families(snap())}
     assert fams["xdplb_build_info"].samples[0].labels == {"version": __version__}
+
+
+def test_answers_of_the_data_plane_are_outcomes_and_evictions_side_events():
+    """A packet answered by guard.h (challenge, RST) or taken as a challenge's answer has
+    that as its one outcome; evictions and the DSR non-SYN budget happen besides one."""
+    from xdplb.metrics import is_outcome
+
+    for name in ("syn_challenge", "syn_verified", "rst_not_syn", "rst_nat_full",
+                 "drop_not_syn", "fwd_new"):
+        assert is_outcome(name), name
+    for name in ("evict_embryonic", "evict_closing", "nonsyn_stateless", "ct_full",
+                 "reselect", "csum_full"):
+        assert not is_outcome(name), name
