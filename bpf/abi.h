@@ -161,12 +161,12 @@ enum xdplb_stat {
 	ST_CT_FULL,          /* conntrack set full: a live flow was evicted */
 	ST_TX_ERROR,         /* redirect failed */
 	ST_PASS_OTHER_MAC,   /* frame for another MAC (flooded or promiscuous): not ours */
-	ST_DROP_NOT_SYN,     /* NAT: TCP without SYN and no flow (never creates one) */
+	ST_DROP_NOT_SYN,     /* NAT: TCP without SYN and no flow (never creates one), unanswered */
 	ST_EVICT_CLOSING,    /* a closing flow's way given to a new flow */
 	ST_EVICT_EMBRYONIC,  /* an unconfirmed flow's way given to a new flow (flood protection) */
 	ST_NONSYN_STATELESS, /* not NAT: a non-SYN miss beyond the per-CPU budget, no entry */
 	ST_SYN_CHALLENGE,    /* NAT, flood protection engaged: a SYN answered with a challenge SYN-ACK */
-	ST_RST_NOT_SYN,      /* NAT: a TCP miss without SYN answered with an RST */
+	ST_RST_NOT_SYN,      /* NAT: no SYN, its flow just re-selected: answered with an RST */
 	ST_RST_NAT_FULL,     /* NAT: a SYN that found no way answered with an RST|ACK */
 	ST_SYN_VERIFIED,     /* NAT: a client's RST carried the challenge's cookie: address verified */
 	ST__MAX,

@@ -21,9 +21,13 @@
  * the table is under pressure); both keep it engaged for challenge_hold.
  *
  * RST answers (per-CPU token bucket of rst_rate a second, a second's worth of
- * burst): a NAT miss without SYN (the backend never saw its handshake) gets an
- * RST (RFC 793: seq = its ACK number; without ACK, RST|ACK acknowledging it),
- * a SYN that finds no way an RST|ACK; an RST is never answered.
+ * burst): a packet without SYN of a flow whose entry this node retired (its
+ * backend removed, the flow re-selected: the new backend never saw the
+ * handshake) gets an RST (RFC 793: seq = its ACK number; without ACK, RST|ACK
+ * acknowledging it), a SYN that finds no way an RST|ACK; an RST is never
+ * answered. A plain miss without SYN is dropped, unanswered: on a node of an
+ * ECMP group it may be a flow another node holds whose synced entry has not
+ * arrived yet (or a takeover's), and its retransmission will find it.
  *
  * Global functions: the established path never calls them, and the verifier
  * walks them once. src/xdplb/model.py mirrors every byte. */
@@ -35,8 +39,9 @@
 #include "maps.h"
 #include "parse.h"
 
-#define ANSWER_MISS 0 /* a TCP miss: a SYN challenged or admitted, the rest verified or answered */
-#define ANSWER_FULL 1 /* a SYN that found no way */
+#define ANSWER_MISS 0    /* a TCP miss: a SYN challenged or admitted, an RST may verify */
+#define ANSWER_RETIRED 1 /* the same, of a flow whose entry was just retired (re-selected) */
+#define ANSWER_FULL 2    /* a SYN that found no way */
 
 static __always_inline struct flood_state *flood_of_cpu(void)
 {
@@ -257,10 +262,10 @@ static __always_inline __u32 seg_len(struct xdp_md *ctx, const struct packet *pk
 	return (pkt->l4_len > hlen ? pkt->l4_len - hlen : 0) + (pkt->tcp_flags & TCPF_FIN ? 1 : 0);
 }
 
-/* A TCP miss of a NAT VIP (`what`: ANSWER_MISS, or ANSWER_FULL for a SYN that
- * found no way): ST_FWD_NEW when the SYN may go on to create a flow, else the
- * stat of what was done. ST_SYN_CHALLENGE, ST_RST_NOT_SYN and ST_RST_NAT_FULL:
- * the frame is the answer (XDP_TX); the others: dropped. */
+/* A TCP miss of a NAT VIP (`what`: ANSWER_MISS, ANSWER_RETIRED, or ANSWER_FULL
+ * for a SYN that found no way): ST_FWD_NEW when the SYN may go on to create a
+ * flow, else the stat of what was done. ST_SYN_CHALLENGE, ST_RST_NOT_SYN and
+ * ST_RST_NAT_FULL: the frame is the answer (XDP_TX); the others: dropped. */
 __attribute__((noinline)) int nat_tcp_miss(struct xdp_md *ctx, struct packet *pkt, int what)
 {
 	struct flood_state *fs;
@@ -282,7 +287,7 @@ __attribute__((noinline)) int nat_tcp_miss(struct xdp_md *ctx, struct packet *pk
 		return syn_gate(ctx, pkt, fs, now);
 	if (pkt->tcp_flags & TCPF_RST) /* never answered */
 		return cookie_check(pkt, now) ? ST_SYN_VERIFIED : ST_DROP_NOT_SYN;
-	if (!rst_admit(fs, now))
+	if (what != ANSWER_RETIRED || !rst_admit(fs, now))
 		return ST_DROP_NOT_SYN;
 	if (pkt->tcp_flags & TCPF_ACK) {
 		if (answer_tcp(ctx, pkt, pkt->tcp_ack, 0, TCPF_RST))

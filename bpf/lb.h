@@ -24,9 +24,10 @@ struct flow_pick {
 /* The flow's backend: kept from the flow table, else chosen by Maglev (and, in
  * NAT mode, a NAT port taken). out: backend id and NAT port. Admission: a TCP
  * flow is created by a SYN (embryonic until the client's ACK confirms it); in
- * NAT mode a TCP miss goes through guard.h first (a SYN may be challenged, a
- * miss without SYN is answered with an RST or verifies a challenge: the
- * backend never saw its handshake), and a SYN that finds no way is answered
+ * NAT mode a TCP miss goes through guard.h first (a SYN may be challenged, an
+ * RST may verify a challenge, a packet without SYN of a flow just re-selected
+ * is answered with an RST: its new backend never saw the handshake; other
+ * misses without SYN are dropped), and a SYN that finds no way is answered
  * with an RST|ACK; in other modes a miss without SYN is forwarded by Maglev,
  * creating an (embryonic) entry within the per-CPU budget only. A SYN on a
  * closing or stale entry opens a fresh flow. Returns 0 with the stat of a drop
@@ -85,7 +86,7 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 	if ((vip->flags & VIP_F_UDP_STATELESS) && pkt->key.proto == IPPROTO_UDP)
 		return be;
 	if (tcp && nat) { /* guard.h: challenged, verified, answered, or admitted (a SYN) */
-		*stat = nat_tcp_miss(ctx, pkt, ANSWER_MISS);
+		*stat = nat_tcp_miss(ctx, pkt, e ? ANSWER_RETIRED : ANSWER_MISS);
 		if (*stat != ST_FWD_NEW)
 			return 0;
 	} else if (tcp && !syn) {

@@ -1313,8 +1313,9 @@ class Model:
         hlen = (buf[off + 12] >> 4) * 4
         return max(0, pkt.l4_len - hlen) + (1 if pkt.tcp_flags & TCPF_FIN else 0)
 
-    def _nat_tcp_miss(self, buf: bytearray | None, pkt: Packet, full: bool) -> Stat:
-        """guard.h::nat_tcp_miss (`full`: ANSWER_FULL)."""
+    def _nat_tcp_miss(self, buf: bytearray | None, pkt: Packet, full: bool,
+                      retired: bool = False) -> Stat:
+        """guard.h::nat_tcp_miss (`full`: ANSWER_FULL, `retired`: ANSWER_RETIRED)."""
         now = self.now
         if full:
             if self._rst_admit(now) and not self._answer_tcp(buf, pkt, 0, pkt.tcp_seq + 1,
@@ -1325,7 +1326,7 @@ class Model:
             return self._syn_gate(buf, pkt, now)
         if pkt.tcp_flags & TCPF_RST:
             return Stat.SYN_VERIFIED if self._cookie_check(pkt, now) else Stat.DROP_NOT_SYN
-        if not self._rst_admit(now):
+        if not retired or not self._rst_admit(now):
             return Stat.DROP_NOT_SYN
         if pkt.tcp_flags & TCPF_ACK:
             rc = self._answer_tcp(buf, pkt, pkt.tcp_ack, 0, TCPF_RST)
@@ -1378,7 +1379,7 @@ class Model:
         if stateless:
             return FlowPick(Stat.FWD_NEW, bid, 0, None)
         if tcp and nat:  # guard.h
-            st = self._nat_tcp_miss(buf, pkt, False)
+            st = self._nat_tcp_miss(buf, pkt, False, e is not None)
             if st != Stat.FWD_NEW:
                 return FlowPick(st, bid, 0, None)
         elif tcp and not syn and not self._nonsyn_admit(now):

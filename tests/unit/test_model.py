@@ -590,9 +590,9 @@ def test_stale_entry_with_the_same_reply_tuple_is_taken_over():
     assert open_flow(m, tcp4(src="10.2.0.2"))[2] == Stat.FWD_NEW
     (idx, e), = entries(m).items()  # the same way: replies must find one flow only
     assert idx == 0 and e.src[:4] == A("10.2.0.2").packed and e.last_seen == m.now
-    # the old flow is gone: without a SYN it gets no entry, only an RST (nor would a SYN:
-    # its reply tuple is held by a live flow)
-    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.RST_NOT_SYN
+    # the old flow is gone: without a SYN it gets no entry (nor would a SYN: its reply
+    # tuple is held by a live flow)
+    assert m.process(bytes(tcp4(src="10.2.0.1", flags="A")))[2] == Stat.DROP_NOT_SYN
     assert m.process(bytes(tcp4(src="10.2.0.1")))[2] == Stat.RST_NAT_FULL
 
 
@@ -797,7 +797,7 @@ def test_retired_nat_entry_matches_nothing_and_is_reused():
                                                              .addr[:4])), dst="10.0.0.10") / \
         TCP(sport=m.config.backends[e.backend_id].port or 80, dport=m.nat_port_of(idx))
     assert m.process(bytes(reply))[2] == Stat.PASS_NOT_VIP  # proto 0: no reply matches
-    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.RST_NOT_SYN  # no SYN, no flow
+    assert m.process(bytes(tcp4(flags="A")))[2] == Stat.DROP_NOT_SYN  # no SYN, no flow
     assert m.process(bytes(tcp4()))[2] == Stat.FWD_NEW  # a new flow, same way
     assert only_entry(m)[0] == idx
 
