@@ -264,7 +264,7 @@ class Vip:
     udp_stateless: bool = False
     backends: tuple[Backend, ...] = ()
     health: HealthCheck = HealthCheck()
-    announce: bool = True  # over [bgp], while at least min_healthy backends are healthy
+    announce: bool = True  # over [bgp] and [l2], while at least min_healthy backends are up
     min_healthy: int = 1
     communities: tuple[str, ...] = ()  # "65000:100" (standard) or "65000:1:2" (large)
     med: int | None = None
@@ -317,12 +317,22 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class L2Settings:
+    """The [l2] table: the VIPs answer ARP/NDP on the LB's interface (single segment)."""
+
+    announce: bool = False
+    gratuitous: int = 3  # gratuitous ARPs / unsolicited NAs sent when a VIP is taken
+    gratuitous_interval: float = 0.5  # seconds between them
+
+
+@dataclass(frozen=True)
 class Config:
     lb: LbSettings
     vips: tuple[Vip, ...] = ()
     source: str = "<string>"
     bgp: BgpSettings | None = None
     sync: SyncSettings | None = None
+    l2: L2Settings | None = None
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -721,12 +731,14 @@ class _Parser:
         vip_tables = root.tables("vip")
         bgp_table = root.table("bgp")
         sync_table = root.table("sync")
+        l2_table = root.table("l2")
         root.done()
         if lb_table is None:
             raise ConfigError(self.source, "lb", "required table missing ([lb] with interface)")
         lb = self.lb(lb_table)
         bgp = None if bgp_table is None else self.bgp(bgp_table)
         sync = None if sync_table is None else self.sync(sync_table)
+        l2 = None if l2_table is None else self.l2(l2_table)
 
         vips: list[Vip] = []
         by_key: dict[tuple[IPAddress, int, str], str] = {}
@@ -766,7 +778,14 @@ class _Parser:
                 f"{total_backends} backends configured over all VIPs, "
                 f"max_backends is {lb.max_backends}",
             )
-        return Config(lb=lb, vips=tuple(vips), source=self.source, bgp=bgp, sync=sync)
+        return Config(lb=lb, vips=tuple(vips), source=self.source, bgp=bgp, sync=sync, l2=l2)
+
+    def l2(self, t: _Table) -> L2Settings:
+        s = L2Settings(announce=t.boolean("announce", False),
+                       gratuitous=t.integer("gratuitous", 0, 10, 3),
+                       gratuitous_interval=_seconds(t, "gratuitous_interval", 0.01, 10.0, 0.5))
+        t.done()
+        return s
 
     def sync(self, t: _Table) -> SyncSettings:
         what = 'a string like "10.2.0.11:5789"'

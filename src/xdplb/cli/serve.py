@@ -154,6 +154,16 @@ def cmd_status(args) -> int:
         for s in bgp["sessions"]:
             print(f"  peer {s['peer']} AS {s['asn']}: {s['state']} {s['info']}".rstrip()
                   + (f"; announced {', '.join(s['announced'])}" if s["announced"] else ""))
+    l2 = st.get("l2")
+    if l2:
+        state = "drained (answering nothing)" if l2["drained"] else (
+            f"answering ARP/NDP for {', '.join(l2['answering']) or 'nothing'}")
+        print(f"L2: {l2['interface']}: {state}"
+              + (f"; the interface's own {', '.join(l2['static'])}" if l2["static"] else "")
+              + f"; guard pid {l2['guard_pid'] or '-'}"
+              + ("" if l2["guard_running"] else " (not running)"))
+    elif st.get("drained"):
+        print("node drained (`xdplb node check` fails)")
     if st["overrides"]:
         print("runtime overrides (replaced by the next reload from the file):")
         for o in st["overrides"]:
@@ -356,12 +366,17 @@ def register(sub) -> None:
     a.add_argument("--backend", action="append", metavar="IP[:PORT][@MAC]")
     _add_target(a)
     a.set_defaults(func=cmd_vip)
-    n = sub.add_parser("node", help="this node in an ECMP group: drain (withdraw every route, "
-                       "keep forwarding established flows) or resume (announce again)")
+    n = sub.add_parser("node", help="this node in an ECMP group or an L2 pair: drain (withdraw "
+                       "every route and L2 answer, keep forwarding established flows), resume "
+                       "(announce again) or check (exit 0 when it can take the VIPs)")
     nsub = n.add_subparsers(dest="op", required=True)
-    for op, hlp in (("drain", ("withdraw every VIP from the routers; the data plane stays "
-                     "attached, so flows still arriving are forwarded")),
-                    ("resume", "announce the healthy VIPs again")):
+    for op, hlp in (("drain", ("withdraw every VIP from the routers and stop answering ARP/NDP "
+                     "for them; the data plane stays attached, so flows still arriving are "
+                     "forwarded")),
+                    ("resume", "announce the healthy VIPs again"),
+                    ("check", ("exit 0 when serve runs, the node is not drained and every "
+                               "announced VIP has min_healthy backends up; else say why, exit 1 "
+                               "(a keepalived track script)"))):
         p = nsub.add_parser(op, help=hlp)
         _add_target(p)
         p.set_defaults(func=cmd_node)

@@ -95,6 +95,10 @@ class Controller:
         self.vips_without_backend: dict[str, int] = {}  # VIP name -> times it lost the last
         #: announce.Announcer when [bgp] is configured and the data plane is attached
         self.announcer: Any = None
+        #: l2.L2Announcer when [l2] announce = true and the data plane is attached
+        self.l2: Any = None
+        #: `xdplb node drain`: nothing is announced (BGP, L2) and `node check` fails
+        self.drained = False
         #: sync.FlowSync when [sync] is configured (its counters go to status)
         self.flow_sync: Any = None
 
@@ -213,14 +217,17 @@ class Controller:
         return True
 
     def announce(self) -> list[str]:
-        """Tell the routing daemon what to announce now (no-op without [bgp])."""
-        if self.announcer is None:
-            return []
-        try:
-            return list(self.announcer.update(self.vip_health()))
-        except XdplbError as e:  # keep serving; the next change retries
-            self.log("announce_failed", level="error", error=str(e))
-            return []
+        """Tell the routing daemon (and the L2 announcer) what to announce now (no-op
+        without [bgp] or [l2])."""
+        out: list[str] = []
+        for a in (self.announcer, self.l2):
+            if a is None:
+                continue
+            try:
+                out += a.update(self.vip_health())
+            except XdplbError as e:  # keep serving; the next change retries
+                self.log("announce_failed", level="error", error=str(e))
+        return out
 
     def sync_health(self) -> None:
         """(Re)start health checks for the current desired state (in the event loop)."""
@@ -264,6 +271,10 @@ class Controller:
                                "nonsyn_budget", "syn_challenge", "syn_challenge_rate",
                                "verified_size", "verified_timeout", "rst_rate")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
+        if (cfg.l2 is not None and cfg.l2.announce) != (self.l2 is not None):
+            ignored.append("l2")  # starting or stopping the L2 announcer: a restart
+        elif cfg.l2 is not None and self.l2 is not None:
+            self.l2.settings = cfg.l2
         if (cfg.bgp is None) != (self.cfg.bgp is None):
             ignored.append("bgp")  # starting or stopping the routing daemon: a restart
         elif cfg.bgp is not None and self.announcer is not None:
@@ -385,17 +396,40 @@ class Controller:
         raise RequestError(f"unknown command {cmd!r}")
 
     def _node(self, req: dict) -> list[str]:
-        """drain: withdraw every route (established flows keep being forwarded: the data
-        plane stays attached); resume: announce again."""
+        """drain: withdraw every route and L2 answer (established flows keep being
+        forwarded: the data plane stays attached); resume: announce again. Without [bgp]
+        or [l2] only `node check` sees it (a VRRP pair's track script)."""
         op = req.get("op")
+        if op == "check":
+            return self.node_check()
         if op not in ("drain", "resume"):
             raise RequestError(f"unknown node operation {op!r}")
-        if self.announcer is None:
-            raise RequestError("this node announces nothing: no [bgp] table in its config")
-        changes = self.announcer.drain() if op == "drain" else self.announcer.resume()
+        was, self.drained = self.drained, op == "drain"
+        changes: list[str] = []
+        for a in (self.announcer, self.l2):
+            if a is not None:
+                changes += a.drain() if op == "drain" else a.resume()
         self.log("node_" + ("drained" if op == "drain" else "resumed"),
-                 routes=len(self.announcer.routes))
-        return list(changes) or [f"node already {'drained' if op == 'drain' else 'resumed'}"]
+                 routes=len(self.announcer.routes) if self.announcer else None,
+                 l2=len(self.l2.announced) if self.l2 else None)
+        if was == self.drained:
+            return changes or [f"node already {'drained' if op == 'drain' else 'resumed'}"]
+        what = "drained" if op == "drain" else "resumed"
+        check = "fails" if op == "drain" else "passes"
+        return changes or [(f"node {what} (xdplb announces nothing itself: "
+                           f"`xdplb node check` {check} now)")]
+
+    def node_check(self) -> list[str]:
+        """Can this node take the VIPs? Not drained, and every VIP with announce = true has
+        min_healthy backends up. RequestError (exit 1) says why not."""
+        if self.drained:
+            raise RequestError("node drained (`xdplb node resume` to take traffic again)", 1)
+        short = [f"{vh.vip.name} has {vh.healthy} of {vh.vip.min_healthy} backends up"
+                 for vh in self.vip_health() if vh.vip.announce and
+                 vh.healthy < vh.vip.min_healthy]
+        if short:
+            raise RequestError("; ".join(short), 1)
+        return ["node ok: serving, not drained, every announced VIP has its backends"]
 
     def _backend(self, req: dict) -> list[str]:
         op, vip = req.get("op"), req.get("vip")
@@ -540,11 +574,12 @@ class Controller:
                 "overrides": list(self.desired.overrides), "vips": vips,
                 "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()},
                 "bgp": None if self.announcer is None else self.announcer.status(),
+                "l2": None if self.l2 is None else self.l2.status(), "drained": self.drained,
                 "sync": None if self.flow_sync is None else asdict(self.flow_sync.stats)}
 
 
 def _key(k: str) -> str:
-    return k if k == "bgp" else f"lb.{k}"
+    return k if k in ("bgp", "l2") else f"lb.{k}"
 
 
 def _id_limits(dp: DataPlaneApi, cfg: Config) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from .desired import RequestError
 
 if TYPE_CHECKING:
     from ..announce import Announcer
+    from ..l2 import L2Announcer
     from ..metrics import Exporter
 
 PIN_ROOT = "/sys/fs/bpf/xdplb"
@@ -98,6 +99,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self._exporter: Exporter | None = None
         self.announcer: Announcer | None = None
+        self.l2: L2Announcer | None = None
 
     # lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -221,6 +223,24 @@ class Daemon:
                      mode=self.opts.xdp_mode)
         if self.cfg.bgp is not None:
             self._start_announcer()
+        if self.cfg.l2 is not None and self.cfg.l2.announce:
+            self._start_l2()
+
+    def _start_l2(self) -> None:
+        """The VIPs answer ARP/NDP on the interface from now on (while healthy)."""
+        from ..l2 import L2Announcer, L2Error
+
+        assert self.cfg.l2 is not None and self.ctl is not None
+        l2 = L2Announcer(self.cfg.l2, self.cfg.lb.interface, self.paths.run_dir,
+                         self.instance, log=self.log)
+        try:
+            self.paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            l2.start()
+        except (L2Error, OSError) as e:
+            raise XdplbError(f"cannot start the L2 announcer: {e}") from None
+        self.l2 = l2
+        self.ctl.l2 = l2
+        self.ctl.announce()
 
     def _start_announcer(self) -> None:
         """BIRD as our child (from the main thread: its parent-death signal is tied to the
@@ -251,6 +271,12 @@ class Daemon:
             self.announcer.stop()
             self.log("bgp_stopped")
             self.announcer = None
+        if self.l2 is not None:  # the VIPs stop answering ARP/NDP before we detach
+            self.l2.stop()
+            self.log("l2_stopped")
+            self.l2 = None
+            if self.ctl is not None:
+                self.ctl.l2 = None
         if self._exporter is not None:
             self._exporter.close()
             self._exporter = None
@@ -310,6 +336,7 @@ class Daemon:
         self.ctl.sync_health()
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         self._bgp_task = asyncio.ensure_future(self._watch_announcer())
+        self._l2_task = asyncio.ensure_future(self._run_l2()) if self.l2 else None
         self._sync_task = asyncio.ensure_future(self._run_sync()) if self.cfg.sync else None
         self._trace_task = asyncio.ensure_future(self._expire_trace())
         self._flow_task = asyncio.ensure_future(self._watch_flows())
@@ -336,6 +363,8 @@ class Daemon:
                 ticker.cancel()
             self._neigh_task.cancel()
             self._bgp_task.cancel()
+            if self._l2_task is not None:
+                self._l2_task.cancel()
             if self._sync_task is not None:
                 self._sync_task.cancel()
             self._trace_task.cancel()
@@ -432,6 +461,20 @@ class Daemon:
                     self.ctl.announce()
             except AnnounceError as e:
                 self.log("bgp_restart_failed", level="error", error=str(e))
+
+    async def _run_l2(self, every: float = 0.1) -> None:
+        """Repeated gratuitous ARPs / unsolicited NAs, and a guard that died restarted."""
+        n = 0
+        while self.l2 is not None:
+            await asyncio.sleep(every)
+            n += 1
+            try:
+                if self.l2 is not None:
+                    self.l2.tick()
+                    if n % 10 == 0:
+                        self.l2.check()
+            except XdplbError as e:
+                self.log("l2_error", level="error", error=str(e))
 
     async def _watch_flows(self, every: float = 1.0) -> None:
         """Say when flood protection engages and ends (NAT SYNs are answered with the
