@@ -24,7 +24,7 @@ included) the guard deletes what is left. The list is also kept in a file in the
 so a serve started after a crash that took the guard too removes the leftovers first.
 
 Pure parts (frames, ``wanted_addresses``) are unit-tested; the announcer is tested with real
-ARP/NDP in the lab (tests/e2e/test_l2.py).
+ARP/NDP in the lab (tests/e2e/test_l2_announce.py).
 """
 from __future__ import annotations
 
