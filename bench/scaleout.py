@@ -182,7 +182,7 @@ def main() -> int:
                     help="only rewrite --doc from the results of an earlier run")
     args = ap.parse_args()
     if args.render:
-        args.doc.write_text(render(json.loads(args.render.read_text())))
+        args.doc.write_text(keep_l2(args.doc, render(json.loads(args.render.read_text()))))
         return 0
     if os.geteuid() != 0:
         print("scaleout: needs root (network namespaces)", file=sys.stderr)
@@ -210,9 +210,22 @@ def main() -> int:
            "elapsed_s": round(time.monotonic() - t_all, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    args.doc.write_text(render(doc))
+    args.doc.write_text(keep_l2(args.doc, render(doc)))
     print(f"scaleout: wrote {args.out} and {args.doc}", file=sys.stderr)
     return 0
+
+
+def keep_l2(doc: Path, text: str) -> str:
+    """The new text with the L2 section that bench/l2failover.py generated in the old one."""
+    try:
+        old = doc.read_text()
+    except OSError:
+        return text
+    begin, end = "<!-- l2failover:", "<!-- /l2failover -->"
+    if begin not in old or end not in old:
+        return text
+    block = old[old.index(begin):old.index(end) + len(end)]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
 def _pct(x: float) -> str:

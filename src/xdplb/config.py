@@ -323,6 +323,9 @@ class L2Settings:
     announce: bool = False
     gratuitous: int = 3  # gratuitous ARPs / unsolicited NAs sent when a VIP is taken
     gratuitous_interval: float = 0.5  # seconds between them
+    #: keepalived's track_file: "0" while this node can take the VIPs, "1" when it cannot
+    #: (drained, no VIP with its backends, serve stopped or dead)
+    track_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -721,6 +724,14 @@ def _seconds(t: _Table, name: str, lo: float, hi: float, default: float) -> floa
     return v
 
 
+def _abs_path(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _WrongType
+    if not v.startswith("/") or "\0" in v or v.endswith("/"):
+        raise ValueError(f"{v!r} is not an absolute file path")
+    return v
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -783,7 +794,9 @@ class _Parser:
     def l2(self, t: _Table) -> L2Settings:
         s = L2Settings(announce=t.boolean("announce", False),
                        gratuitous=t.integer("gratuitous", 0, 10, 3),
-                       gratuitous_interval=_seconds(t, "gratuitous_interval", 0.01, 10.0, 0.5))
+                       gratuitous_interval=_seconds(t, "gratuitous_interval", 0.01, 10.0, 0.5),
+                       track_file=t.get("track_file", _abs_path, "an absolute path string",
+                                        None))
         t.done()
         return s
 

@@ -45,6 +45,7 @@ from typing import IO, Any
 from .announce import VipHealth, wanted_routes
 from .config import L2Settings
 from .errors import XdplbError
+from .frames import inet_csum, pseudo_header
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
@@ -70,15 +71,6 @@ def format_mac(b: bytes) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def arp_frame(op: int, sha: bytes, spa: ipaddress.IPv4Address, tha: bytes,
               tpa: ipaddress.IPv4Address, dst: bytes = BROADCAST) -> bytes:
     """An Ethernet ARP frame (op 1 request, 2 reply)."""
@@ -94,8 +86,7 @@ def gratuitous_arp(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
 
 def _icmp6(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, body: bytes) -> bytes:
     """IPv6 header + ICMPv6 message (checksum filled), hop limit 255 as NDP requires."""
-    pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(body), 58)
-    csum = _csum(pseudo + body)
+    csum = inet_csum(pseudo_header(src.packed, dst.packed, 58, len(body)) + body)
     body = body[:2] + struct.pack("!H", csum) + body[4:]
     return struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src.packed + dst.packed + body
 
@@ -169,6 +160,22 @@ def wanted_addresses(vips: Iterable[VipHealth], attached: bool = True,
     return {r.prefix.network_address: r.why for r in routes.values()}
 
 
+def unready(vips: Iterable[VipHealth], attached: bool = True, drained: bool = False) -> list[str]:
+    """Why this node cannot take the VIPs as a whole (a VRRP pair's master), [] when it can:
+    it is attached, not drained, and one VIP with announce = true (if any) has min_healthy
+    backends up. One VIP whose backends are down on both nodes must not take the others
+    away: only a node with none to serve gives up (pure)."""
+    if not attached:
+        return ["the data plane is not attached"]
+    if drained:
+        return ["node drained (`xdplb node resume` to take traffic again)"]
+    judged = [vh for vh in vips if vh.vip.announce]
+    if judged and all(vh.healthy < vh.vip.min_healthy for vh in judged):
+        return [f"{vh.vip.name} has {vh.healthy} of {vh.vip.min_healthy} backends up"
+                for vh in judged]
+    return []
+
+
 # --------------------------------------------------------------------------- the announcer
 @dataclass
 class L2Announcer:
@@ -190,6 +197,7 @@ class L2Announcer:
     _pending: dict[IPAddr, tuple[int, float]] = field(default_factory=dict)  # left, next
     _mac: bytes = b""
     sent: int = 0
+    track_state: int | None = None  # what the track file says: 0 ready, 1 not
 
     @property
     def state_file(self) -> Path:
@@ -203,9 +211,11 @@ class L2Announcer:
         except (KeyError, ValueError) as e:
             raise L2Error(f"{self.interface}: no Ethernet address ({e})") from None
         self._cleanup_leftovers()
+        self._track(1)  # not ready until the first update says so
         self._spawn_guard()
         self.log("l2_started", interface=self.interface, guard=self.guard_pid,
-                 mac=format_mac(self._mac))
+                 mac=format_mac(self._mac), announce=self.settings.announce,
+                 track_file=self.settings.track_file)
 
     def _cleanup_leftovers(self) -> None:
         try:
@@ -223,9 +233,12 @@ class L2Announcer:
             self.state_file.unlink()
 
     def _spawn_guard(self) -> None:
+        argv = [sys.executable, "-I", "-S", str(_GUARD), self.interface]
+        if self.settings.track_file:
+            argv.append(self.settings.track_file)
         try:
             self._guard = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_GUARD), self.interface],
+                argv,
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                 start_new_session=True, close_fds=True)
         except OSError as e:
@@ -271,7 +284,10 @@ class L2Announcer:
                 g.wait()
 
     def stop(self) -> None:
-        """Withdraw every address, then end the guard."""
+        """Give the VIPs up (track file first: the peer takes over while we withdraw),
+        withdraw every address, then end the guard."""
+        with contextlib.suppress(L2Error):
+            self._track(1)
         with contextlib.suppress(L2Error):
             self._apply({})
         self._close_guard()
@@ -283,7 +299,30 @@ class L2Announcer:
         """Answer for what the VIPs' state asks; returns the changes ("answer 10.0.0.100")."""
         if vips is not None:
             self._vips = list(vips)
-        return self._apply(wanted_addresses(self._vips, self.attached, self.drained))
+        why = unready(self._vips, self.attached, self.drained)
+        changes = self._track(1, why) if why else []  # give the VIPs up, then withdraw
+        changes += self._apply(wanted_addresses(self._vips, self.attached, self.drained)
+                               if self.settings.announce else {})
+        if not why:
+            changes += self._track(0)
+        return changes
+
+    def _track(self, state: int, why: list[str] | None = None) -> list[str]:
+        """Write keepalived's track file when its value changes (in place: keepalived
+        reads it on the inotify event of the write); the change, as a line."""
+        path = self.settings.track_file
+        if not path or state == self.track_state:
+            return []
+        try:
+            with open(path, "w") as f:
+                f.write(f"{state}\n")
+        except OSError as e:
+            raise L2Error(f"cannot write the track file {path}: {e.strerror}") from None
+        self.track_state = state
+        what = ("ready: may hold the VIPs" if state == 0 else "not ready: "
+                + ("; ".join(why) if why else "starting or stopping"))
+        self.log("l2_track", file=path, state=state, what=what)
+        return [f"track file {path}: {state} ({what})"]
 
     def drain(self) -> list[str]:
         self.drained = True
@@ -372,6 +411,8 @@ class L2Announcer:
         return {"interface": self.interface, "drained": self.drained,
                 "attached": self.attached, "guard_pid": self.guard_pid,
                 "guard_running": self.running(),
+                "announce": self.settings.announce,
+                "track_file": self.settings.track_file, "track_state": self.track_state,
                 "answering": {str(ip): why for ip, why in self.announced.items()},
                 "static": {str(ip): why for ip, why in self.static.items()},
                 "announcements_sent": self.sent}

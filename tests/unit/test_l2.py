@@ -8,8 +8,8 @@ import pytest
 
 from xdplb.announce import VipHealth
 from xdplb.config import ConfigError, parse_config
+from xdplb.frames import inet_csum as _csum
 from xdplb.l2 import (
-    _csum,
     gratuitous_arp,
     mac_bytes,
     neighbour_solicitation,
@@ -190,3 +190,63 @@ class TestNodeRequests:
         assert c.handle({"cmd": "node", "op": "drain"})["changes"] == ["withdraw 10.0.0.100"]
         assert c.handle({"cmd": "node", "op": "resume"})["changes"] == ["answer 10.0.0.100"]
         assert c.status()["l2"] == {"answering": {}}
+
+
+class TestUnready:
+    def test_the_node_rule(self):
+        from xdplb.l2 import unready
+
+        a, b = vh("", 1, "a"), vh("", 0, "b", port=443)
+        assert unready([a, b]) == []  # one VIP to serve is enough
+        assert unready([vh("", 0, "a"), b]) == ["a has 0 of 1 backends up",
+                                                "b has 0 of 1 backends up"]
+        assert unready([a], drained=True)[0].startswith("node drained")
+        assert unready([a], attached=False) == ["the data plane is not attached"]
+        assert unready([]) == [] and unready([vh("announce = false\n", 0)]) == []
+
+
+class TestPairLab:
+    """The pair lab's plan and files (no namespaces: nothing is brought up)."""
+
+    def test_hosts_and_configs(self, tmp_path, monkeypatch):
+        from xdplb.lab.pair import VIP4, PairLab
+
+        monkeypatch.setenv("XDPLB_LAB_DIR", str(tmp_path))
+        lab = PairLab("xu1")
+        assert [h.role for h in lab.node_hosts] == ["lb1", "lb2"]
+        addrs = [h.ipv4 for h in lab.hosts.values()] + [VIP4]
+        macs = [h.mac for h in lab.hosts.values()]
+        assert len(set(addrs)) == len(addrs) and len(set(macs)) == len(macs)
+        c1, c2 = (parse(lab.node_config(r)) for r in ("lb1", "lb2"))
+        assert c1.l2 is not None and not c1.l2.announce
+        assert c1.l2.track_file == str(lab.track_file("lb1"))
+        # the same tables on both nodes: only the instance name and the track file differ
+        assert c1.vips == c2.vips and c1.lb.hash_seed == c2.lb.hash_seed
+        assert {v.mode for v in c1.vips} == {"dsr"}
+        with pytest.raises(Exception, match="backends must be an integer 1..8"):
+            PairLab("xu2", backends=9)
+
+    def test_operations_md_shows_the_lab_s_keepalived_conf(self):
+        from pathlib import Path
+
+        from xdplb.lab.pair import keepalived_config
+
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+        conf = keepalived_config("lb1", "eth0", "/run/xdplb/edge.ready", True)
+        assert f"```\n{conf}```" in doc
+
+
+class TestTrackFileConfig:
+    def test_track_file(self):
+        assert parse(LB + "[l2]\n").l2.track_file is None
+        c = parse(LB + '[l2]\ntrack_file = "/run/xdplb/edge.ready"\n')
+        assert c.l2.track_file == "/run/xdplb/edge.ready" and not c.l2.announce
+
+    @pytest.mark.parametrize("value, reason", [
+        ('"edge.ready"', "not an absolute file path"),
+        ('"/run/xdplb/"', "not an absolute file path"),
+        ("3", "expected an absolute path string"),
+    ])
+    def test_bad_track_file(self, value, reason):
+        msg = error(LB + f"[l2]\ntrack_file = {value}\n")
+        assert "l2.track_file" in msg and reason in msg, msg

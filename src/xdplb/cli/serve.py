@@ -156,11 +156,19 @@ def cmd_status(args) -> int:
                   + (f"; announced {', '.join(s['announced'])}" if s["announced"] else ""))
     l2 = st.get("l2")
     if l2:
-        state = "drained (answering nothing)" if l2["drained"] else (
-            f"answering ARP/NDP for {', '.join(l2['answering']) or 'nothing'}")
+        if not l2.get("announce", True):
+            state = "ARP/NDP left to others ([l2] announce = false)"
+        elif l2["drained"]:
+            state = "drained (answering nothing)"
+        else:
+            state = f"answering ARP/NDP for {', '.join(l2['answering']) or 'nothing'}"
+        track = ""
+        if l2.get("track_file"):
+            ready = "ready" if l2["track_state"] == 0 else "not ready"
+            track = f"; track file {l2['track_file']}: {l2['track_state']} ({ready})"
         print(f"L2: {l2['interface']}: {state}"
               + (f"; the interface's own {', '.join(l2['static'])}" if l2["static"] else "")
-              + f"; guard pid {l2['guard_pid'] or '-'}"
+              + track + f"; guard pid {l2['guard_pid'] or '-'}"
               + ("" if l2["guard_running"] else " (not running)"))
     elif st.get("drained"):
         print("node drained (`xdplb node check` fails)")

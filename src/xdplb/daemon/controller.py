@@ -271,7 +271,10 @@ class Controller:
                                "nonsyn_budget", "syn_challenge", "syn_challenge_rate",
                                "verified_size", "verified_timeout", "rst_rate")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
-        if (cfg.l2 is not None and cfg.l2.announce) != (self.l2 is not None):
+        if (cfg.l2 is not None and (cfg.l2.announce or cfg.l2.track_file is not None)) != \
+                (self.l2 is not None) or (self.l2 is not None and cfg.l2 is not None and (
+                    cfg.l2.announce, cfg.l2.track_file) != (self.l2.settings.announce,
+                                                            self.l2.settings.track_file)):
             ignored.append("l2")  # starting or stopping the L2 announcer: a restart
         elif cfg.l2 is not None and self.l2 is not None:
             self.l2.settings = cfg.l2
@@ -420,16 +423,14 @@ class Controller:
                            f"`xdplb node check` {check} now)")]
 
     def node_check(self) -> list[str]:
-        """Can this node take the VIPs? Not drained, and every VIP with announce = true has
-        min_healthy backends up. RequestError (exit 1) says why not."""
-        if self.drained:
-            raise RequestError("node drained (`xdplb node resume` to take traffic again)", 1)
-        short = [f"{vh.vip.name} has {vh.healthy} of {vh.vip.min_healthy} backends up"
-                 for vh in self.vip_health() if vh.vip.announce and
-                 vh.healthy < vh.vip.min_healthy]
-        if short:
-            raise RequestError("; ".join(short), 1)
-        return ["node ok: serving, not drained, every announced VIP has its backends"]
+        """Can this node take the VIPs (l2.unready: not drained, one VIP with announce =
+        true has min_healthy backends up)? RequestError (exit 1) says why not."""
+        from ..l2 import unready
+
+        why = unready(self.vip_health(), drained=self.drained)
+        if why:
+            raise RequestError("; ".join(why), 1)
+        return ["node ok: serving, not drained, a VIP to serve"]
 
     def _backend(self, req: dict) -> list[str]:
         op, vip = req.get("op"), req.get("vip")

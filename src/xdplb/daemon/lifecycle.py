@@ -223,7 +223,7 @@ class Daemon:
                      mode=self.opts.xdp_mode)
         if self.cfg.bgp is not None:
             self._start_announcer()
-        if self.cfg.l2 is not None and self.cfg.l2.announce:
+        if self.cfg.l2 is not None and (self.cfg.l2.announce or self.cfg.l2.track_file):
             self._start_l2()
 
     def _start_l2(self) -> None:

@@ -11,6 +11,7 @@ import sys
 
 from .containers import ContainerLab
 from .ecmp import NODE_ASN, ROUTER_ASN, EcmpLab
+from .pair import PairLab
 from .plan import LabError
 from .topology import Lab, sigterm_as_interrupt
 
@@ -97,14 +98,33 @@ def ecmp_hint(lab: EcmpLab) -> str:
     ])
 
 
+def pair_hint(lab: PairLab) -> str:
+    lines = [f"VIP {lab.vip}" + (f", {lab.vip6}" if lab.vip6 else "")
+             + ": held by the VRRP master (keepalived in lb1, priority 150, and lb2, 100); "
+             "backends have it on lo (DSR)", "", "start each node (serve first, then keepalived):"]
+    for h in lab.node_hosts:
+        lines += [f"  ip netns exec {h.ns} {' '.join(lab.serve_argv(h.role))} &",
+                  f"  ip netns exec {h.ns} {' '.join(lab.keepalived_argv(h.role))} &"]
+    lines += [f"  ip netns exec {lab.hosts['h2'].ns} python3 -m http.server 80   # each backend",
+              f"  {PROG} lab exec --name {lab.name} client -- curl http://{lab.vip}/",
+              f"  {PROG} lab status --name {lab.name}    (which node holds the VIP)",
+              f"remove it: {PROG} lab down --name {lab.name}"]
+    return "\n".join(lines)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
     lab: Lab
+    if args.topology in ("ecmp", "pair") and (args.containers or args.image):
+        raise LabError("--containers is for the tutorial's topology")
     if args.topology == "ecmp":
-        if args.containers or args.image:
-            raise LabError("--containers is for the tutorial's topology")
         lab = EcmpLab(args.name, nodes=args.nodes or 3, backends=args.backends,
                       clients=args.clients, ipv6=not args.no_ipv6, bfd=not args.no_bfd)
+    elif args.topology == "pair":
+        if args.nodes is not None:
+            raise LabError("--nodes is for --topology ecmp (a pair has two)")
+        lab = PairLab(args.name, backends=args.backends, clients=args.clients,
+                      ipv6=not args.no_ipv6, offloads=args.offloads)
     else:
         if args.nodes is not None:
             raise LabError("--nodes is for --topology ecmp")
@@ -130,6 +150,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print()
     if isinstance(lab, EcmpLab):
         print(ecmp_hint(lab))
+    elif isinstance(lab, PairLab):
+        print(pair_hint(lab))
     else:
         print(container_hint(lab) if isinstance(lab, ContainerLab) else usage_hint(lab))
     return 0
@@ -170,6 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if i:
             print()
         extra = f"topology=ecmp nodes={lab.n_nodes} " if isinstance(lab, EcmpLab) else ""
+        if isinstance(lab, PairLab):
+            extra = f"topology=pair vip-holder={','.join(st.get('vip_holder', [])) or '-'} "
         print(f"lab {name}: {state}; {extra}backends={lab.n_backends} clients={lab.n_clients} "
               f"offloads={lab.offloads} ipv6={'on' if lab.ipv6 else 'off'} "
               f"lb-peer={lab.lb_peer_mode}")
@@ -226,9 +250,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="create a lab and print how to use it")
     up.add_argument("--name", help="lab name (default xl<pid>); namespaces are NAME-<host>")
-    up.add_argument("--topology", choices=("tutorial", "ecmp"), default="tutorial",
-                    help="tutorial (client, lb, backends on one bridge) or ecmp (clients -> "
-                         "BGP router with ECMP -> N nodes -> backends)")
+    up.add_argument("--topology", choices=("tutorial", "ecmp", "pair"), default="tutorial",
+                    help="tutorial (client, lb, backends on one bridge), ecmp (clients -> "
+                         "BGP router with ECMP -> N nodes -> backends) or pair (two nodes "
+                         "on one segment, keepalived (VRRP) holding the VIP)")
     up.add_argument("--nodes", type=int, help="ecmp: number of xdplb nodes (default 3)")
     up.add_argument("--no-bfd", action="store_true", help="ecmp: router without BFD")
     up.add_argument("--backends", type=int, default=2, help="number of backends (default 2)")
