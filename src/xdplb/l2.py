@@ -52,6 +52,9 @@ ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
 BROADCAST = b"\xff" * 6
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
 IP_TIMEOUT = 5.0
+#: a stopping serve that was ready keeps forwarding this long after its track file says 1,
+#: so that the peer has the VIP (and the clients its MAC) before the data plane detaches
+HANDOVER_S = 0.5
 _GUARD = Path(__file__).with_name("_l2guard.py")
 
 
@@ -286,8 +289,10 @@ class L2Announcer:
     def stop(self) -> None:
         """Give the VIPs up (track file first: the peer takes over while we withdraw),
         withdraw every address, then end the guard."""
+        was_ready = self.track_state == 0
         with contextlib.suppress(L2Error):
-            self._track(1)
+            if self._track(1) and was_ready:
+                time.sleep(HANDOVER_S)
         with contextlib.suppress(L2Error):
             self._apply({})
         self._close_guard()

@@ -250,3 +250,22 @@ class TestTrackFileConfig:
     def test_bad_track_file(self, value, reason):
         msg = error(LB + f"[l2]\ntrack_file = {value}\n")
         assert "l2.track_file" in msg and reason in msg, msg
+
+
+def test_a_reload_that_starts_the_l2_announcer_says_it_needs_a_restart(tmp_path):
+    import io
+
+    from xdplb._bpf.fake import FakeDataPlane
+    from xdplb.config import load_config
+    from xdplb.daemon import Controller
+    from xdplb.logfmt import Log
+
+    path = tmp_path / "lb.toml"
+    vip = VIP.format(n="web", a="10.0.0.100", p=80, extra="")
+    path.write_text(LB + vip)
+    c = Controller(FakeDataPlane(), load_config(path), str(path), Log(io.StringIO()))
+    c.start()
+    path.write_text(LB + "[l2]\ngratuitous = 5\n" + vip)
+    assert c.reload()["needs_restart"] == []  # nothing announced either way
+    path.write_text(LB + '[l2]\ntrack_file = "/run/x.ready"\n' + vip)
+    assert c.reload()["needs_restart"] == ["l2"]

@@ -271,11 +271,13 @@ class Controller:
                                "nonsyn_budget", "syn_challenge", "syn_challenge_rate",
                                "verified_size", "verified_timeout", "rst_rate")
                    if getattr(cfg.lb, k) != getattr(self.cfg.lb, k)]
-        if (cfg.l2 is not None and (cfg.l2.announce or cfg.l2.track_file is not None)) != \
-                (self.l2 is not None) or (self.l2 is not None and cfg.l2 is not None and (
-                    cfg.l2.announce, cfg.l2.track_file) != (self.l2.settings.announce,
-                                                            self.l2.settings.track_file)):
-            ignored.append("l2")  # starting or stopping the L2 announcer: a restart
+        # what the L2 announcer does (addresses, track file) is fixed at its start: a
+        # change of it takes a restart; the announcements' count and pace apply now
+        new_l2 = (cfg.l2.announce, cfg.l2.track_file) if cfg.l2 is not None else (False, None)
+        old_l2 = ((self.l2.settings.announce, self.l2.settings.track_file)
+                  if self.l2 is not None else (False, None))
+        if new_l2 != old_l2:
+            ignored.append("l2")
         elif cfg.l2 is not None and self.l2 is not None:
             self.l2.settings = cfg.l2
         if (cfg.bgp is None) != (self.cfg.bgp is None):

@@ -201,7 +201,7 @@ class PairLab(Lab):
                     'mode = "dsr"']
             if health:
                 out += ["[vip.health]", 'kind = "tcp"', "interval = 0.5", "timeout = 0.4",
-                        "rise = 1", "fall = 2"]
+                        "rise = 1", "fall = 3"]
             for b in self.backend_hosts:
                 out += ["[[vip.backend]]", f'address = "{getattr(b, fam)}"', f'mac = "{b.mac}"']
         return "\n".join(out) + "\n"
