@@ -61,6 +61,8 @@ def one(failure: str, conns: int, i: int) -> dict:
         serves = {r: lab.start_serve(r) for r in ("lb1", "lb2")}
         for r in ("lb1", "lb2"):
             lab.start_keepalived(r)
+        for r in ("lb1", "lb2"):
+            lab.wait_ready(r)
         lab.wait_holder(["lb1"], 30)
         time.sleep(1.0)  # lb2 settled as backup
         long = lab.popen("client", [sys.executable, str(_FLOWS), "client", VIP4, "80",

@@ -273,7 +273,7 @@ def test_a_vip_is_offered_for_announcement_only_once_every_backend_had_a_verdict
                          Log(io.StringIO()), HealthMonitor(None, gated))
         ctl.start()
         ctl.sync_health()
-        healthy = lambda: ctl.vip_health()[0].healthy  # noqa: E731
+        healthy = lambda: ctl.vip_health()[0].healthy
         await wait_for(lambda: ctl.monitor.is_up((WEB, "10.0.0.2:1")))
         await asyncio.sleep(0.3)  # several more intervals: 10.0.0.3 still has no verdict
         assert healthy() == 0, "not offered while 10.0.0.3:2 was never checked"

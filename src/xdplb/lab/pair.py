@@ -283,6 +283,20 @@ class PairLab(Lab):
                 out.append(h.role)
         return out
 
+    def wait_ready(self, role: str, timeout: float = 15.0) -> float:
+        """Wait until the node's serve says it can take the VIPs (its track file is 0: every
+        backend had its first verdict); seconds waited, LabError after timeout."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                if self.track_file(role).read_text().strip() == "0":
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise LabError(f"{role} not ready after {timeout:g} s (track file)")
+            time.sleep(0.02)
+
     def wait_holder(self, want: list[str], timeout: float = 15.0) -> float:
         t0 = time.monotonic()
         while (got := self.vip_holder()) != want:
