@@ -8,6 +8,7 @@ in docs/config.md. `parse_ip` and `parse_mac` are shared with the command line.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import math
@@ -206,7 +207,7 @@ class Backend:
     weight: int = 1  # 0 = draining: keeps its flows, gets no new ones
     mac: bytes | None = None  # None: next hop from the kernel FIB
 
-    @property
+    @functools.cached_property  # asked for every backend by every apply and status
     def key(self) -> str:
         """Stable identity for the Maglev ring: '10.0.0.2:8000', '[2001:db8::2]:80'."""
         return _host_port(self.address, self.port)

@@ -352,7 +352,14 @@ class HealthMonitor(Generic[K]):
     def _stop(self, key: K) -> None:
         task = self._tasks.pop(key, None)
         if task:
-            task.cancel()
+            try:
+                on_loop = asyncio.get_running_loop() is task.get_loop()
+            except RuntimeError:  # a worker thread (the daemon applies changes there)
+                on_loop = False
+            if on_loop:
+                task.cancel()
+            else:
+                task.get_loop().call_soon_threadsafe(task.cancel)
         self._targets.pop(key, None)
 
     async def _run(self, key: K, t: Target, probe: Probe, st: HealthState) -> None:

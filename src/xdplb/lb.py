@@ -4,7 +4,10 @@ tested: the data plane never sees a half-made VIP); this module runs its plans a
 kept maps back for adoption."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
+
+import numpy as np
 
 from ._bpf import abi
 from ._bpf.contract import DataPlaneApi
@@ -91,14 +94,32 @@ def _vip_key_tuple(k: abi.VipKey) -> VipKey:
                   _PROTO_NAMES.get(k.proto, str(k.proto)))  # type: ignore[arg-type]
 
 
+class _KeptTables(Mapping[int, np.ndarray]):
+    """A kept data plane's Maglev tables, each read when asked (not all at once: 4,096
+    tables of 65,537 slots are 1 GiB)."""
+
+    def __init__(self, dp: DataPlaneApi, vip_ids: list[int]):
+        self.dp, self.ids = dp, vip_ids
+
+    def __getitem__(self, vip_id: int) -> np.ndarray:
+        t = self.dp.ring_table(vip_id) if vip_id in self.ids else None
+        if t is None:
+            raise KeyError(vip_id)
+        return t
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def read_map_state(dp: DataPlaneApi) -> MapState:
     """Read what a data plane's maps hold, for adopt()."""
     st = MapState()
     for k, info in dp.vip_entries():
         st.vips[_vip_key_tuple(k)] = info
-        members = dp.ring_members(info.vip_id)
-        if members is not None:
-            st.rings[info.vip_id] = members
+    st.tables = _KeptTables(dp, sorted({info.vip_id for info in st.vips.values()}))
     st.vip_addrs = {abi.unpack_addr(k.addr, k.family) for k in dp.vip_addr_keys()}
     st.backends = {i: b for i, b in dp.backend_entries().items() if b.family}
     return st

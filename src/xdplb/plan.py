@@ -11,9 +11,8 @@ tests/unit/test_plan.py over random sequences of desired states.
 """
 from __future__ import annotations
 
-import copy
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,8 +20,8 @@ import numpy as np
 from ._bpf import abi
 from ._bpf.contract import DataPlaneApi, StatsMap
 from .config import IPAddress, VipKey
-from .ring import maglev_table
-from .spec import VipSpec, backend_value, vip_addr_key, vip_info, vip_key
+from .ring import Table, maglev, maglev_patch
+from .spec import BackendSpec, VipSpec, backend_value, vip_addr_key, vip_info, vip_key
 
 # --- the writes ---------------------------------------------------------------------------
 
@@ -37,7 +36,18 @@ class PutBackend:
 class SwapRings:
     """New Maglev tables, each VIP's swap atomic, all in one batch (one RCU wait)."""
 
-    tables: tuple[tuple[int, np.ndarray], ...]
+    tables: tuple[tuple[int, Table], ...]
+
+
+@dataclass(frozen=True)
+class PatchRings:
+    """Changes to published Maglev tables, in place: (vip id, slots, new backend ids).
+    Every slot names a usable backend before and after (backends that become usable are
+    written first, those that stop being usable after), so a packet that reads a slot
+    mid-patch gets the old or the new choice, both valid; the executor then waits for
+    programs that read a slot before the patch (one RCU grace period), as a swap does."""
+
+    patches: tuple[tuple[int, np.ndarray, np.ndarray], ...]
 
 
 @dataclass(frozen=True)
@@ -92,17 +102,37 @@ class ResetStats:
     idx: int
 
 
-Write = (PutBackend | SwapRings | DropRings | PutVip | DelVip | PutVipSlot | PutVipAddr
+Write = (PutBackend | SwapRings | PatchRings | DropRings | PutVip | DelVip | PutVipSlot | PutVipAddr
          | SetSwitches | ResetStats)
 
 
 def execute(dp: DataPlaneApi, writes: Iterable[Write]) -> None:
-    """Apply writes in order."""
+    """Apply writes in order. A run of backend entries and counter resets (no other
+    write between them: they name no one another) goes in one batch per map: a start
+    with 4,096 VIPs x 4 backends made 36,864 syscalls of them."""
+    backends: dict[int, abi.Backend] = {}
+    resets: dict[StatsMap, list[int]] = {}
+
+    def flush() -> None:
+        if backends:
+            dp.put_backends(dict(backends))
+            backends.clear()
+        for which, ids in resets.items():
+            dp.reset_obj_stats_many(which, ids)
+        resets.clear()
+
     for w in writes:
         if isinstance(w, PutBackend):
-            dp.put_backend(w.backend_id, w.value)
-        elif isinstance(w, SwapRings):
+            backends[w.backend_id] = w.value
+            continue
+        if isinstance(w, ResetStats):
+            resets.setdefault(w.which, []).append(w.idx)
+            continue
+        flush()
+        if isinstance(w, SwapRings):
             dp.swap_rings(dict(w.tables))
+        elif isinstance(w, PatchRings):
+            dp.patch_rings({vip_id: (idx, ids) for vip_id, idx, ids in w.patches})
         elif isinstance(w, DropRings):
             dp.drop_rings(list(w.vip_ids))
         elif isinstance(w, PutVip):
@@ -119,10 +149,9 @@ def execute(dp: DataPlaneApi, writes: Iterable[Write]) -> None:
                 w.vip_spill
             rt.set_filter(w.addresses, w.ports)
             dp.set_runtime(rt)
-        elif isinstance(w, ResetStats):
-            dp.reset_obj_stats(w.which, w.idx)
         else:  # pragma: no cover - Write is closed
             raise TypeError(f"not a write: {w!r}")
+    flush()
 
 
 # --- what is written ----------------------------------------------------------------------
@@ -147,6 +176,11 @@ class IdPool:
 
     def give(self, i: int) -> None:
         self._free.append(i)
+
+    def clone(self) -> IdPool:
+        out = IdPool(self.size)
+        out._next, out._free = self._next, deque(self._free)
+        return out
 
     def reserve(self, used: set[int], stale: Sequence[int] = ()) -> None:
         """Start from ids already in the maps (adoption): `used` stay taken; ids never
@@ -180,6 +214,12 @@ class State:
     def empty(cls, max_vips: int, max_backends: int) -> State:
         return cls(IdPool(max_vips), IdPool(max_backends))
 
+    def clone(self) -> State:
+        """A copy the planner may change: VIPs are shared, and the planner replaces one
+        before changing it (a deepcopy of thousands of VIPs took longer than the plan)."""
+        return State(self.vip_ids.clone(), self.be_ids.clone(), dict(self.vips),
+                     dict(self.slot_owner), dict(self.addr_counts))
+
 
 @dataclass
 class MapState:
@@ -188,7 +228,20 @@ class MapState:
     vips: dict[VipKey, abi.VipInfo] = field(default_factory=dict)
     vip_addrs: set[IPAddress] = field(default_factory=set)  # addresses with an entry
     backends: dict[int, abi.Backend] = field(default_factory=dict)  # id -> entry in use
-    rings: dict[int, set[int]] = field(default_factory=dict)  # vip id -> ids in its table
+    # vip id -> its Maglev table (slot -> backend id); read_map_state reads a kept data
+    # plane's tables when asked, one at a time (4,096 of them are 1 GiB)
+    tables: Mapping[int, np.ndarray] = field(default_factory=dict)
+
+    def members(self, vip_id: int) -> set[int]:
+        """Backend ids in a VIP's table."""
+        t = self.tables.get(vip_id)
+        if t is None:
+            return set()
+        ids = t[t != abi.NO_BACKEND]
+        if not len(ids):
+            return set()
+        lo = int(ids.min())
+        return {lo + int(i) for i in np.flatnonzero(np.bincount(ids - lo))}
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -197,6 +250,17 @@ class MapState:
 def same_backend(be: abi.Backend, want: abi.Backend) -> bool:
     return (be.family == want.family and bytes(be.addr) == bytes(want.addr)
             and be.port == want.port)
+
+
+def _entry_of(v: VipSpec) -> tuple:
+    """What of a VipSpec its VIP entry holds (vip_info), and what the switches count."""
+    return (v.address, v.port, v.protocol, v.mode, v.snat, v.ring_size, v.on_backend_removed,
+            v.udp_stateless)
+
+
+def _entry_fields(b: BackendSpec) -> tuple:
+    """What of a BackendSpec its backend entry holds (backend_value)."""
+    return (b.address, b.mac, b.port, b.ifindex, b.active)
 
 
 def label(key: VipKey) -> str:
@@ -214,6 +278,7 @@ class _Change:
     new_address: bool = False  # write its vip_addrs entry before the VIP
     later: list[tuple[int, abi.Backend]] = field(default_factory=list)  # after the VIP
     removed: list[tuple[int, abi.Backend]] = field(default_factory=list)  # inactive, freed
+    entry: bool = True  # its VIP entry changes (not when only its backends do)
 
 
 class _Planner:
@@ -291,12 +356,15 @@ class _Planner:
             self.emit(PutVipAddr(vip_addr_key(addr), 0))
         self.s.addr_counts = counts
 
-    def table(self, st: VipState, spec: VipSpec) -> np.ndarray:
-        return maglev_table([(st.backend_ids[b.key], b.key, b.weight) for b in spec.backends
-                             if b.active], spec.ring_size)
+    @staticmethod
+    def ring_input(st: VipState, spec: VipSpec) -> list[tuple[int, str, int]]:
+        return [(st.backend_ids[b.key], b.key, b.weight) for b in spec.backends if b.active]
+
+    def table(self, st: VipState, spec: VipSpec) -> Table:
+        return maglev(self.ring_input(st, spec), spec.ring_size)
 
     # one VIP -------------------------------------------------------------------------------
-    def add_vip(self, spec: VipSpec, tables: dict[int, np.ndarray]) -> _Change:
+    def add_vip(self, spec: VipSpec, tables: dict[int, Table]) -> _Change:
         """Its backends now, its table into `tables`; published by `publish`."""
         st = VipState(spec, self.take_vip_id())
         for b in spec.backends:
@@ -306,13 +374,19 @@ class _Planner:
         self.s.vips[spec.key] = st
         return _Change(st, new_address=spec.address not in self.s.addr_counts)
 
-    def update_vip(self, st: VipState, spec: VipSpec, tables: dict[int, np.ndarray]
-                   ) -> _Change:
-        """Backends that become usable now, the new table into `tables`, the rest when
-        the change is published."""
-        change = _Change(st)
+    def update_vip(self, st: VipState, spec: VipSpec, tables: dict[int, Table],
+                   patches: list[tuple[int, np.ndarray, np.ndarray]]) -> _Change:
+        """Backends that become usable now, the table's change into `patches` (or a new
+        table into `tables` when its size changes), the rest when the change is
+        published."""
+        change = _Change(st, entry=_entry_of(st.spec) != _entry_of(spec))
+        old_ring = self.ring_input(st, st.spec)
         old = {b.key: b for b in st.spec.backends}
         new = {b.key: b for b in spec.backends}
+        # what a backend's entry holds of its VIP; a weight is only in the table, so a
+        # drain or weight change leaves the entries alone
+        vip_same = (st.spec.mode, st.spec.snat or st.spec.address) == \
+            (spec.mode, spec.snat or spec.address)
         for k, b in new.items():
             if k not in st.backend_ids:
                 st.backend_ids[k] = self.take_backend_id()
@@ -324,6 +398,8 @@ class _Planner:
                 if old[k].active != b.active:
                     self.log.append(f"{spec.label}: backend {k} "
                                     + ("back in service" if b.active else "pulled (inactive)"))
+            if vip_same and k in old and _entry_fields(old[k]) == _entry_fields(b):
+                continue
             value = backend_value(spec, b, vip_id=st.vip_id)
             if k in old and old[k].active and not b.active:
                 change.later.append((st.backend_ids[k], value))
@@ -332,7 +408,12 @@ class _Planner:
         if [(b.key, b.weight, b.active) for b in st.spec.backends] != \
                 [(b.key, b.weight, b.active) for b in spec.backends] \
                 or st.spec.ring_size != spec.ring_size:
-            tables[st.vip_id] = self.table(st, spec)
+            if st.spec.ring_size != spec.ring_size:
+                tables[st.vip_id] = self.table(st, spec)
+            else:
+                idx, ids = maglev_patch(old_ring, self.ring_input(st, spec), spec.ring_size)
+                if len(idx):
+                    patches.append((st.vip_id, idx, ids))
         for k in [k for k in st.backend_ids if k not in new]:
             bid = st.backend_ids.pop(k)
             change.removed.append((bid, backend_value(st.spec, old[k], active=False,
@@ -347,7 +428,8 @@ class _Planner:
             # the address must be known before the VIP
             self.emit(PutVipAddr(vip_addr_key(st.spec.address), 1))
             self.s.addr_counts[st.spec.address] = 1
-        self.put_vip(st.spec.key, vip_info(st.vip_id, st.spec))
+        if c.entry:
+            self.put_vip(st.spec.key, vip_info(st.vip_id, st.spec))
         for bid, value in c.later:
             self.emit(PutBackend(bid, value))
         for bid, value in c.removed:
@@ -368,6 +450,11 @@ class _Planner:
     def apply(self, desired: Sequence[VipSpec]) -> None:
         want = _by_key(desired)
         gone = [k for k in self.s.vips if k not in want]
+        # only backends change (a drain, a weight, a health flip): VIP entries, address
+        # counts, cache slots and switches stay as they are, unread and unwritten
+        entries = bool(gone) or any(
+            (cur := self.s.vips.get(key)) is None or _entry_of(cur.spec) != _entry_of(spec)
+            for key, spec in want.items())
         for key in gone:  # 1. removed VIPs disappear: entries, then tables
             self.del_vip(key)
         if gone:
@@ -375,8 +462,10 @@ class _Planner:
         for key in gone:
             self.remove_vip(key)
             self.log.append(f"removed VIP {label(key)}")
-        self.switches(want.values())  # 2. switches for the union of old and new
-        tables: dict[int, np.ndarray] = {}
+        if entries:
+            self.switches(want.values())  # 2. switches for the union of old and new
+        tables: dict[int, Table] = {}
+        patches: list[tuple[int, np.ndarray, np.ndarray]] = []
         changes = []
         for key, spec in want.items():  # 3. backends that become usable, new tables
             cur = self.s.vips.get(key)
@@ -384,40 +473,63 @@ class _Planner:
                 changes.append(self.add_vip(spec, tables))
                 self.log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
             elif cur.spec != spec:
-                changes.append(self.update_vip(cur, spec, tables))
-        if tables:  # 4. every new table in one batch
+                # copied before it changes: the state's VIPs are shared with the plan's
+                # input (State.clone)
+                cur = self.s.vips[key] = VipState(cur.spec, cur.vip_id, dict(cur.backend_ids))
+                changes.append(self.update_vip(cur, spec, tables, patches))
+        if tables:  # 4. every new table in one batch, the changed ones in place
             self.emit(SwapRings(tuple(tables.items())))
+        if patches:
+            self.emit(PatchRings(tuple(patches)))
         for c in changes:  # 5. VIP entries, then what stopped being usable
             self.publish(c)
-        self.addr_counts()  # 6. address counts, free slots, switches for `desired`
-        self.promote_spilled()
-        self.switches(())
+        if entries:
+            self.addr_counts()  # 6. address counts, free slots, switches for `desired`
+            self.promote_spilled()
+            self.switches(())
 
     def adopt(self, desired: Sequence[VipSpec], found: MapState) -> None:
         """Take over maps an earlier planner wrote (a restart or upgrade that kept the
         data plane attached) and make them serve `desired`. VIPs keep their ids
         (matched by address, port and protocol) and backends keep theirs (matched by
         address and port, preferring ids found in the VIP's Maglev table, then active
-        ones), so established flows keep their backend."""
+        ones), so established flows keep their backend. What the maps already hold as
+        wanted (entries, tables) is not written again; the tables that change are
+        published in one batch."""
         if self.s.vips:
             raise RuntimeError("adopt() needs a planner without state")
         want = _by_key(desired)
         used: set[int] = set()
         adopted: dict[VipKey, VipState] = {}
+        # (family, address, port, vip id) -> ids: an index, not a scan per backend
+        # (4,096 VIPs x 4 backends made that 16,384 x 16,384 comparisons); entries of
+        # another VIP are a fallback (a VIP whose id changed)
+        by_vip: dict[tuple[int, bytes, int, int], list[int]] = {}
+        by_endpoint: dict[tuple[int, bytes, int], list[int]] = {}
+        for i, be in found.backends.items():
+            ep = (be.family, bytes(be.addr), be.port)
+            by_vip.setdefault((*ep, be.vip_id), []).append(i)
+            by_endpoint.setdefault(ep, []).append(i)
         for key, info in sorted(found.vips.items(), key=lambda kv: kv[1].vip_id):
             spec = want.get(key)
             if spec is None:
                 continue
             st = VipState(spec, info.vip_id)
-            members = found.rings.get(info.vip_id, set())
+            members: set[int] | None = None
             for b in spec.backends:
                 value = backend_value(spec, b, vip_id=st.vip_id)
-                ids = [i for i, be in found.backends.items()
-                       if i not in used and same_backend(be, value)]
-                if ids:
+                ep = (value.family, bytes(value.addr), value.port)
+                ids = [i for i in by_vip.get((*ep, info.vip_id), ()) if i not in used]
+                if not ids:
+                    ids = [i for i in by_endpoint.get(ep, ()) if i not in used]
+                if len(ids) > 1:
+                    if members is None:  # read only when it decides
+                        members = found.members(info.vip_id)
+                    in_table = members
                     ids.sort(key=lambda i: (
-                        found.backends[i].vip_id != info.vip_id, i not in members,
+                        found.backends[i].vip_id != info.vip_id, i not in in_table,
                         not found.backends[i].flags & abi.BE_F_ACTIVE, i))
+                if ids:
                     st.backend_ids[b.key] = ids[0]
                     used.add(ids[0])
             adopted[key] = st
@@ -433,33 +545,54 @@ class _Planner:
                 self.s.vip_ids.give(info.vip_id)
                 self.log.append(f"removed VIP {label(key)}")
         self.switches(desired)
-        for key, st in adopted.items():
+
+        def put_backend(i: int, value: abi.Backend) -> None:
+            old = found.backends.get(i)
+            if old is None or bytes(old) != bytes(value):
+                self.emit(PutBackend(i, value))
+
+        tables: dict[int, Table] = {}
+        later: list[tuple[int, abi.Backend]] = []
+        for key, st in adopted.items():  # 1. usable backends, changed tables
             spec = st.spec
             kept = len(st.backend_ids)
-            later = []
             for b in spec.backends:
                 if b.key not in st.backend_ids:
                     st.backend_ids[b.key] = self.take_backend_id()
                     self.log.append(f"{spec.label}: added backend {b.key} weight {b.weight}")
                 value = backend_value(spec, b, vip_id=st.vip_id)
                 if b.active:
-                    self.emit(PutBackend(st.backend_ids[b.key], value))
+                    put_backend(st.backend_ids[b.key], value)
                 else:
                     later.append((st.backend_ids[b.key], value))
-            self.emit(SwapRings(((st.vip_id, self.table(st, spec)),)))
-            self.put_vip(spec.key, vip_info(st.vip_id, spec))
-            for bid, value in later:
-                self.emit(PutBackend(bid, value))
+            table = self.table(st, spec)
+            kept_table = found.tables.get(st.vip_id)
+            if kept_table is None or not np.array_equal(kept_table, table):
+                tables[st.vip_id] = table
             self.s.vips[key] = st
             self.log.append(f"adopted VIP {spec.label} (id {st.vip_id}): {kept} of "
                             f"{len(spec.backends)} backends kept their ids")
+        if tables:
+            self.emit(SwapRings(tuple(tables.items())))
+        for key, st in adopted.items():  # 2. their entries, 3. what stopped being usable
+            info = vip_info(st.vip_id, st.spec)
+            if bytes(found.vips[key]) != bytes(info):
+                self.emit(PutVip(vip_key(*key), info))
+            idx = abi.vip_slot(vip_key(*key))
+            if self.s.slot_owner.setdefault(idx, key) == key:
+                self.emit(PutVipSlot(idx, abi.VipSlot(key=vip_key(*key), info=info)))
+        for bid, value in later:
+            put_backend(bid, value)
+        added: list[_Change] = []
+        new_tables: dict[int, Table] = {}
         for key, spec in want.items():
             if key not in self.s.vips:
-                tables: dict[int, np.ndarray] = {}
-                c = self.add_vip(spec, tables)
-                self.emit(SwapRings(tuple(tables.items())))
-                self.publish(c)
+                added.append(self.add_vip(spec, new_tables))
                 self.log.append(f"added VIP {spec.label} with {len(spec.backends)} backends")
+        if new_tables:
+            self.emit(SwapRings(tuple(new_tables.items())))
+        for c in added:
+            self.publish(c)
         # entries nobody adopted: inactive, so flows still naming them re-select or reset
         taken = {i for st in self.s.vips.values() for i in st.backend_ids.values()}
         for i in stale:
@@ -492,13 +625,13 @@ class Plan:
 def plan(state: State, desired: Sequence[VipSpec]) -> Plan:
     """The writes that make the data plane serve exactly `desired` (pure: `state` is
     left as it was)."""
-    p = _Planner(copy.deepcopy(state))
+    p = _Planner(state.clone())
     p.apply(desired)
     return Plan(tuple(p.writes), p.s, tuple(p.log))
 
 
 def plan_adoption(state: State, desired: Sequence[VipSpec], found: MapState) -> Plan:
     """The writes that adopt maps found holding `found` and make them serve `desired`."""
-    p = _Planner(copy.deepcopy(state))
+    p = _Planner(state.clone())
     p.adopt(desired, found)
     return Plan(tuple(p.writes), p.s, tuple(p.log))

@@ -29,7 +29,8 @@ from numbers import Integral
 
 import numpy as np
 
-__all__ = ["DEFAULT_SIZE", "MAX_WEIGHT", "NO_BACKEND", "is_prime", "maglev_table", "next_prime"]
+__all__ = ["DEFAULT_SIZE", "MAX_WEIGHT", "NO_BACKEND", "Table", "is_prime", "maglev",
+           "maglev_patch", "maglev_table", "next_prime"]
 
 NO_BACKEND = 0xFFFFFFFF  # empty slot; XDPLB_NO_BACKEND in bpf/abi.h
 DEFAULT_SIZE = 65537
@@ -45,7 +46,11 @@ def is_prime(n: int) -> bool:
     """True if n is prime (deterministic Miller-Rabin; exact for n < 3.3e24)."""
     if not isinstance(n, Integral) or isinstance(n, bool):
         raise TypeError(f"is_prime() needs an integer, got {type(n).__name__}")
-    n = int(n)
+    return _is_prime(int(n))
+
+
+@functools.lru_cache(maxsize=64)  # every table build checks its (one or few) sizes
+def _is_prime(n: int) -> bool:
     if n < 2:
         return False
     for p in _MR_BASES:
@@ -99,7 +104,8 @@ def _check_backends(
             raise ValueError(
                 f"backends[{i}]: expected (backend_id, key, weight), got {entry!r}"
             ) from None
-        if not isinstance(backend_id, Integral) or isinstance(backend_id, bool):
+        if type(backend_id) is not int and (  # (the ABC check is slow: ints first)
+                not isinstance(backend_id, Integral) or isinstance(backend_id, bool)):
             raise TypeError(f"backends[{i}]: backend_id must be an integer, got {backend_id!r}")
         if not 0 <= backend_id < NO_BACKEND:
             raise ValueError(
@@ -107,7 +113,8 @@ def _check_backends(
             )
         if not isinstance(key, str) or not key:
             raise ValueError(f"backends[{i}]: key must be a non-empty string, got {key!r}")
-        if not isinstance(weight, Integral) or isinstance(weight, bool):
+        if type(weight) is not int and (
+                not isinstance(weight, Integral) or isinstance(weight, bool)):
             raise TypeError(f"backends[{i}]: weight must be an integer, got {weight!r}")
         if not 0 <= weight <= MAX_WEIGHT:
             raise ValueError(f"backends[{i}]: weight {weight} out of range 0..{MAX_WEIGHT}")
@@ -140,6 +147,47 @@ def _claim_order(weights: np.ndarray, size: int) -> np.ndarray:
     return owner[order[:size]]
 
 
+class Table:
+    """A Maglev table not yet laid out: each slot's owner (shared by every VIP with the
+    same backends and weights) and this VIP's ids for them. ``np.asarray(table)`` gives
+    the uint32 array; a writer fills a map straight from it, so 4,096 tables are never
+    all in memory at once (1 GiB)."""
+
+    __slots__ = ("ids", "size", "slots")
+
+    def __init__(self, ids: np.ndarray, slots: np.ndarray | None, size: int):
+        self.ids, self.slots, self.size = ids, slots, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        if self.slots is None:
+            out = np.full(self.size, NO_BACKEND, dtype=np.uint32)
+        else:
+            out = self.ids[self.slots]
+        return out if dtype is None else out.astype(dtype)  # type: ignore[call-overload]
+
+    def __repr__(self) -> str:
+        return f"Table(size={self.size}, ids={self.ids.tolist()})"
+
+
+def maglev(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_SIZE) -> Table:
+    """maglev_table() as a Table (the same checks; nothing laid out yet)."""
+    if not isinstance(size, Integral) or isinstance(size, bool):
+        raise TypeError(f"size must be an integer, got {size!r}")
+    size = int(size)
+    if not is_prime(size):
+        raise ValueError(f"size {size} is not prime (next prime: {next_prime(size)})")
+    if size > _MAX_SIZE:
+        raise ValueError(f"size {size} is larger than {_MAX_SIZE}")
+    live = _check_backends(backends)
+    if not live:
+        return Table(np.zeros(0, dtype=np.uint32), None, size)
+    return Table(np.array([backend_id for _, backend_id, _ in live], dtype=np.uint32),
+                 _slots(size, tuple((key, w) for key, _, w in live)), size)
+
+
 def maglev_table(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_SIZE) -> np.ndarray:
     """Build a Maglev lookup table.
 
@@ -151,20 +199,46 @@ def maglev_table(backends: Sequence[tuple[int, str, int]], size: int = DEFAULT_S
     Returns a uint32 array of `size` backend ids, all NO_BACKEND when no weight is > 0.
     Raises ValueError for a non-prime size, duplicate ids or keys, or out-of-range values.
     """
-    if not isinstance(size, Integral) or isinstance(size, bool):
-        raise TypeError(f"size must be an integer, got {size!r}")
-    size = int(size)
-    if not is_prime(size):
-        raise ValueError(f"size {size} is not prime (next prime: {next_prime(size)})")
-    if size > _MAX_SIZE:
-        raise ValueError(f"size {size} is larger than {_MAX_SIZE}")
-    live = _check_backends(backends)
-    if not live:
-        return np.full(size, NO_BACKEND, dtype=np.uint32)
+    return np.asarray(maglev(backends, size))
 
-    slots = _slots(size, tuple((key, w) for key, _, w in live))
-    ids = np.array([backend_id for _, backend_id, _ in live], dtype=np.uint32)
-    return ids[slots]
+
+def maglev_patch(old: Sequence[tuple[int, str, int]], new: Sequence[tuple[int, str, int]],
+                 size: int = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """What turns ``maglev_table(old, size)`` into ``maglev_table(new, size)``: the slots
+    that differ (ascending) and the backend ids they get. A backend in both lists must
+    keep its id. The slot difference depends on keys and weights only, so VIPs that go
+    through the same change (one address drained across thousands of VIPs) share one
+    computation and each maps it to its own ids."""
+    if not isinstance(size, Integral) or isinstance(size, bool) or not is_prime(int(size)):
+        raise ValueError(f"size {size!r} is not a prime")
+    lo, ln = _check_backends(old), _check_backends(new)
+    ids_old = {key: i for key, i, _ in lo}
+    for key, i, _ in ln:
+        if ids_old.get(key, i) != i:
+            raise ValueError(f"backend {key!r} changes its id ({ids_old[key]} -> {i})")
+    idx, pos = _slot_diff(int(size), tuple((k, w) for k, _, w in lo),
+                          tuple((k, w) for k, _, w in ln))
+    if not ln:
+        return idx, np.full(len(idx), NO_BACKEND, dtype=np.uint32)
+    return idx, np.array([i for _, i, _ in ln], dtype=np.uint32)[pos]
+
+
+@functools.lru_cache(maxsize=64)
+def _slot_diff(size: int, old: tuple[tuple[str, int], ...], new: tuple[tuple[str, int], ...]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(slots whose owner changes, the new owner's position in `new` there)."""
+    keys = {k: n for n, k in enumerate(sorted({k for k, _ in old} | {k for k, _ in new}))}
+
+    def owners(live: tuple[tuple[str, int], ...]) -> np.ndarray:
+        if not live:
+            return np.full(size, -1, dtype=np.intp)
+        return np.array([keys[k] for k, _ in live], dtype=np.intp)[_slots(size, live)]
+
+    idx = np.flatnonzero(owners(old) != owners(new))
+    pos = _slots(size, new)[idx] if new else np.zeros(len(idx), dtype=np.intp)
+    idx.setflags(write=False)
+    pos.setflags(write=False)
+    return idx, pos
 
 
 @functools.lru_cache(maxsize=256)
@@ -194,3 +268,4 @@ def _slots(size: int, live: tuple[tuple[str, int], ...]) -> np.ndarray:
     out = np.array(slots, dtype=np.intp)
     out.setflags(write=False)  # shared through the cache
     return out
+

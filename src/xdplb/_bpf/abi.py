@@ -289,7 +289,8 @@ MIRRORS = {
 def pack_addr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str
               ) -> tuple[C.Array[C.c_uint8], int]:
     """An address as stored in the maps (network order, IPv4 in the first 4 bytes)."""
-    ip = ipaddress.ip_address(ip)
+    if isinstance(ip, str):  # (ip_address() of an address object parses its str again)
+        ip = ipaddress.ip_address(ip)
     raw = ip.packed.ljust(16, b"\0")
     return Addr.from_buffer_copy(raw), (AF_INET if ip.version == 4 else AF_INET6)
 

@@ -2,7 +2,10 @@
 tests of the control plane (no root, no kernel). Counters stay zero: nothing forwards."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+import numpy.typing as npt
 
 from . import abi
 from .contract import StatsMap
@@ -47,10 +50,19 @@ class FakeDataPlane:
         self.backends[backend_id] = be
         self.writes.append(("put_backend", backend_id))
 
-    def swap_rings(self, tables: dict[int, np.ndarray]) -> None:
+    def put_backends(self, entries: dict[int, abi.Backend]) -> None:
+        for i, be in entries.items():
+            self.put_backend(i, be)
+
+    def swap_rings(self, tables: Mapping[int, npt.ArrayLike]) -> None:
         for vip_id, table in tables.items():
             self.rings[vip_id] = np.array(table, dtype=np.uint32)
             self.writes.append(("swap_ring", vip_id))
+
+    def patch_rings(self, patches: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        for vip_id, (idx, ids) in patches.items():
+            self.rings[vip_id][idx] = ids
+            self.writes.append(("patch_ring", vip_id))
 
     def drop_rings(self, vip_ids: list[int]) -> None:
         for vip_id in vip_ids:
@@ -63,6 +75,10 @@ class FakeDataPlane:
 
     def reset_obj_stats(self, which: StatsMap, idx: int) -> None:
         self.resets.append((which, idx))
+
+    def reset_obj_stats_many(self, which: StatsMap, ids: list[int]) -> None:
+        for i in ids:
+            self.reset_obj_stats(which, i)
 
     # reads --------------------------------------------------------------------------------
     def runtime(self) -> abi.LbRuntime:
@@ -80,6 +96,10 @@ class FakeDataPlane:
     def backend_entries(self) -> dict[int, abi.Backend]:
         return {i: b for i, b in self.backends.items() if b.family}
 
+    def ring_table(self, vip_id: int) -> np.ndarray | None:
+        t = self.rings.get(vip_id)
+        return None if t is None else t.copy()
+
     def ring_members(self, vip_id: int) -> set[int] | None:
         t = self.rings.get(vip_id)
         return None if t is None else set(np.unique(t).tolist()) - {abi.NO_BACKEND}
@@ -89,6 +109,11 @@ class FakeDataPlane:
 
     def obj_stats(self, which: StatsMap, idx: int) -> dict[str, int]:
         return {"packets": 0, "bytes": 0, "new_flows": 0}
+
+    def obj_stats_many(self, which: StatsMap, ids: list[int]) -> np.ndarray:
+        rows = [self.obj_stats(which, i) for i in ids]
+        return np.array([[r["packets"], r["bytes"], r["new_flows"]] for r in rows],
+                        dtype=np.uint64).reshape(len(ids), 3)
 
     def flow_counts(self) -> dict[str, int]:
         return {"nat_size": 0, "nat_used": 0, "nat_live": 0, "ct_size": 0, "ct_used": 0,

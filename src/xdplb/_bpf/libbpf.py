@@ -262,6 +262,11 @@ class Map:
             raise ValueError(f"map {self.name}: key of {len(raw)} bytes, want {self.key_size}")
         return C.create_string_buffer(raw, self.key_size)
 
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one value as the syscalls pass it (per-CPU: all CPUs' copies)."""
+        return self._vsize()
+
     def _vsize(self) -> int:
         return ((self.value_size + 7) // 8) * 8 * NCPUS if self.percpu else self.value_size
 
@@ -351,10 +356,12 @@ class Map:
             self.delete(k)
 
     def read_all(self) -> bytes:
-        """All values of an array map, with bpf_map_lookup_batch (one call per 64k)."""
+        """All values of an array map, with bpf_map_lookup_batch (one call per 64k); a
+        per-CPU map's values are each one per possible CPU, 8-byte aligned."""
         n_all = self.max_entries
+        vsize = self._vsize()
         keys = (u32 * n_all)()
-        vals = C.create_string_buffer(n_all * self.value_size)
+        vals = C.create_string_buffer(n_all * vsize)
         opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
         out_batch = u32(0)
         in_batch = u32(0)
@@ -364,7 +371,7 @@ class Map:
             count = u32(min(65536, n_all - done))
             rc = _lookup_batch(self.fd, None if first else C.byref(in_batch),
                                C.byref(out_batch), C.byref(keys, done * 4),
-                               C.byref(vals, done * self.value_size), C.byref(count),
+                               C.byref(vals, done * vsize), C.byref(count),
                                C.byref(opts))
             done += count.value
             if rc < 0:
@@ -387,6 +394,25 @@ class Map:
             n = u32(min(65536, len(values) - done))
             rc = _update_batch(self.fd, keys[done:].ctypes.data, values[done:].ctypes.data,
                                C.byref(n), C.byref(opts))
+            if rc < 0:
+                raise BpfError(-rc, f"batch update of {self.name}")
+            done += n.value
+
+    def update_batch_raw(self, keys: list[int], values: bytes) -> None:
+        """bpf_map_update_batch of u32 keys and their values laid end to end (a per-CPU
+        map's value: one per possible CPU, each 8-byte aligned), 64k a call."""
+        vsize = self._vsize()
+        if len(values) != vsize * len(keys):
+            raise ValueError(f"map {self.name}: {len(values)} bytes for {len(keys)} values "
+                             f"of {vsize}")
+        karr = np.array(keys, dtype=np.uint32)
+        vbuf = C.create_string_buffer(values, len(values))
+        opts = _BatchOpts(sz=C.sizeof(_BatchOpts))
+        done = 0
+        while done < len(keys):
+            n = u32(min(65536, len(keys) - done))
+            rc = _update_batch(self.fd, karr[done:].ctypes.data,
+                               C.addressof(vbuf) + done * vsize, C.byref(n), C.byref(opts))
             if rc < 0:
                 raise BpfError(-rc, f"batch update of {self.name}")
             done += n.value

@@ -2,7 +2,7 @@
 control requests (reload, overrides, status, stop) and reports status and metrics."""
 from __future__ import annotations
 
-import copy
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +48,7 @@ class VipView:
     on_backend_removed: str
     health: dict | None  # the check's settings
     backends: tuple[BackendView, ...]
+    key: VipKey | None = None  # (address, port, protocol)
 
 
 class Controller:
@@ -88,6 +89,14 @@ class Controller:
         self.on_stop: Callable[[bool], None] | None = None  # stop(keep) from a request
         self._live = False
         self._view: tuple[VipView, ...] = ()
+        self._view_fresh = False  # _view shows what is served (rebuilt when asked)
+        self._view_built = False
+        #: set by an apply running in the daemon's worker thread: the view stays the last
+        #: one built, so `status` answers at once instead of waiting for the apply
+        self.applying = False
+        #: the daemon's worker: runs a change off the event loop, one at a time (None:
+        #: at once, in the caller's thread)
+        self.submit: Callable[[Callable[[], Any]], None] | None = None
         self._expired: set[BKey] = set()  # down longer than max_drain_time: pulled
         self._serving: set[VipKey] = set()  # VIPs with a backend taking new flows
         self._serving_once: set[VipKey] = set()  # VIPs that ever had one (start is quiet)
@@ -124,6 +133,7 @@ class Controller:
             self.monitor.update(self.desired.health_targets())
             changes = self.lb.apply(self._specs(self.desired))
         self._after(changes, "start")
+        self.current_view()  # built before any request can ask
         return changes
 
     def health_of(self, key: BKey) -> str:
@@ -162,7 +172,7 @@ class Controller:
     def _after(self, changes: list[str], why: str) -> None:
         for c in changes:
             self.log("change", cause=why, what=c)
-        self._refresh_view()
+        self._view_fresh = False
         self._note_serving(why)
         self.announce()
         if self._live:
@@ -190,7 +200,8 @@ class Controller:
         0 until every backend of the VIP has had its first verdict (see `_verdicts_in`)."""
         from ..announce import VipHealth
 
-        states = {v.name: sum(b.state == "up" for b in v.backends) for v in self._view}
+        states = {v.name: sum(b.state == "up" for b in v.backends)
+                  for v in self.current_view()}
         out = []
         self._settled &= self.desired.vips.keys()
         for key, v in self.desired.vips.items():
@@ -237,7 +248,7 @@ class Controller:
     def _change(self, fn: Callable[[Desired], Any], why: str) -> list[str]:
         """Run one override on a copy of Desired, apply it, keep it only if that worked."""
         before = self.desired
-        trial = copy.deepcopy(before)
+        trial = before.copy()
         n = len(trial.overrides)
         fn(trial)
         self.desired = trial
@@ -321,6 +332,9 @@ class Controller:
 
     def _on_health_change(self, key: BKey, st: HealthState) -> None:
         """A backend flipped: apply first, then say so (the event means it is done)."""
+        self.run_change(lambda: self._health_changed(key, st, st.up))
+
+    def _health_changed(self, key: BKey, st: HealthState, up: bool) -> None:
         vkey, bkey = key
         v = self.desired.vips.get(vkey)
         name = v.name if v else vip_label(vkey)
@@ -329,7 +343,7 @@ class Controller:
         except Exception as e:  # noqa: BLE001 - keep checking; the next flip retries
             self.log("apply_failed", level="error", cause="health", error=str(e))
             return
-        if st.up:
+        if up:
             self._expired.discard(key)
             self.log("backend_up", vip=name, backend=bkey, successes=st.rise)
         else:
@@ -351,14 +365,17 @@ class Controller:
         limit = v.health.max_drain_time
         if limit and v.health.on_down == "drain" and time.time() - st.since >= limit:
             self._expired.add(key)  # checked at every probe: no timer of its own
-            try:
-                self.apply("max_drain_time")
-            except Exception as e:  # noqa: BLE001 - retried at the next probe
-                self._expired.discard(key)
-                self.log("apply_failed", level="error", cause="max_drain_time", error=str(e))
-                return
-            self.log("drain_expired", level="warning", vip=v.name, backend=key[1],
-                     after=f"{limit:g}s", what="its remaining flows are re-selected or reset")
+            self.run_change(lambda: self._drain_expired(key, v.name, limit))
+
+    def _drain_expired(self, key: BKey, name: str, limit: float) -> None:
+        try:
+            self.apply("max_drain_time")
+        except Exception as e:  # noqa: BLE001 - retried at the next probe
+            self._expired.discard(key)
+            self.log("apply_failed", level="error", cause="max_drain_time", error=str(e))
+            return
+        self.log("drain_expired", level="warning", vip=name, backend=key[1],
+                 after=f"{limit:g}s", what="its remaining flows are re-selected or reset")
 
     # requests --------------------------------------------------------------------------------
     def handle(self, req: Any) -> dict:
@@ -466,57 +483,60 @@ class Controller:
     # reporting ----------------------------------------------------------------------------
     def view(self) -> tuple[VipView, ...]:
         """What is served now, by name and id: the one view behind `status` and the
-        metrics (which keep a copy made at each change, for the exporter's thread)."""
+        metrics (which keep a copy made at each change, for the exporter's thread).
+        Built for thousands of VIPs: no health lookups for unchecked VIPs, no drain
+        lookups without drains, addresses and MACs formatted once."""
         vips = []
-        for key, v in self.desired.vips.items():
-            try:
-                vid, ids = self.lb.vip_id(key), self.lb.backend_ids(key)
-            except KeyError:
-                vid, ids = None, {}
+        desired, served = self.desired, self.lb.state.vips  # (replaced, not changed, by
+        drained = desired.drained                          # a change: one consistent pair)
+        states = self.monitor.states
+        for key, v in desired.vips.items():
+            vst = served.get(key)
+            vid, ids = (vst.vip_id, vst.backend_ids) if vst is not None else (None, {})
+            checked = v.health.kind != "none"
             backends = []
             for b in v.backends:
-                st = self.monitor.states.get((key, b.key))
-                up = self.monitor.is_up((key, b.key))
-                weight = self.desired.effective_weight(key, b)
-                action = self.health_of((key, b.key))
+                bkey = b.key
+                is_drained = bool(drained) and (key, bkey) in drained
+                weight = 0 if is_drained else b.weight
+                st = states.get((key, bkey)) if checked else None
+                up = st is None or st.up
+                action = self.health_of((key, bkey)) if not up else "up"
                 traffic = ("none" if action == "pulled" else "established"
                            if action == "drain" or weight == 0 else "new")
                 backends.append(BackendView(
-                    key=b.key, address=str(b.address), port=b.port,
-                    mac=format_mac(b.mac) if b.mac else None, id=ids.get(b.key),
-                    weight=weight, config_weight=b.weight,
-                    drained=(key, b.key) in self.desired.drained, up=up,
+                    key=bkey, address=_host_of(bkey), port=b.port,
+                    mac=_mac_text(b.mac) if b.mac else None, id=ids.get(bkey),
+                    weight=weight, config_weight=b.weight, drained=is_drained, up=up,
                     state="down" if not up else "draining" if weight == 0 else "up",
                     health=st.as_dict() if st else None, traffic=traffic))
             h = v.health
             vips.append(VipView(
                 name=v.name, label=vip_label(key), id=vid, mode=v.mode,
                 snat=str(v.snat) if v.snat else None, on_backend_removed=v.on_backend_removed,
-                health=None if h.kind == "none" else {
+                health=None if not checked else {
                     "kind": h.kind, "port": h.port, "path": h.path if h.kind == "http" else None,
                     "interval": h.interval, "timeout": h.timeout, "rise": h.rise,
                     "fall": h.fall, "on_down": h.on_down, "max_drain_time": h.max_drain_time,
                     "initial": h.initial},
-                backends=tuple(backends)))
+                backends=tuple(backends), key=key))
         return tuple(vips)
 
-    def _refresh_view(self) -> None:
-        self._view = self.view()
+    def current_view(self) -> tuple[VipView, ...]:
+        """The view, rebuilt if a change made it stale, unless an apply is running (then
+        the last one: consistent, and at once)."""
+        if not self._view_fresh and (not self.applying or not self._view_built):
+            self._view_fresh = self._view_built = True  # (a change meanwhile clears it)
+            self._view = self.view()
+        return self._view
 
-    def _counters(self, which: StatsMap, idx: int | None) -> dict[str, int]:
-        if idx is None:  # not in the data plane (yet)
-            return {"packets": 0, "bytes": 0, "new_flows": 0}
-        return self.dp.obj_stats(which, idx)
-
-    def _vip_counters(self, vid: int | None, backends: Sequence[Mapping[str, Any]]
-                      ) -> tuple[dict[str, int], dict[str, int]]:
-        """(totals, dropped) of a VIP: the data plane counts forwarded traffic per backend
-        and only what found no backend per VIP, so a VIP's totals are the sum of its
-        current backends plus its drops."""
-        dropped = self._counters("vip_stats", vid)
-        total = {k: dropped[k] + sum(b[k] for b in backends)
-                 for k in ("packets", "bytes", "new_flows")}
-        return total, dropped
+    def run_change(self, fn: Callable[[], Any]) -> None:
+        """A change the controller starts itself (health, max_drain_time): in the
+        daemon's worker when there is one."""
+        if self.submit is None:
+            fn()
+        else:
+            self.submit(fn)
 
     def _reasons(self) -> dict[str, tuple[int, int]]:
         return self.dp.stats()
@@ -527,14 +547,14 @@ class Controller:
                                reloads=dict(self.reloads), flows=self._flow_counts(),
                                last_reload=(self.last_load_ok, self.last_load_succeeded),
                                lost_last_backend={v.name: self.vips_without_backend.get(
-                                   v.name, 0) for v in self._view})
+                                   v.name, 0) for v in self.current_view()})
         active = self._live_flows()
-        for v in self._view:
-            if v.id is None:  # not in the data plane (yet)
-                continue
-            counts = [{**self._counters("be_stats", b.id), "active_flows": active.get(b.id, 0)}
+        view = [v for v in self.current_view() if v.id is not None]  # (not in the data plane yet)
+        be_counts = iter(self._counts("be_stats", [b.id for v in view for b in v.backends]))
+        for v, dropped in zip(view, self._counts("vip_stats", [v.id for v in view])):
+            counts = [{**next(be_counts), "active_flows": active.get(b.id, 0)}
                       for b in v.backends]
-            total, dropped = self._vip_counters(v.id, counts)
+            total = {k: dropped[k] + sum(c[k] for c in counts) for k in _COUNTERS}
             snap.vips.append((v.name, v.label, {**total, "dropped_packets": dropped["packets"],
                                                 "dropped_bytes": dropped["bytes"]}))
             for b, c in zip(v.backends, counts):
@@ -554,18 +574,34 @@ class Controller:
         except (OSError, ValueError, KeyError):  # a status never fails for it
             return {}
 
+    def _counts(self, which: StatsMap, ids: Sequence[int | None]) -> list[dict[str, int]]:
+        """Counters of many ids in one read (None: not in the data plane yet: zeros)."""
+        known = [i for i in ids if i is not None]
+        rows = iter(self.dp.obj_stats_many(which, known).tolist() if known else [])
+        return [dict(zip(_COUNTERS, next(rows))) if i is not None else dict.fromkeys(
+            _COUNTERS, 0) for i in ids]
+
     def status(self) -> dict:
-        vips = []
+        """The view as of the last change (an apply running meanwhile does not hold it
+        up), with the counters, live flows and health checks of now."""
+        view = self.current_view()
         active = self._live_flows()
-        for v in self.view():
-            backends = [{
-                "active_flows": active.get(b.id, 0),
-                "backend": b.key, "address": b.address, "port": b.port, "mac": b.mac,
-                "id": b.id, "weight": b.weight, "config_weight": b.config_weight,
-                "drained": b.drained, "state": b.state, "traffic": b.traffic,
-                "health": b.health,
-                **self._counters("be_stats", b.id)} for b in v.backends]
-            total, dropped = self._vip_counters(v.id, backends)
+        be_counts = iter(self._counts("be_stats", [b.id for v in view for b in v.backends]))
+        vip_counts = self._counts("vip_stats", [v.id for v in view])
+        states = self.monitor.states
+        vips = []
+        for v, dropped in zip(view, vip_counts):
+            backends: list[dict[str, Any]] = []
+            for b in v.backends:
+                st = states.get((v.key, b.key)) if v.key is not None else None
+                backends.append({
+                    "active_flows": active.get(b.id, 0),
+                    "backend": b.key, "address": b.address, "port": b.port, "mac": b.mac,
+                    "id": b.id, "weight": b.weight, "config_weight": b.config_weight,
+                    "drained": b.drained, "state": b.state, "traffic": b.traffic,
+                    "health": st.as_dict() if st is not None else b.health,
+                    **next(be_counts)})
+            total = {k: dropped[k] + sum(int(b[k]) for b in backends) for k in _COUNTERS}
             vips.append({
                 "name": v.name, "vip": v.label, "mode": v.mode, "id": v.id, "snat": v.snat,
                 "on_backend_removed": v.on_backend_removed, "health": v.health,
@@ -579,6 +615,20 @@ class Controller:
                 "bgp": None if self.announcer is None else self.announcer.status(),
                 "l2": None if self.l2 is None else self.l2.status(), "drained": self.drained,
                 "sync": None if self.flow_sync is None else asdict(self.flow_sync.stats)}
+
+
+_COUNTERS = ("packets", "bytes", "new_flows")
+
+
+def _host_of(backend_key: str) -> str:
+    """'10.0.0.2:80' -> '10.0.0.2', '[fd00::2]:80' -> 'fd00::2' (str() of an address
+    object is slow, and the key has it formatted already)."""
+    return backend_key.rpartition(":")[0].strip("[]")
+
+
+@functools.lru_cache(maxsize=4096)
+def _mac_text(mac: bytes) -> str:
+    return format_mac(mac)
 
 
 def _key(k: str) -> str:

@@ -11,8 +11,9 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import _signals as signals
 from .._bpf import takeover
@@ -314,13 +315,40 @@ class Daemon:
 
     def _on_hup(self) -> None:
         self.log("signal", signal="SIGHUP", action="reload")
+        assert self.ctl is not None  # set up before the event loop runs
+        self.ctl.run_change(self._reload)
+
+    def _reload(self) -> None:
         try:
-            assert self.ctl is not None  # set up before the event loop runs
+            assert self.ctl is not None
             self.ctl.reload()
         except RequestError:
             pass  # logged by reload()
         except Exception as e:  # noqa: BLE001 - the daemon keeps serving the old state
             self.log("reload_failed", level="error", error=str(e))
+
+    # changes run in one worker thread, one at a time, so that the event loop keeps
+    # answering `status`, checking health and syncing while thousands of tables change
+    def _in_worker(self, fn: Callable[[], Any]) -> Any:
+        assert self.ctl is not None
+        self.ctl.applying = True
+        try:
+            return fn()
+        finally:
+            self.ctl.applying = False
+            self.ctl.current_view()  # rebuilt here, not by the next status
+
+    def _submit(self, fn: Callable[[], Any]) -> None:
+        """Run a change the controller started (health, max_drain_time, SIGHUP) in the
+        worker; its health checks (re)start on the loop when it is done."""
+        fut = asyncio.get_running_loop().run_in_executor(self._worker, self._in_worker, fn)
+        fut.add_done_callback(self._after_change)
+
+    def _after_change(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.log("apply_failed", level="error", error=str(fut.exception()))
+        if self.ctl is not None:
+            self.ctl.sync_health()  # start the probes of new targets (loop thread)
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -331,8 +359,10 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._on_signal_stop, signal.SIGHUP)
         else:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-        server = await self._open_socket() if self.opts.control else None
         assert self.ctl is not None  # set up before the event loop runs
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="xdplb-apply")
+        self.ctl.submit = self._submit
+        server = await self._open_socket() if self.opts.control else None
         self.ctl.sync_health()
         self._neigh_task = asyncio.ensure_future(self._resolve_neighbours())
         self._bgp_task = asyncio.ensure_future(self._watch_announcer())
@@ -369,6 +399,9 @@ class Daemon:
                 self._sync_task.cancel()
             self._trace_task.cancel()
             self._flow_task.cancel()
+            self.ctl.submit = None
+            # a change under way finishes (its maps must not be left half written)
+            await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
             await self.ctl.monitor.close()
 
     async def _open_socket(self) -> asyncio.Server:
@@ -560,8 +593,8 @@ class Daemon:
         if wanted:  # pyroute2's sync API cannot run inside this event loop: a thread
             known = await asyncio.to_thread(neighbour_macs, wanted)
             if known != self.ctl.neighbour_macs:
-                self.ctl.neighbour_macs = known
-                self.ctl.apply("neighbour")
+                ctl = self.ctl
+                ctl.run_change(lambda: _apply_macs(ctl, known))
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -573,7 +606,13 @@ class Daemon:
                 await _discard(reader)  # so that closing does not reset the reply away
             else:
                 assert self.ctl is not None  # set up before the event loop runs
-                reply = self.ctl.handle(req)
+                ctl = self.ctl
+                if isinstance(req, dict) and req.get("cmd") in _CHANGES:
+                    reply = await asyncio.get_running_loop().run_in_executor(
+                        self._worker, self._in_worker, lambda: ctl.handle(req))
+                    ctl.sync_health()  # start the probes of new targets (loop thread)
+                else:  # status, stop, node: at once, even while a change runs
+                    reply = ctl.handle(req)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, OSError):
@@ -582,6 +621,14 @@ class Daemon:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+_CHANGES = ("reload", "backend", "vip", "check")  # requests run in the worker
+
+
+def _apply_macs(ctl: Controller, known: dict) -> None:
+    ctl.neighbour_macs = known
+    ctl.apply("neighbour")
 
 
 async def _discard(reader: asyncio.StreamReader, most: int = 16 * MAX_REQUEST,
