@@ -165,7 +165,7 @@ class Table:
         if self.slots is None:
             out = np.full(self.size, NO_BACKEND, dtype=np.uint32)
         else:
-            out = self.ids[self.slots]
+            out = self.ids.take(self.slots)
         return out if dtype is None else out.astype(dtype)  # type: ignore[call-overload]
 
     def __repr__(self) -> str:
@@ -220,7 +220,7 @@ def maglev_patch(old: Sequence[tuple[int, str, int]], new: Sequence[tuple[int, s
                           tuple((k, w) for k, _, w in ln))
     if not ln:
         return idx, np.full(len(idx), NO_BACKEND, dtype=np.uint32)
-    return idx, np.array([i for _, i, _ in ln], dtype=np.uint32)[pos]
+    return idx, np.array([i for _, i, _ in ln], dtype=np.uint32).take(pos)
 
 
 @functools.lru_cache(maxsize=64)
@@ -232,7 +232,7 @@ def _slot_diff(size: int, old: tuple[tuple[str, int], ...], new: tuple[tuple[str
     def owners(live: tuple[tuple[str, int], ...]) -> np.ndarray:
         if not live:
             return np.full(size, -1, dtype=np.intp)
-        return np.array([keys[k] for k, _ in live], dtype=np.intp)[_slots(size, live)]
+        return np.array([keys[k] for k, _ in live], dtype=np.intp).take(_slots(size, live))
 
     idx = np.flatnonzero(owners(old) != owners(new))
     pos = _slots(size, new)[idx] if new else np.zeros(len(idx), dtype=np.intp)
@@ -265,7 +265,10 @@ def _slots(size: int, live: tuple[tuple[str, int], ...]) -> np.ndarray:
         if c >= size:
             c -= size
         cursor[b] = c
-    out = np.array(slots, dtype=np.intp)
+    # the smallest index type (4,096 distinct tables of 8-byte indexes were 2 GiB while
+    # a plan held them); `ids.take(out)` is as fast with it
+    out = np.array(slots, dtype=np.uint8 if len(live) <= 256 else np.uint16
+                   if len(live) <= 65536 else np.intp)
     out.setflags(write=False)  # shared through the cache
     return out
 

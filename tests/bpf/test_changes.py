@@ -282,3 +282,25 @@ def abi_port(p) -> int:
     """A port as stored (network order) in host order."""
     p = int(p)
     return ((p & 0xFF) << 8) | (p >> 8)
+
+
+def test_a_drain_rewrites_the_published_table_in_place(balancer):
+    """The kernel's table is patched where it is (the same inner map), and what a new
+    handle reads back equals a table built from scratch."""
+    from xdplb._bpf.dataplane import DataPlane
+    from xdplb.ring import maglev_table
+
+    spec = VipSpec(VIP, 8000, backends=backends(4))
+    lb = balancer([spec])
+    dp = lb.dp
+    vid = lb.vip_id(spec.key)
+    inner_before = dp.maps["rings"].lookup(vid)
+    lb.set_backend(spec.key, ip("10.0.1.2"), weight=0)
+    assert dp.maps["rings"].lookup(vid) == inner_before, "the same table, patched"
+    ids = lb.backend_ids(spec.key)
+    want = maglev_table([(ids[b.key], b.key, 0 if b.address == ip("10.0.1.2") else 1)
+                         for b in spec.backends], spec.ring_size)
+    fresh = DataPlane(dict(dp.maps), dp.program)  # another process's view of the maps
+    assert (fresh.ring_table(vid) == want).all()
+    fresh._unmap_ring(vid)
+    fresh._rings.pop(vid).close()

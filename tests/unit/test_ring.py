@@ -255,3 +255,44 @@ class TestDisruption:
                              np.array(sorted([*keys, new]))[theirs_after],
                              np.array(sorted([*keys, new]))[theirs_after] != new)
         assert ours == pytest.approx(theirs) and ours > 0.2
+
+
+# --- in-place changes -------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 3), min_size=0, max_size=6), st.data())
+def test_a_patch_turns_the_old_table_into_the_new_one_and_names_only_changed_slots(
+        weights, data):
+    from xdplb.ring import maglev_patch
+
+    old = [(10 + i, f"10.0.0.{i + 2}:80", w) for i, w in enumerate(weights)]
+    new = [(i, k, data.draw(st.integers(0, 3))) for i, k, _ in old
+           if data.draw(st.booleans())]
+    new += [(50 + j, f"10.0.1.{j + 2}:80", 1) for j in range(data.draw(st.integers(0, 2)))]
+    a, b = maglev_table(old, 251), maglev_table(new, 251)
+    idx, ids = maglev_patch(old, new, 251)
+    assert np.array_equal(idx, np.flatnonzero(a != b))
+    patched = a.copy()
+    patched[idx] = ids
+    assert np.array_equal(patched, b)
+
+
+def test_a_patch_refuses_a_backend_whose_id_changes():
+    from xdplb.ring import maglev_patch
+
+    with pytest.raises(ValueError, match="changes its id"):
+        maglev_patch([(1, "a:1", 1)], [(2, "a:1", 1)], 7)
+
+
+def test_vips_with_the_same_backends_share_the_drain_computation():
+    from xdplb.ring import _slot_diff, maglev_patch
+
+    keys = [f"10.0.0.{i}:80" for i in range(2, 6)]
+    _slot_diff.cache_clear()
+    for vip in range(20):  # every VIP its own ids, one slot difference
+        old = [(vip * 4 + i, k, 1) for i, k in enumerate(keys)]
+        new = [(i, k, 0 if k == keys[0] else w) for i, k, w in old]
+        idx, ids = maglev_patch(old, new)
+        assert set(ids.tolist()) <= {vip * 4 + 1, vip * 4 + 2, vip * 4 + 3}
+    assert _slot_diff.cache_info().misses == 1
