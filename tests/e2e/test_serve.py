@@ -398,6 +398,32 @@ def test_drain_keeps_an_established_keepalive_connection(lab, tmp_path, run_dir)
         assert first in set(curls(lab, 20))
 
 
+
+def test_runtime_overrides_survive_reload_and_restart_until_reset(lab, tmp_path, run_dir):
+    """A drain is kept in the state file beside the control socket: a reload and a new
+    serve apply it again (status lists it, traffic avoids the backend) until
+    `backend reset-overrides`."""
+    Backends(lab, tmp_path)
+    config = write_config(tmp_path / "lb.toml", lab, ["h2", "h3"])
+    with serving(lab, config, run_dir) as lb:
+        lb.ctl("backend", "drain", "10.0.0.2")
+        r = lb.ctl("reload")
+        assert "kept 1 runtime override(s)" in r.stdout, r.stdout
+        assert lb.status()["overrides"] == ["drain web 10.0.0.2:8000"]
+        assert (run_dir / f"{lab.name}.overrides.json").exists()
+    with serving(lab, config, run_dir) as lb:  # a new daemon: the file, then the overrides
+        lb.wait_log("event=overrides_kept")
+        st = lb.status()
+        assert st["overrides"] == ["drain web 10.0.0.2:8000"]
+        assert backend_states(st)["10.0.0.2"] == ("draining", 0)
+        assert set(curls(lab, 10)) == {"h3"}
+        r = lb.ctl("backend", "reset-overrides")
+        assert "weight 0 -> 1" in r.stdout, r.stdout
+        assert lb.status()["overrides"] == []
+        assert not (run_dir / f"{lab.name}.overrides.json").exists()
+        assert set(curls(lab, 20)) == {"h2", "h3"}
+
+
 PINS_SCRIPT = r"""
 set -e
 serve() { $XDPLB serve -c "$CFG" --run-dir "$RUN" "$@" & }

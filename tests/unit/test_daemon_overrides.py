@@ -1,5 +1,6 @@
-"""Runtime overrides (drain, weight, backend/VIP add and remove) on top of the file, and a
-reload from the file replacing them."""
+"""Runtime overrides (drain, weight, backend/VIP add and remove) on top of the file: kept
+one per target, applied again after a reload (those that no longer apply dropped), kept in
+a state file for a restart, dropped by reset-overrides."""
 from __future__ import annotations
 
 import io
@@ -88,7 +89,7 @@ class TestOverrides:
         assert weights(d)[("web", "10.0.0.3:8000")] == 0
         d.drain("web", "10.0.0.3", on=False)
         assert weights(d)[("web", "10.0.0.3:8000")] == 2
-        assert d.overrides == ["drain web 10.0.0.3:8000", "undrain web 10.0.0.3:8000"]
+        assert d.overrides == [], "an undrain undoes the drain: nothing is left to keep"
 
     def test_drain_without_vip_drains_the_backend_everywhere(self):
         d = Desired(cfg())
@@ -197,7 +198,7 @@ class TestController:
         r = c.handle(req)
         assert not r["ok"] and msg in r["error"] and r["code"] == 2
 
-    def test_reload_applies_only_the_diff_and_drops_overrides(self, tmp_path):
+    def test_reload_applies_only_the_diff_and_keeps_overrides(self, tmp_path):
         path = tmp_path / "lb.toml"
         path.write_text(CONFIG)
         dp = FakeDataPlane()
@@ -211,10 +212,9 @@ class TestController:
         dp.writes.clear()
         r = c.handle({"cmd": "reload"})
         assert r["ok"], r
-        assert r["changes"] == ["web: backend 10.0.0.2:8000 weight 0 -> 1",
-                                "web: added backend 10.0.0.4:8000 weight 1"]
-        assert r["dropped_overrides"] == ["drain web 10.0.0.2:8000"]
-        assert c.desired.overrides == [] and not c.desired.drained
+        assert r["changes"] == ["web: added backend 10.0.0.4:8000 weight 1"]
+        assert r["kept_overrides"] == ["drain web 10.0.0.2:8000"] and not r["dropped_overrides"]
+        assert c.desired.overrides == ["drain web 10.0.0.2:8000"]
         # existing backends keep their ids; the untouched VIP is not rewritten
         assert {k: v for k, v in c.lb.backend_ids(WEB).items() if k in ids} == ids
         assert ("swap_ring", c.lb.vip_id(API)) not in dp.writes
@@ -265,3 +265,88 @@ class TestController:
         c.on_stop = asked.append
         assert c.handle({"cmd": "stop", "keep": False})["ok"]
         assert asked == [False]
+
+
+class TestKeptOverrides:
+    """The rule: one override per target and kind (the last one), applied again on top of
+    every new file, dropped when it no longer applies, in a state file across restarts."""
+
+    def test_later_changes_of_a_target_replace_earlier_ones(self):
+        d = Desired(cfg())
+        for w in (3, 4, 5):
+            d.set_weight("web", "10.0.0.2", w)
+        d.drain(None, "10.0.0.2")
+        d.drain(None, "10.0.0.2")
+        assert d.overrides == ["weight web 10.0.0.2:8000 5", "drain web 10.0.0.2:8000",
+                               "drain api 10.0.0.2:9001"]
+        d.remove_backend("web", "10.0.0.2")
+        assert d.overrides == ["drain api 10.0.0.2:9001", "remove backend web 10.0.0.2:8000"]
+
+    def test_what_an_override_added_goes_with_its_removal(self):
+        d = Desired(cfg())
+        d.add_backend("web", {"address": "10.0.0.4"})
+        d.drain("web", "10.0.0.4")
+        d.remove_backend("web", "10.0.0.4")
+        d.add_vip({"address": "10.0.0.11", "port": 80, "name": "new",
+                   "backend": [{"address": "10.0.0.5"}]})
+        d.remove_vip("new")
+        assert d.overrides == []
+        d.remove_vip("api")
+        d.add_vip({"address": "10.0.0.10", "port": 9000, "name": "api",
+                   "backend": [{"address": "10.0.0.6"}]})
+        assert d.overrides == ["remove VIP api", "add VIP api 10.0.0.10:9000/tcp with 1 backends"]
+
+    def test_a_replay_on_another_file_keeps_what_applies_and_says_what_not(self):
+        d = Desired(cfg())
+        d.set_weight("web", "10.0.0.3", 7)
+        d.drain("api", "10.0.0.2")
+        d.add_backend("web", {"address": "10.0.0.4"})
+        other = Desired(cfg(CONFIG.split("[[vip]]\nname = \"api\"")[0]))  # api is gone
+        dropped = other.replay(d.changes)
+        assert dropped == ["drain api 10.0.0.2:9001: no VIP 'api' (VIPs: web)"]
+        assert weights(other) == {("web", "10.0.0.2:8000"): 1, ("web", "10.0.0.3:8000"): 7,
+                                  ("web", "10.0.0.4:8000"): 1}
+        assert other.overrides == ["weight web 10.0.0.3:8000 7",
+                                   "add backend web 10.0.0.4:8000 weight 1"]
+
+    def test_the_state_file_carries_overrides_to_the_next_daemon(self, tmp_path):
+        state = tmp_path / "edge.overrides.json"
+        c = Controller(FakeDataPlane(), cfg(), "lb.toml", Log(io.StringIO()))
+        c.overrides_path = str(state)
+        c.start()
+        c.handle({"cmd": "backend", "op": "drain", "vip": "web", "backend": "10.0.0.3"})
+        c.handle({"cmd": "backend", "op": "weight", "vip": "web", "backend": "10.0.0.2",
+                  "weight": 9})
+        import json
+        saved = json.loads(state.read_text())["overrides"]
+        log = io.StringIO()
+        dp = FakeDataPlane()
+        nxt = Controller(dp, cfg(), "lb.toml", Log(log))
+        nxt.start(overrides=saved)
+        assert nxt.desired.overrides == ["drain web 10.0.0.3:8000", "weight web 10.0.0.2:8000 9"]
+        assert weights(nxt.desired)[("web", "10.0.0.3:8000")] == 0
+        assert "overrides_kept" in log.getvalue()
+        st = nxt.handle({"cmd": "status"})["status"]
+        assert st["overrides"] == nxt.desired.overrides
+        r = c.handle({"cmd": "backend", "op": "reset-overrides"})
+        assert r["ok"] and r["changes"], r
+        assert c.desired.overrides == [] and not state.exists()
+        assert weights(c.desired) == weights(Desired(cfg()))
+
+    def test_reset_without_overrides_says_so(self):
+        c = Controller(FakeDataPlane(), cfg(), "lb.toml", Log(io.StringIO()))
+        c.start()
+        assert c.handle({"cmd": "backend", "op": "reset-overrides"})["changes"] == \
+            ["no runtime overrides"]
+
+    def test_a_check_says_which_overrides_a_reload_keeps_and_drops(self, tmp_path):
+        path = tmp_path / "lb.toml"
+        path.write_text(CONFIG)
+        c = Controller(FakeDataPlane(), cfg(), str(path), Log(io.StringIO()))
+        c.start()
+        c.handle({"cmd": "backend", "op": "drain", "backend": "10.0.0.2"})
+        other = tmp_path / "other.toml"
+        other.write_text(CONFIG.split("[[vip]]\nname = \"api\"")[0])
+        r = c.handle({"cmd": "check", "config": str(other)})
+        assert r["kept_overrides"] == ["drain web 10.0.0.2:8000"]
+        assert r["dropped_overrides"] == ["drain api 10.0.0.2:9001: no VIP 'api' (VIPs: web)"]

@@ -85,9 +85,12 @@ def cmd_check(args) -> int:
     print(f"{args.config}: valid; against instance {paths.instance} (serving "
           f"{reply['serving']}):")
     print_changes(["  " + c for c in reply["changes"]], "  no changes")
+    if reply.get("kept_overrides"):
+        print(f"  a reload keeps {len(reply['kept_overrides'])} runtime override(s): "
+              + "; ".join(reply["kept_overrides"]))
     if reply.get("dropped_overrides"):
-        print(f"  a reload drops {len(reply['dropped_overrides'])} runtime override(s): "
-              + "; ".join(reply["dropped_overrides"]))
+        print(f"  a reload drops {len(reply['dropped_overrides'])} runtime override(s) that "
+              "no longer apply: " + "; ".join(reply["dropped_overrides"]))
     return 0
 
 
@@ -99,9 +102,13 @@ def cmd_reload(args) -> int:
             req["config"] = os.path.abspath(args.config)
         reply = request(paths, req)
         print_changes(reply["changes"])
+        if reply.get("kept_overrides"):
+            print(f"kept {len(reply['kept_overrides'])} runtime override(s) "
+                  "(`xdplb backend reset-overrides` drops them): "
+                  + "; ".join(reply["kept_overrides"]))
         if reply.get("dropped_overrides"):
-            print(f"dropped {len(reply['dropped_overrides'])} runtime override(s): "
-                  + "; ".join(reply["dropped_overrides"]))
+            print(f"dropped {len(reply['dropped_overrides'])} runtime override(s) that no "
+                  "longer apply: " + "; ".join(reply["dropped_overrides"]))
         for k in reply.get("needs_restart", []):
             print(f"{k} changed: takes effect after `xdplb stop` and a new `xdplb serve`")
         return 0
@@ -173,7 +180,7 @@ def cmd_status(args) -> int:
     elif st.get("drained"):
         print("node drained (`xdplb node check` fails)")
     if st["overrides"]:
-        print("runtime overrides (replaced by the next reload from the file):")
+        print("runtime overrides (kept across reloads and restarts; `xdplb backend reset-overrides` drops them):")
         for o in st["overrides"]:
             print(f"  {o}")
     return 0
@@ -220,6 +227,9 @@ def _backend_table(args) -> dict:
 
 def cmd_backend(args) -> int:
     paths, _ = _target(args)
+    if args.op == "reset-overrides":
+        print_changes(request(paths, {"cmd": "backend", "op": "reset-overrides"})["changes"])
+        return 0
     req: dict[str, Any] = {"cmd": "backend", "op": args.op, "vip": args.vip}
     if args.op == "add":
         try:
@@ -340,7 +350,7 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_stop)
 
     b = sub.add_parser("backend", help="runtime backend changes on a running serve "
-                       "(until the next reload)")
+                       "(kept across reloads and restarts until reset-overrides)")
     bsub = b.add_subparsers(dest="op", required=True)
     for op, hlp in (("drain", "no new flows (weight 0); established flows stay"),
                     ("undrain", "back to its weight"),
@@ -359,9 +369,13 @@ def register(sub) -> None:
             p.add_argument("--weight", type=int, default=None)
         _add_target(p)
         p.set_defaults(func=cmd_backend)
+    r = bsub.add_parser("reset-overrides", help="drop every runtime change (backend and "
+                        "VIP requests): serve the file as it is")
+    _add_target(r)
+    r.set_defaults(func=cmd_backend)
 
-    v = sub.add_parser("vip", help="runtime VIP changes on a running serve (until the next "
-                       "reload)")
+    v = sub.add_parser("vip", help="runtime VIP changes on a running serve (kept across "
+                       "reloads and restarts until `backend reset-overrides`)")
     vsub = v.add_subparsers(dest="op", required=True)
     a = vsub.add_parser("add", help="add a VIP")
     a.add_argument("vip", metavar="ADDRESS:PORT")

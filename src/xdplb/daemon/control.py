@@ -24,6 +24,8 @@ class Paths:
         self.instance = instance
         self.sock = self.run_dir / f"{instance}.sock"
         self.pid = self.run_dir / f"{instance}.pid"
+        # runtime overrides (drain, weight, ...): kept across reloads and restarts
+        self.overrides = self.run_dir / f"{instance}.overrides.json"
 
 
 

@@ -2,7 +2,9 @@
 control requests (reload, overrides, status, stop) and reports status and metrics."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -110,11 +112,21 @@ class Controller:
         self.drained = False
         #: sync.FlowSync when [sync] is configured (its counters go to status)
         self.flow_sync: Any = None
+        #: where runtime overrides are kept (serve: beside the control socket), None: not
+        self.overrides_path: str | None = None
 
     # state changes -----------------------------------------------------------------------
-    def start(self, existing: MapState | None = None) -> list[str]:
+    def start(self, existing: MapState | None = None,
+              overrides: list[dict] | None = None) -> list[str]:
         """First write: fill empty maps, or adopt those of a kept instance. Backends found
-        inactive in kept maps (pulled by the previous daemon) start down."""
+        inactive in kept maps (pulled by the previous daemon) start down. `overrides`
+        (from the state file) are applied on top of the file first."""
+        if overrides:
+            for why in self.desired.replay(overrides):
+                self.log("override_dropped", level="warning", what=why)
+            if self.desired.changes:
+                self.log("overrides_kept", count=len(self.desired.changes),
+                         what="; ".join(self.desired.overrides))
         if existing is not None:
             # a restart keeps what the previous daemon served: backends it had pulled
             # start down (pulled), the others up whatever the check's `initial`
@@ -249,7 +261,6 @@ class Controller:
         """Run one override on a copy of Desired, apply it, keep it only if that worked."""
         before = self.desired
         trial = before.copy()
-        n = len(trial.overrides)
         fn(trial)
         self.desired = trial
         try:
@@ -258,13 +269,35 @@ class Controller:
             self.desired = before
             self.lb.apply(self._specs(before))
             raise
-        for o in trial.overrides[n:]:
-            self.log("override", what=o)
+        old = set(before.overrides)
+        for o in trial.overrides:
+            if o not in old:
+                self.log("override", what=o)
+        self.save_overrides()
         return changes
+
+    def save_overrides(self) -> None:
+        """Write the runtime overrides to the state file (removed when there are none),
+        so that a reload keeps them and a restart finds them."""
+        if self.overrides_path is None:
+            return
+        path = self.overrides_path
+        try:
+            if not self.desired.changes:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"config": self.config_path, "overrides": self.desired.changes}, f,
+                          indent=1)
+            os.replace(tmp, path)  # whole or not at all
+        except OSError as e:  # serving goes on; the next change tries again
+            self.log("overrides_not_saved", level="error", path=path, error=str(e))
 
     def reload(self, cfg: Config | None = None) -> dict:
         """Re-read the file (or take `cfg`) and apply only the diff. Runtime overrides
-        are dropped: the file is the truth again."""
+        are applied again on top of it; those that no longer apply are dropped."""
         try:
             cfg = cfg or load_config(self.config_path)
             if cfg.lb.interface != self.cfg.lb.interface or \
@@ -295,9 +328,9 @@ class Controller:
             ignored.append("bgp")  # starting or stopping the routing daemon: a restart
         elif cfg.bgp is not None and self.announcer is not None:
             self.announcer.bgp = cfg.bgp  # peers, timers: rewritten with the next update
-        dropped = list(self.desired.overrides)
         before = self.desired
         self.desired = Desired(cfg)
+        dropped = self.desired.replay(before.changes)
         try:
             changes = self.apply("reload")
         except Exception as e:
@@ -309,11 +342,15 @@ class Controller:
         self.cfg = cfg
         self.reloads["ok"] += 1
         self.last_load_ok, self.last_load_succeeded = time.time(), True
+        for why in dropped:
+            self.log("override_dropped", level="warning", what=why)
+        self.save_overrides()
         self.log("reloaded", config=self.config_path, changes=len(changes),
+                 kept_overrides=len(self.desired.changes) or None,
                  dropped_overrides=len(dropped) or None,
                  needs_restart=",".join(_key(k) for k in ignored) or None)
-        return {"changes": changes, "dropped_overrides": dropped,
-                "needs_restart": [_key(k) for k in ignored]}
+        return {"changes": changes, "kept_overrides": self.desired.overrides,
+                "dropped_overrides": dropped, "needs_restart": [_key(k) for k in ignored]}
 
     def check(self, path: object) -> dict:
         """What a reload from `path` would change (nothing is applied)."""
@@ -327,8 +364,10 @@ class Controller:
         if cfg.lb.interface != self.cfg.lb.interface:
             diff.insert(0, f"lb.interface: {self.cfg.lb.interface!r} -> {cfg.lb.interface!r} "
                         "(another instance: stop this one and serve the new file)")
+        trial = Desired(cfg)
+        dropped = trial.replay(self.desired.changes)
         return {"changes": diff, "serving": self.config_path,
-                "dropped_overrides": list(self.desired.overrides)}
+                "kept_overrides": trial.overrides, "dropped_overrides": dropped}
 
     def _on_health_change(self, key: BKey, st: HealthState) -> None:
         """A backend flipped: apply first, then say so (the event means it is done)."""
@@ -454,6 +493,12 @@ class Controller:
     def _backend(self, req: dict) -> list[str]:
         op, vip = req.get("op"), req.get("vip")
         ref = req.get("backend")
+        if op == "reset-overrides":
+            gone = self.desired.overrides
+            changes = self._change(lambda d: d.reset(), "reset-overrides")
+            self.log("overrides_reset", dropped=len(gone))
+            return changes or ["no changes in the data plane"] if gone else \
+                ["no runtime overrides"]
         if op == "add":
             if not isinstance(ref, dict):
                 raise RequestError("backend add needs a backend table")

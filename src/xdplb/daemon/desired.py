@@ -87,21 +87,50 @@ def parse_backend_ref(ref: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6A
 
 class Desired:
     """What should be served: the configuration file's VIPs plus runtime overrides
-    (drain, weight, backend and VIP add/remove). Overrides live in memory only: the
-    next reload from the file replaces them all."""
+    (drain, weight, backend and VIP add/remove).
+
+    Overrides are kept as `changes`, one entry per target and kind (a later change of
+    the same target replaces an earlier one, so they stay bounded), in a form that
+    `replay` applies again on top of another file: a reload or a restart keeps them,
+    dropping those that no longer apply; `reset` drops them all."""
 
     def __init__(self, cfg: Config):
         self.lb = cfg.lb
+        self._file: tuple[Vip, ...] = tuple(cfg.vips)
         self.vips: dict[VipKey, Vip] = {v.key: v for v in cfg.vips}
         self.drained: set[BKey] = set()
-        self.overrides: list[str] = []
+        self.changes: list[dict] = []
+
+    @property
+    def overrides(self) -> list[str]:
+        """The overrides in words, one line each."""
+        return [describe(c) for c in self.changes]
+
+    def reset(self) -> None:
+        """Back to the file as it is."""
+        self.vips = {v.key: v for v in self._file}
+        self.drained = set()
+        self.changes = []
+
+    def replay(self, changes: list[dict]) -> list[str]:
+        """Apply `changes` (from another Desired, or the state file) on top of this one;
+        those that no longer apply are left out: what was dropped, and why, one line
+        each."""
+        dropped = []
+        for c in changes:
+            try:
+                _apply(self, c)
+            except (RequestError, KeyError, TypeError, ValueError) as e:
+                what = describe(c) if _describable(c) else repr(c)
+                dropped.append(f"{what}: {e}")
+        return dropped
 
     def copy(self) -> Desired:
         """An independent copy (VIPs and backends are frozen and shared): a deepcopy of
         4,096 VIPs took longer than applying the change."""
         out = Desired.__new__(Desired)
-        out.lb, out.vips = self.lb, dict(self.vips)
-        out.drained, out.overrides = set(self.drained), list(self.overrides)
+        out.lb, out._file, out.vips = self.lb, self._file, dict(self.vips)
+        out.drained, out.changes = set(self.drained), [dict(c) for c in self.changes]
         return out
 
     # lookups ---------------------------------------------------------------------------
@@ -142,13 +171,45 @@ class Desired:
         return out
 
     # overrides -------------------------------------------------------------------------
-    def _record(self, what: str) -> None:
-        self.overrides.append(what)
+    def _record(self, change: dict) -> None:
+        """Keep one entry per target and kind: drop what `change` supersedes, then add
+        it unless it only undoes an override (an undrain, the removal of an added
+        backend or VIP)."""
+        op, vip, be = change["op"], change.get("name", change.get("vip")), change.get("backend")
+        target = (vip, be if isinstance(be, str) else change.get("key"))
+        same = [c for c in self.changes if _target(c) == target]
+        if op in ("drain", "undrain"):
+            self._drop([c for c in same if c["op"] == "drain"])
+            if op == "drain":
+                self.changes.append(change)
+        elif op == "weight":
+            self._drop([c for c in same if c["op"] == "weight"])
+            self.changes.append(change)
+        elif op == "remove_backend":
+            # a backend an override added goes with its override (a file backend removed
+            # earlier and added again keeps that earlier removal)
+            added = any(c["op"] == "add_backend" for c in same)
+            self._drop([c for c in same if c["op"] in ("drain", "weight", "add_backend")])
+            if not added:
+                self.changes.append(change)
+        elif op == "remove_vip":
+            mine = [c for c in self.changes if _target(c)[0] == vip]
+            added = any(c["op"] == "add_vip" for c in mine)
+            self._drop([c for c in mine if c["op"] != "remove_vip"])
+            if not added:
+                self.changes.append(change)
+        else:  # add_backend, add_vip
+            self.changes.append(change)
+
+    def _drop(self, gone: list[dict]) -> None:
+        ids = {id(c) for c in gone}
+        self.changes = [c for c in self.changes if id(c) not in ids]
 
     def drain(self, vip_ref: str | None, backend_ref: str, on: bool = True) -> None:
         for key, b in self.select(vip_ref, backend_ref):
             (self.drained.add if on else self.drained.discard)((key, b.key))
-            self._record(f"{'drain' if on else 'undrain'} {self.vips[key].name} {b.key}")
+            self._record({"op": "drain" if on else "undrain", "vip": self.vips[key].name,
+                          "backend": b.key})
 
     def set_weight(self, vip_ref: str | None, backend_ref: str, weight: object) -> None:
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 0xFFFF:
@@ -157,7 +218,7 @@ class Desired:
             v = self.vips[key]
             self.vips[key] = replace(v, backends=tuple(
                 replace(x, weight=weight) if x is b else x for x in v.backends))
-            self._record(f"weight {v.name} {b.key} {weight}")
+            self._record({"op": "weight", "vip": v.name, "backend": b.key, "weight": weight})
 
     def _one_vip(self, vip_ref: str | None) -> VipKey:
         if vip_ref:
@@ -179,14 +240,15 @@ class Desired:
         if self._n_backends() + 1 > self.lb.max_backends:
             raise RequestError(f"max_backends ({self.lb.max_backends}) reached")
         self.vips[key] = replace(v, backends=(*v.backends, b))
-        self._record(f"add backend {v.name} {b.key} weight {b.weight}")
+        self._record({"op": "add_backend", "vip": v.name, "backend": dict(table), "key": b.key,
+                      "weight": b.weight})
 
     def remove_backend(self, vip_ref: str | None, backend_ref: str) -> None:
         for key, b in self.select(vip_ref, backend_ref):
             v = self.vips[key]
             self.vips[key] = replace(v, backends=tuple(x for x in v.backends if x is not b))
             self.drained.discard((key, b.key))
-            self._record(f"remove backend {v.name} {b.key}")
+            self._record({"op": "remove_backend", "vip": v.name, "backend": b.key})
 
     def add_vip(self, table: dict) -> Vip:
         try:
@@ -202,14 +264,15 @@ class Desired:
         if self._n_backends() + len(v.backends) > self.lb.max_backends:
             raise RequestError(f"max_backends ({self.lb.max_backends}) reached")
         self.vips[v.key] = v
-        self._record(f"add VIP {v.name} {vip_label(v.key)} with {len(v.backends)} backends")
+        self._record({"op": "add_vip", "vip": dict(table), "name": v.name,
+                      "label": vip_label(v.key), "backends": len(v.backends)})
         return v
 
     def remove_vip(self, vip_ref: str) -> None:
         key = self.find_vip(vip_ref)
         v = self.vips.pop(key)
         self.drained = {d for d in self.drained if d[0] != key}
-        self._record(f"remove VIP {v.name}")
+        self._record({"op": "remove_vip", "vip": v.name})
 
     def _n_backends(self) -> int:
         return sum(len(v.backends) for v in self.vips.values())
@@ -242,6 +305,55 @@ class Desired:
             for b in v.backends:
                 out[(key, b.key)] = Target(b.address, v.health.port or b.port, v.health)
         return out
+
+
+# --- overrides as data ------------------------------------------------------------------
+
+
+def _target(c: dict) -> tuple[str | None, str | None]:
+    """(VIP name, backend key) an override is about (backend None: the VIP itself)."""
+    if c["op"] == "add_vip":
+        return c["name"], None
+    if c["op"] == "remove_vip":
+        return c["vip"], None
+    return c["vip"], c["key"] if c["op"] == "add_backend" else c["backend"]
+
+
+def _describable(c: object) -> bool:
+    return isinstance(c, dict) and c.get("op") in _WORDS
+
+
+_WORDS = {
+    "drain": lambda c: f"drain {c['vip']} {c['backend']}",
+    "weight": lambda c: f"weight {c['vip']} {c['backend']} {c['weight']}",
+    "add_backend": lambda c: f"add backend {c['vip']} {c['key']} weight {c['weight']}",
+    "remove_backend": lambda c: f"remove backend {c['vip']} {c['backend']}",
+    "add_vip": lambda c: f"add VIP {c['name']} {c['label']} with {c['backends']} backends",
+    "remove_vip": lambda c: f"remove VIP {c['vip']}",
+}
+
+
+def describe(c: dict) -> str:
+    return str(_WORDS[c["op"]](c))
+
+
+def _apply(d: Desired, c: dict) -> None:
+    """One override again (from `Desired.changes` or the state file)."""
+    if not _describable(c):
+        raise ValueError("not an override")
+    op = c["op"]
+    if op == "drain":
+        d.drain(c["vip"], c["backend"])
+    elif op == "weight":
+        d.set_weight(c["vip"], c["backend"], c["weight"])
+    elif op == "add_backend":
+        d.add_backend(c["vip"], dict(c["backend"]))
+    elif op == "remove_backend":
+        d.remove_backend(c["vip"], c["backend"])
+    elif op == "add_vip":
+        d.add_vip(dict(c["vip"]))
+    else:
+        d.remove_vip(c["vip"])
 
 
 # --- what a new file would change --------------------------------------------------------

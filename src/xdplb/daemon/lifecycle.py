@@ -210,7 +210,11 @@ class Daemon:
         self.ctl = Controller(self.dp, self.cfg, self.config_path, self.log, info=info,
                               egress_ifindex=inst.egress_ifindex)
         self.ctl.on_stop = self._request_stop
-        self.ctl.start(read_map_state(self.dp) if inst.took_over else None)
+        saved = None
+        if self.opts.control:  # serve: runtime overrides survive a restart
+            self.ctl.overrides_path = str(self.paths.overrides)
+            saved = self._saved_overrides()
+        self.ctl.start(read_map_state(self.dp) if inst.took_over else None, saved)
         signals.checkpoint()
         prog_id = inst.attach()
         self._attached = True
@@ -312,6 +316,21 @@ class Daemon:
         self.log("signal", signal=signal.Signals(signum).name,
                  action="keep attached and exit" if self.opts.keep else "detach and exit")
         self._request_stop(self.opts.keep)
+
+    def _saved_overrides(self) -> list[dict] | None:
+        """The runtime overrides the previous serve of this instance kept (None: none)."""
+        try:
+            data = json.loads(self.paths.overrides.read_text())
+            changes = data["overrides"]
+            if not isinstance(changes, list):
+                raise TypeError("overrides is not a list")
+            return changes
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:  # start from the file
+            self.log("overrides_unreadable", level="warning", path=str(self.paths.overrides),
+                     error=str(e), what="serving the file without runtime overrides")
+            return None
 
     def _on_hup(self) -> None:
         self.log("signal", signal="SIGHUP", action="reload")
