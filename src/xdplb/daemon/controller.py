@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -93,9 +94,9 @@ class Controller:
         self._view: tuple[VipView, ...] = ()
         self._view_fresh = False  # _view shows what is served (rebuilt when asked)
         self._view_built = False
-        #: set by an apply running in the daemon's worker thread: the view stays the last
-        #: one built, so `status` answers at once instead of waiting for the apply
-        self.applying = False
+        #: the thread running a change (the daemon's worker), None: none: other threads
+        #: see the last view built, so `status` answers at once instead of waiting
+        self.applying: int | None = None
         #: the daemon's worker: runs a change off the event loop, one at a time (None:
         #: at once, in the caller's thread)
         self.submit: Callable[[Callable[[], Any]], None] | None = None
@@ -568,9 +569,11 @@ class Controller:
         return tuple(vips)
 
     def current_view(self) -> tuple[VipView, ...]:
-        """The view, rebuilt if a change made it stale, unless an apply is running (then
-        the last one: consistent, and at once)."""
-        if not self._view_fresh and (not self.applying or not self._view_built):
+        """The view, rebuilt if a change made it stale, unless another thread is applying
+        a change (then the last one: consistent, and at once); the applying thread itself
+        (announcing what it changed) sees the new one."""
+        if not self._view_fresh and (self.applying in (None, threading.get_ident())
+                                     or not self._view_built):
             self._view_fresh = self._view_built = True  # (a change meanwhile clears it)
             self._view = self.view()
         return self._view

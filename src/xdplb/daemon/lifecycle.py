@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -350,11 +351,11 @@ class Daemon:
     # answering `status`, checking health and syncing while thousands of tables change
     def _in_worker(self, fn: Callable[[], Any]) -> Any:
         assert self.ctl is not None
-        self.ctl.applying = True
+        self.ctl.applying = threading.get_ident()
         try:
             return fn()
         finally:
-            self.ctl.applying = False
+            self.ctl.applying = None
             self.ctl.current_view()  # rebuilt here, not by the next status
 
     def _submit(self, fn: Callable[[], Any]) -> None:
