@@ -6,7 +6,7 @@
 # recommends: podman's install then creates no network, firewall rule or running service, and
 # xdplb never uses podman's bridge networks (src/xdplb/lab/containers.conf).
 set -eu
-pkgs="clang-19 libbpf-dev bpftool iproute2 ethtool curl iperf3 wrk nftables make gcc bird2 dnsmasq-base hping3 keepalived"
+pkgs="clang-19 libbpf-dev bpftool iproute2 ethtool curl iperf3 wrk nftables make gcc bird2 dnsmasq-base hping3 keepalived tmux"
 case "${1:-}" in
   bench) pkgs="$pkgs nginx" ;;
   image) pkgs="$pkgs podman runc mmdebstrap" ;;

@@ -1,9 +1,12 @@
 """What an operator looks at: `xdplb flows` on a running download, a killed `xdplb trace`
 leaving sampling off (the lease), `xdplb check -c` on good and bad files, status with
-active flows and the version."""
+active flows and the version, `xdplb top` in a terminal (tmux) during traffic."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -135,3 +138,48 @@ def test_start_up_interrupted_at_several_points_leaves_nothing_attached(lab):
         assert p.returncode in (0, 1, 130, 143), (delay, p.returncode, err)
         assert not xdp_attached(lab, "lb", "veth6"), (delay, sig, out, err)
     assert during_start >= 3, "the signals should land during the start"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None,
+                    reason="tmux not installed (scripts/install-deps.sh installs it)")
+def test_top_in_tmux_shows_moving_rates_during_traffic(lab, tmp_path, run_dir):
+    """`xdplb top` in a real terminal (tmux): the web VIP's packets/s are non-zero and
+    change while a bounded curl loop runs; q quits."""
+    Backends(lab, tmp_path)
+    config = write_config(tmp_path / "lb.toml", lab, ["h2", "h3"])
+    session = f"xdplbtop{os.getpid()}"
+    with serving(lab, config, run_dir):
+        cmd = shlex.join([*cli_argv(), "top", "-c", str(config), "--run-dir", str(run_dir),
+                          "--interval", "0.5"])
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
+                        cmd], check=True, timeout=10)
+        loop = "for i in $(seq 600); do curl -s -m 2 -o /dev/null 10.0.0.10:8000/whoami; done"
+        traffic = lab.popen("client", ["sh", "-c", loop])  # bounded: 600 requests
+        try:
+            rates: list[str] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len({r for r in rates if r != "0"}) < 3:
+                time.sleep(0.7)
+                pane = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                      check=True, capture_output=True, text=True,
+                                      timeout=10).stdout
+                row = next((ln.split() for ln in pane.splitlines()
+                            if ln.strip().startswith("web ")), None)
+                if row:
+                    rates.append(row[3])  # web 10.0.0.10:8000/tcp nat PKTS/S ...
+            moving = {r for r in rates if r != "0"}
+            assert len(moving) >= 3, f"packets/s seen: {rates}\n{pane}"
+            assert "10.0.0.2:8000" in pane and "10.0.0.3:8000" in pane, pane
+            subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True, timeout=10)
+            for _ in range(50):
+                if subprocess.run(["tmux", "has-session", "-t", session], check=False,
+                                  capture_output=True).returncode:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("q did not quit top")
+        finally:
+            traffic.kill()
+            traffic.wait()
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False,
+                           capture_output=True)

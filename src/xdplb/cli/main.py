@@ -9,7 +9,7 @@ from typing import cast
 
 from .. import __version__
 from ..lab import register_cli as register_lab
-from . import observe, run, serve, tools
+from . import observe, run, serve, tools, top
 from ._common import Parser, run_command
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     observe.register(sub)
     tools.register(sub)
     serve.register(sub)
+    top.register(sub)
     register_lab(sub)
     return p
 

@@ -659,6 +659,7 @@ class Controller:
         return {**self.info, "config": self.config_path, "pid": os.getpid(),
                 "uptime": round(time.time() - self.started, 1), "reloads": dict(self.reloads),
                 "overrides": list(self.desired.overrides), "vips": vips,
+                "flows": self._flow_counts(),
                 "stats": {k: {"packets": p, "bytes": b} for k, (p, b) in self._reasons().items()},
                 "bgp": None if self.announcer is None else self.announcer.status(),
                 "l2": None if self.l2 is None else self.l2.status(), "drained": self.drained,
