@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -142,7 +143,8 @@ class Rig:
         self.closers: list[Callable[[], None]] = []
         self.subjects: list[Subject] = []
         try:
-            floors = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty", "xdp_tx", "xdp_flow"))
+            floors = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty", "xdp_tx", "xdp_flow",
+                                                             "xdp_encap"))
             self.closers.append(floors.close)
             tut = BpfObject(BUILD / "tutorial_peer.bpf.o").load(("tutorial_lb",
                                                                  "tutorial_lb_rev2"))
@@ -166,8 +168,13 @@ class Rig:
                         note="one 64-byte entry of a 16 MiB array (1<<18 entries, the size of "
                              "xdplb's conntrack region here) at a hash of the 5-tuple, "
                              "written for a new flow: a stateful balancer's least cost"),
+                Subject("encap", "MAC swap + XDP_TX + 20 B of headroom and an IPv4 header",
+                        "floor", floors.program("xdp_encap"), dict.fromkeys(all_cases, "TX"),
+                        note="bpf_xdp_adjust_head(-20) and a 20-byte IPv4 header with its "
+                             "checksum: the least an encapsulating forwarder pays"),
                 self.xdplb,
                 self.xdplb_dsr,
+                *self.xdplb_tunnels,
                 Subject("tutorial", "tutorial (as printed, no printk)", "peer",
                         tut.program("tutorial_lb"), dict.fromkeys(all_cases, "TX"),
                         check=_check_plain,
@@ -232,6 +239,25 @@ class Rig:
                                   "est1514_partial": "TX", "nonvip": "PASS"},
                                  repeat_ok={"est64", "est1514", "nonvip"}, reset=reset_dsr)
 
+        # the same VIP in the tunnel modes: the backends' MAC stands for the next hop's
+        # (like for like with DSR, which also sends to a configured MAC)
+        self.xdplb_tunnels = []
+        for mode in ("ipip", "gue"):
+            t = load(sizes=sizes, knobs=knobs)
+            self.closers.append(t.close)
+            LoadBalancer(t, max_vips=sizes.max_vips, max_backends=sizes.max_backends).apply(
+                [VipSpec(address=ipaddress.ip_address(LB_IP), port=VIP_PORT, protocol="tcp",
+                         mode=mode, tunnel_source=(ipaddress.ip_address(LB_IP),),
+                         backends=tuple(BackendSpec(ipaddress.ip_address(ip), mac=F.mac(m))
+                                        for ip, m in BACKENDS))])
+            self.xdplb_tunnels.append(Subject(
+                f"xdplb_{mode}", f"xdplb ({mode.upper()})", "xdplb", t.program,
+                {"new": "TX", "est64": "TX", "est1514": "TX", "est1514_partial": "TX",
+                 "nonvip": "PASS"}, repeat_ok={"nonvip"}, reset=t.clear_flows,
+                check=_check_tunnel,
+                note=f"{'IPv4 in IPv4' if mode == 'ipip' else 'GUE variant 1 over IPv4'} to "
+                     "the backend (its MAC as the next hop's, bpf_check_mtu)"))
+
     def _load_katran(self, path: str) -> None:
         import katran
 
@@ -277,6 +303,17 @@ def _check_xdplb(case: str, fin: bytes, fout: bytes) -> dict:
     if p is None:
         return {}
     out = {"ip_csum_ok": p.ip_csum_ok, "tcp_csum_ok": p.l4_csum_ok, "dst": p.dst}
+    if case == "nonvip":
+        out["untouched"] = fin == fout
+    return out
+
+
+def _check_tunnel(case: str, fin: bytes, fout: bytes) -> dict:
+    p = F.parse(fout)
+    if p is None:
+        return {}
+    out = {"outer_ip_csum_ok": p.ip_csum_ok, "dst": p.dst,
+           "inner_intact": fout.endswith(fin[14:]) if case != "nonvip" else None}
     if case == "nonvip":
         out["untouched"] = fin == fout
     return out
@@ -431,6 +468,109 @@ def run_repeat(rig: Rig, cases: list[Case], rounds: int, repeat: int) -> dict:
     return res
 
 
+# --- the backends' decapsulator ---------------------------------------------------------
+# Measured apart, in a network namespace of its own: whether an inner destination is local is
+# the kernel FIB's answer for the ingress device (lo under a test run), so the namespace
+# holds the VIP on its loopback and sets forwarding as each variant needs; the empty program
+# is measured in the same namespace, call for call, as the floor.
+
+DECAP_VARIANTS = {"fwd_off": 0, "fwd_on": 1}  # net.ipv4/ipv6 forwarding in the namespace
+
+
+def decap_frames() -> dict[str, tuple[str, bytes]]:
+    """case -> (label, frame): IPIP and GUE as xdplb sends them, to a backend."""
+    lb, be, vip6 = F.ip4(LB_IP), F.ip4("10.0.1.2"), ipaddress.IPv6Address("fd00::a").packed
+    be6 = ipaddress.IPv6Address("fd00:1::2").packed
+
+    def inner(frame_len: int) -> bytes:
+        return _client_frame(CLIENT_PORT, F.TCP_ACK | F.TCP_PSH, frame_len)[14:]
+
+    def outer4(proto: int, body: bytes) -> bytes:
+        h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0x4000, 64,
+                                  proto, 0, lb, be))
+        h[10:12] = struct.pack("!H", 0xFFFF & ~F.sum16(bytes(h)))
+        return bytes(h) + body
+
+    def outer6(body: bytes) -> bytes:
+        return struct.pack("!IHBB", 0x60000000, len(body), 17, 64) + vip6 + be6 + body
+
+    def eth(et: int, pkt: bytes) -> bytes:
+        return F.mac(BACKENDS[0][1]) + F.mac(LB_MAC) + struct.pack("!H", et) + pkt
+
+    def udp(body: bytes) -> bytes:
+        return struct.pack("!HHHH", 50000, 6080, 8 + len(body), 0) + body
+
+    return {
+        "decap_ipip64": ("IPIP, 64 B inner frame", eth(0x0800, outer4(4, inner(F.MIN_FRAME)))),
+        "decap_ipip1514": ("IPIP, 1514 B inner frame", eth(0x0800, outer4(4, inner(BIG)))),
+        "decap_gue1514": ("GUE over IPv4, 1514 B inner frame",
+                          eth(0x0800, outer4(17, udp(inner(BIG))))),
+        "decap_gue6_1514": ("GUE over IPv6 (IPv4 inside), 1514 B inner frame",
+                            eth(0x86DD, outer6(udp(inner(BIG))))),
+    }
+
+
+def decap_child(args: argparse.Namespace) -> int:
+    """In the namespace (`ip netns exec`): empty vs decap, interleaved, JSON on stdout."""
+    from xdplb._bpf import object_path
+    from xdplb._bpf.libbpf import BpfObject
+
+    floors = BpfObject(BUILD / "floors.bpf.o").load(("xdp_empty",))
+    decap = BpfObject(object_path("decap")).load(("xdplb_decap",))
+    progs = {"empty": floors.program("xdp_empty"), "decap": decap.program("xdplb_decap")}
+    res: dict = {}
+    try:
+        for ck, (label, frame) in decap_frames().items():
+            act, out, _ = progs["decap"].test_run(frame)
+            rounds: dict[str, list] = {"empty": [], "decap": []}
+            for r in range(-1, args.rounds):
+                n = args.warmup if r < 0 else args.calls
+                ns = {k: np.empty(n, dtype=np.int64) for k in progs}
+                for i in range(n):
+                    order = list(progs) if i % 2 else list(progs)[::-1]
+                    for k in order:
+                        ns[k][i] = progs[k].test_run(frame)[2]
+                if r >= 0:
+                    for k in progs:
+                        rounds[k].append(_summary(ns[k]))
+            res[ck] = {"label": label, "frame_len": len(frame), "action": ACTION.get(act, act),
+                       "stripped": len(out) < len(frame) and out[:12] == frame[:12]
+                       and out[14:] == frame[len(frame) - len(out) + 14:],
+                       "ns": {k: statistics.median(x["tmean"] for x in v)
+                              for k, v in rounds.items()},
+                       "net_ns": statistics.median(d["tmean"] - e["tmean"] for d, e in
+                                                   zip(rounds["decap"], rounds["empty"]))}
+    finally:
+        decap.close()
+        floors.close()
+    print(json.dumps(res))
+    return 0
+
+
+def run_decap(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    out: dict = {}
+    for variant, fwd in DECAP_VARIANTS.items():
+        ns = f"xdb{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            sh = ["ip", "netns", "exec", ns]
+            subprocess.run([*sh, "ip", "link", "set", "lo", "up"], check=True)
+            subprocess.run([*sh, "ip", "addr", "add", f"{LB_IP}/32", "dev", "lo"], check=True)
+            subprocess.run([*sh, "sysctl", "-qw", f"net.ipv4.conf.all.forwarding={fwd}",
+               f"net.ipv4.conf.lo.forwarding={fwd}", f"net.ipv6.conf.all.forwarding={fwd}"],
+                           check=True)
+            p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__,
+                                "--decap-child", "--rounds", str(args.rounds), "--calls",
+                                str(args.calls), "--warmup", str(args.warmup)],
+                               check=True, capture_output=True, text=True)
+            out[variant] = {"forwarding": fwd, "cases": json.loads(p.stdout)}
+            log(f"  decap ({variant}): " + ", ".join(
+                f"{k} {v['net_ns']:+.0f} ns" for k, v in out[variant]["cases"].items()))
+        finally:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    return out
+
+
 # --- machine ----------------------------------------------------------------------------
 
 
@@ -473,7 +613,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a prebuilt Katran balancer.bpf.o (default: $XDPLB_BENCH_KATRAN_OBJ)")
     ap.add_argument("--out", type=Path, default=RESULTS / "micro.json")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 500 calls (smoke test)")
+    ap.add_argument("--decap-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.decap_child:
+        return decap_child(args)
     if args.quick:
         args.rounds, args.calls, args.warmup, args.repeat = 2, 500, 50, 10_000
     if os.geteuid() != 0:
@@ -507,6 +650,7 @@ def _run(args: argparse.Namespace, cpu: int) -> int:
         repeat = run_repeat(rig, cases, args.rounds, args.repeat)
     finally:
         rig.close()
+    decap = run_decap(args, log)
     from xdplb.config import DEFAULTS
 
     out = {
@@ -523,6 +667,7 @@ def _run(args: argparse.Namespace, cpu: int) -> int:
         "xdplb_stats": single["xdplb_stats"],
         "clock": single["clock"],
         "repeat": repeat,
+        "decap": decap,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

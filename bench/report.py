@@ -18,10 +18,15 @@ IMG = ROOT / "docs" / "img"
 TARGETS = {"est64": 90, "est1514": 90, "reply64": 90, "reply1514": 90, "nonvip": 20,
            "new": 300}
 
-PROG_ORDER = ["empty", "tx", "flow", "xdplb", "xdplb_dsr", "tutorial", "tutorial_rev2", "katran"]
-SHORT = {"empty": "empty", "tx": "tx floor", "flow": "flow floor", "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
+PROG_ORDER = ["empty", "tx", "flow", "encap", "xdplb", "xdplb_dsr", "xdplb_ipip", "xdplb_gue",
+              "tutorial", "tutorial_rev2", "katran"]
+SHORT = {"empty": "empty", "tx": "tx floor", "flow": "flow floor", "encap": "encap floor",
+         "xdplb_ipip": "xdplb IPIP", "xdplb_gue": "xdplb GUE",
+         "xdplb": "xdplb NAT", "xdplb_dsr": "xdplb DSR",
          "tutorial": "tutorial", "tutorial_rev2": "tutorial rev2", "katran": "Katran"}
-COLORS = {"empty": "#bbbbbb", "tx": "#888888", "flow": "#555555", "xdplb": "#1f77b4", "xdplb_dsr": "#17becf",
+COLORS = {"empty": "#bbbbbb", "tx": "#888888", "flow": "#555555", "encap": "#333333",
+          "xdplb_ipip": "#9467bd", "xdplb_gue": "#8c564b",
+          "xdplb": "#1f77b4", "xdplb_dsr": "#17becf",
           "tutorial": "#ff7f0e", "tutorial_rev2": "#d62728", "katran": "#2ca02c"}
 PATH_LABEL = {"direct": "direct to the backends", "xdplb": "through xdplb",
               "nft": "through nftables DNAT+SNAT"}
@@ -231,6 +236,67 @@ def micro_section(micro: dict) -> list[str]:
     return out
 
 
+# Tunnel-mode targets (issue 16): encapsulation <= 15 ns above DSR, the backends'
+# decapsulator <= 30 ns above an empty program of its hook.
+TUNNEL_OVER_DSR, DECAP_TARGET = 15, 30
+
+
+def tunnel_section(micro: dict) -> list[str]:
+    single = micro["single"]
+    dsr = single.get("xdplb_dsr")
+    tun = [k for k in ("xdplb_ipip", "xdplb_gue") if k in single]
+    if not dsr or not tun:
+        return []
+    out = ["## Tunnel modes (ipip, gue) and the backends' decapsulator", "",
+           ("Same run as above. The tunnel modes are DSR plus an outer header: the VIP "
+            "10.0.0.10:8000/tcp in IPIP / GUE (over IPv4) mode, the backends' MAC standing "
+            "for the next hop's (as DSR's), so the next hop costs the same; the target is at "
+            f"most {TUNNEL_OVER_DSR} ns above DSR. The `encap floor` program is the tx floor "
+            "plus `bpf_xdp_adjust_head` and a 20-byte IPv4 header: what any encapsulating XDP "
+            "program pays on this kernel before doing anything else."), "",
+           "| case | DSR (ns above empty) | " + " | ".join(
+               f"{SHORT[k]} (above empty, above DSR)" for k in tun)
+           + " | encap floor - tx floor |", "|---|---:|" + "---:|" * len(tun) + "---:|"]
+    for c in ("new", "est64", "est1514", "est1514_partial"):
+        if c not in dsr:
+            continue
+        d = dsr[c]["net_ns"]
+        cells = []
+        for k in tun:
+            v = single[k][c]["net_ns"]
+            cells.append(f"{v:.0f} ({v - d:+.0f}{'' if v - d <= TUNNEL_OVER_DSR else ' **over**'})")
+        fl = single.get("encap", {}).get(c, {}).get("net_ns")
+        tx = single.get("tx", {}).get(c, {}).get("net_ns")
+        floor = "–" if fl is None or tx is None else f"{fl - tx:+.0f}"
+        out.append(f"| {micro['cases'][c]['label']} | {d:.0f} | " + " | ".join(cells)
+                   + f" | {floor} |")
+    out += ["", ("Frames longer than 1280 bytes once wrapped also ask `bpf_check_mtu` (path MTU); "
+                 "shorter ones cannot exceed any link's MTU and skip it.")]
+    dec = micro.get("decap")
+    if dec:
+        out += ["", ("The decapsulator (`bpf/decap.bpf.c`, XDP) against the empty XDP program, "
+                     "measured in a network namespace of its own (its locality check asks the "
+                     "kernel FIB about the ingress device, lo under a test run) with the inner "
+                     "destination on its loopback, call for call with the empty program; "
+                     f"target <= {DECAP_TARGET} ns. \"forwarding off\": the host does not "
+                     "forward (a backend's usual setting); \"forwarding on\": the FIB is "
+                     "consulted for real. Answers are cached per CPU for 256 jiffies, so these "
+                     "are the cached costs."), "",
+                "| frame | " + " | ".join(f"forwarding {v.split('_')[1]} (ns above empty)"
+                                         for v in dec) + " | stripped |",
+                "|---|" + "---:|" * len(dec) + "---|"]
+        first = next(iter(dec.values()))["cases"]
+        for c, info in first.items():
+            cells = []
+            for v in dec.values():
+                n = v["cases"][c]["net_ns"]
+                cells.append(f"{n:.0f}" + ("" if n <= DECAP_TARGET else " **over**"))
+            out.append(f"| {info['label']} ({info['frame_len']} B) | " + " | ".join(cells)
+                       + f" | {'yes' if info['stripped'] else 'NO'} |")
+    out.append("")
+    return out
+
+
 def katran_section(micro: dict | None) -> list[str]:
     out = ["## Katran", ""]
     if micro and micro.get("katran"):
@@ -388,6 +454,7 @@ def build_page(micro: dict | None, live: dict | None) -> str:
     if micro:
         out += targets_section(micro)
         out += micro_section(micro)
+        out += tunnel_section(micro)
     else:
         out += ["## Micro-benchmark", "", "No results (bench/results/micro.json missing).", ""]
     out += katran_section(micro)

@@ -19,6 +19,8 @@
 enum xdplb_mode {
 	XDPLB_MODE_NAT = 0, /* full NAT: dst = backend, src = snat address + port */
 	XDPLB_MODE_DSR = 1, /* L2 direct server return: only MACs change */
+	XDPLB_MODE_IPIP = 2, /* tunnel: IPv4-in-IPv4 / IPv6-in-IPv6 to the backend (encap.h) */
+	XDPLB_MODE_GUE = 3,  /* tunnel: GUE variant 1 (IP right after UDP) to the backend */
 };
 
 /* vip_stats counts what has no backend (drops); traffic a VIP forwards is the
@@ -85,7 +87,8 @@ struct backend {
 	__u16 pad;
 	__u32 ifindex; /* BE_F_REDIRECT: egress interface */
 	__u32 vip_id;  /* the VIP this backend serves (counters are per backend) */
-	__u32 snat_addr[4]; /* NAT mode: the VIP's source address towards it */
+	__u32 snat_addr[4]; /* NAT mode: the VIP's source address towards it;
+			     * ipip/gue: the outer source address (backend's family) */
 };
 
 /* MAC address of an interface frames are redirected out of (two-armed). */
@@ -169,6 +172,9 @@ enum xdplb_stat {
 	ST_RST_NOT_SYN,      /* NAT: no SYN, its flow just re-selected: answered with an RST */
 	ST_RST_NAT_FULL,     /* NAT: a SYN that found no way answered with an RST|ACK */
 	ST_SYN_VERIFIED,     /* NAT: a client's RST carried the challenge's cookie: address verified */
+	ST_TUNNEL_NO_ROUTE,  /* ipip/gue: no route to the backend (FIB): to the stack */
+	ST_PMTU_ICMP,        /* ipip/gue: too big once encapsulated: ICMP frag-needed/too-big sent */
+	ST_PMTU_DROP,        /* ipip/gue: too big, no ICMP (rate limit, IPv4 without DF, VLAN) */
 	ST__MAX,
 };
 
@@ -184,6 +190,8 @@ struct lb_knobs {
 	__u32 ct_sets;      /* conntrack sets of the flows table, a power of two */
 	__u8 if_mac[6];     /* the interface's MAC: what mac_check accepts, our source MAC */
 	__u16 pad;
+	__u16 gue_port;     /* network order: GUE destination port (mode gue) */
+	__u16 pmtu_rate;    /* host order: ICMP frag-needed/too-big per second and CPU */
 };
 
 /* Per-CPU flood state (`flood` map, guard.h): the non-SYN budget (not NAT), the
@@ -236,6 +244,39 @@ struct lb_runtime {
 	__u32 cookie_secret[4]; /* the cookie's key (random at load, kept by a takeover) */
 	__u64 port_bits[PORT_BITS_WORDS]; /* dports used by some VIP (host order) */
 	__u64 addr_bits[PORT_BITS_WORDS]; /* VIP addresses, by addr_bit() */
+};
+
+/* The backends' decapsulator (decap.bpf.c): index of its `decap_stats` map. */
+enum decap_stat {
+	DS_IPIP = 0,        /* IPIP stripped, inner packet to the stack */
+	DS_GUE,             /* GUE (variant 0 or 1) stripped, inner packet to the stack */
+	DS_PASS_NOT_TUNNEL, /* not IPIP nor UDP to the GUE port: untouched */
+	DS_PASS_NOT_LOCAL,  /* inner destination not an address of this host: untouched */
+	DS_PASS_MALFORMED,  /* truncated or inconsistent headers: untouched */
+	DS_PASS_GUE_OTHER,  /* GUE control message or payload not IP: untouched */
+	DS__MAX,
+};
+
+#define DECAP_CACHE 16 /* per-CPU answers "is this inner destination local?" */
+
+/* One cached FIB answer of the decapsulator. */
+struct decap_local {
+	__u32 addr[4];  /* inner destination (IPv4: addr[0], the rest 0) */
+	__u64 stamp;    /* jiffies when the FIB answered; 0: never */
+	__u32 local;    /* 1: decapsulate, 0: leave alone */
+	__u32 pad;
+};
+
+/* The decapsulator's per-CPU state: counters (by enum decap_stat) and the cache. */
+struct decap_state {
+	struct counter stats[DS__MAX];
+	struct decap_local cache[DECAP_CACHE];
+};
+
+/* Load-time knobs of the decapsulator (.rodata). */
+struct decap_knobs {
+	__u16 gue_port; /* network order */
+	__u16 pad;
 };
 
 /* Trace event (ring buffer). */

@@ -168,7 +168,8 @@ static __always_inline int icmp_to_backend(struct xdp_md *ctx, struct packet *pk
 	__u32 stat = ST_ICMP_FWD;
 	int action;
 
-	if (!be)
+	/* tunnel modes: the error stays with the LB's host (not encapsulated) */
+	if (!be || vip->mode == XDPLB_MODE_IPIP || vip->mode == XDPLB_MODE_GUE)
 		return verdict(pkt, ST_PASS_NOT_VIP, XDP_PASS);
 	if (vip->mode == XDPLB_MODE_NAT) {
 		/* the embedded packet as the backend sent it: backend -> snat:port */

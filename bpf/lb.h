@@ -4,6 +4,7 @@
 #ifndef XDPLB_LB_H
 #define XDPLB_LB_H
 
+#include "encap.h"
 #include "flow.h"
 #include "forward.h"
 #include "hash.h"
@@ -19,6 +20,7 @@ struct flow_pick {
 	__u32 backend_id;
 	__u16 nat_port; /* network order; 0 unless NAT */
 	__u16 pad;
+	__u32 hash;     /* the flow hash (tunnels: outer UDP port, IPv6 flow label) */
 };
 
 /* The flow's backend: kept from the flow table, else chosen by Maglev (and, in
@@ -44,6 +46,7 @@ static __always_inline struct backend *flow_backend(struct xdp_md *ctx, struct p
 	struct backend *be;
 	int idx = FLOW_NONE;
 
+	out->hash = hash;
 	if (!(vip->flags & VIP_F_UDP_STATELESS) || pkt->key.proto != IPPROTO_UDP) {
 		idx = flow_find(&pkt->key, hash, nat);
 		e = idx == FLOW_NONE ? 0 : flow_at(idx);
@@ -149,6 +152,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 		/* DSR keeps the tuple, but a CHECKSUM_PARTIAL frame must still be finished */
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	}
+	if (is_tunnel(vip)) /* the entry encapsulates (encap.h: TUNNEL_REQ) */
+		return tunnel_request(pkt, vip, fs.backend_id, fs.hash, stat);
 	if (be->flags & BE_F_MAC)
 		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
 	else

@@ -134,6 +134,20 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* Per-CPU budget of ICMP frag-needed/packet-too-big answers (encap.h). */
+struct pmtu_budget {
+	__u64 window; /* jiffies / hz of the second it counts */
+	__u64 sent;
+};
+
+/* 0 -> this CPU's ICMP budget for the current second. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pmtu_budget);
+} pmtu_budget SEC(".maps");
+
 /* Load-time knobs and run-time switches (abi.h). */
 const volatile struct lb_knobs knobs = {
 	.hash_seed = 0x5eed1b0b,
@@ -143,6 +157,8 @@ const volatile struct lb_knobs knobs = {
 	.csum_fixup = 1,
 	.flow_format = FLOW_FORMAT,
 	.ct_sets = 262144,
+	.gue_port = 0xc017, /* 6080, network order */
+	.pmtu_rate = 100,
 };
 volatile struct lb_runtime runtime;
 

@@ -45,8 +45,16 @@ struct packet {
 	__u8 tcp_flags;      /* FIN/SYN/RST/ACK bits, 0 for UDP */
 	__u8 maybe_vip;      /* set by the entry: the VIP pre-filter's answer */
 	__u8 tcp_data;       /* TCP: the segment carries payload (after the header's options) */
-	__u32 tcp_seq;       /* TCP sequence and acknowledgment numbers, host order */
-	__u32 tcp_ack;
+	union {
+		struct { /* TCP sequence and acknowledgment numbers, host order */
+			__u32 tcp_seq;
+			__u32 tcp_ack;
+		};
+		struct { /* a tunnel VIP's packet on its way back to the entry (encap.h) */
+			__u32 tun_hash; /* the flow hash: outer UDP port, IPv6 flow label */
+			__u32 tun_hint; /* reserved for the second chance's hint */
+		};
+	};
 };
 
 #define TCPF_FIN 0x01

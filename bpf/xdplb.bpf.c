@@ -2,6 +2,7 @@
 /* xdplb.bpf.c - the data plane: parse -> classify -> flow -> select ->
  * rewrite -> next hop, with counters and sampled traces. Details live in the
  * topic headers; struct layouts in abi.h. */
+#include "encap.h"
 #include "icmp.h"
 #include "lb.h"
 #include "maps.h"
@@ -46,6 +47,7 @@ SEC("xdp")
 int xdplb(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
+	int rc;
 
 	if (knobs.mac_check && !is_for_us(ctx, knobs.if_mac)) {
 		pkt.frame_len = ctx->data_end - ctx->data;
@@ -69,7 +71,10 @@ int xdplb(struct xdp_md *ctx)
 	pkt.maybe_vip = maybe_vip(&pkt);
 	if (!pkt.maybe_vip && !is_nat_reply(&pkt))
 		return verdict(&pkt, ST_PASS_NOT_VIP, XDP_PASS); /* the host's own traffic */
-	return process_packet(ctx, &pkt);
+	rc = process_packet(ctx, &pkt);
+	if (rc >= (int)TUNNEL_REQ) /* a tunnel VIP's: encapsulated here, on a shallow stack */
+		return tunnel_forward(ctx, &pkt, rc);
+	return rc;
 }
 
 /* Test-run only: writes bpf_jiffies64() into the frame, so the loader can

@@ -80,7 +80,7 @@ def attached_report(iface: str) -> dict:
             host = f"[{addr}]" if key.family == abi.AF_INET6 else str(addr)
             report["vips"].append({
                 "vip": f"{host}:{vport}/{proto}", "id": info.vip_id,
-                "mode": "nat" if info.mode == abi.MODE_NAT else "dsr", **totals,
+                "mode": abi.MODE_NAMES.get(info.mode, str(info.mode)), **totals,
                 "dropped": {"packets": dropped["packets"], "bytes": dropped["bytes"]},
                 "backends": backends})
         return report

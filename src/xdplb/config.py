@@ -58,7 +58,8 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 L4Proto = Literal["tcp", "udp"]
-Mode = Literal["nat", "dsr"]  # full NAT (SNAT towards backends) or L2 direct server return
+# full NAT (SNAT towards backends), L2 direct server return, or a tunnel to the backend
+Mode = Literal["nat", "dsr", "ipip", "gue"]
 RemovedPolicy = Literal["reselect", "reset"]  # flows of a removed backend
 FragPolicy = Literal["pass", "drop"]  # IP fragments addressed to a VIP
 XdpMode = Literal["auto", "native", "generic"]
@@ -106,6 +107,8 @@ class Defaults:
     verified_size: int = 65536  # client addresses that answered a challenge (LRU)
     verified_timeout_s: float = 300.0  # how long such an address skips the challenge
     rst_rate: int = 1000  # NAT: RST answers (non-SYN miss, full table) per CPU and second
+    gue_port: int = 6080  # GUE (tunnel mode) UDP port: Katran's and the GUE drafts' usual
+    pmtu_rate: int = 100  # tunnel modes: ICMP frag-needed/packet-too-big per second and CPU
 
 
 DEFAULTS = Defaults()
@@ -117,6 +120,7 @@ DEFAULT_HOLD_TIME = 9  # seconds; keepalive every hold/3 (BGP's minimum hold is 
 DEFAULT_BFD_INTERVAL_MS = 100  # 50 ms x 3 flapped on a loaded 2-core machine; 100 ms held
 DEFAULT_BFD_MULTIPLIER = 3
 MAX_ASN = 0xFFFFFFFF
+TUNNEL_MODES = ("ipip", "gue")
 
 
 class ConfigError(XdplbError, ValueError):
@@ -191,6 +195,7 @@ class LbSettings:
     rst_rate: int = DEFAULTS.rst_rate
     name: str | None = None  # instance name (pins, control socket); None: the interface's
     metrics: tuple[str, int] | None = None  # Prometheus exporter (host, port); None: off
+    gue_port: int = DEFAULTS.gue_port  # UDP destination port of GUE-mode VIPs' packets
 
     @property
     def instance(self) -> str:
@@ -269,6 +274,9 @@ class Vip:
     min_healthy: int = 1
     communities: tuple[str, ...] = ()  # "65000:100" (standard) or "65000:1:2" (large)
     med: int | None = None
+    # ipip/gue: outer source address(es), at most one per family; () = the interface's first
+    # global address of the backend's family (resolved when the LB starts)
+    tunnel_source: tuple[IPAddress, ...] = ()
 
     @property
     def key(self) -> VipKey:
@@ -898,6 +906,7 @@ class _Parser:
             rst_rate=t.integer("rst_rate", 0, 1 << 24, DEFAULTS.rst_rate),
             name=t.get("name", _instance, "a string", None),
             metrics=t.get("metrics", parse_listen, 'a string like "127.0.0.1:9100"', None),
+            gue_port=t.integer("gue_port", 1, 65535, DEFAULTS.gue_port),
         )
         t.done()
         return s
@@ -916,7 +925,9 @@ class _Parser:
             if snat.version != address.version:
                 raise t.fail("snat", f"{snat} is {_family(snat)} but the VIP is {_family(address)}")
         elif t.has("snat"):
-            raise t.fail("snat", "only for mode = 'nat' (dsr keeps the client's source address)")
+            raise t.fail("snat", f"only for mode = 'nat' ({mode} keeps the client's source "
+                         "address)")
+        tunnel_source = self.tunnel_source(t, mode)
 
         ring_size = t.integer("ring_size", 2, MAX_RING_SIZE, DEFAULTS.ring_size)
         if not is_prime(ring_size):
@@ -931,6 +942,9 @@ class _Parser:
         seen: dict[tuple[IPAddress, int], str] = {}
         for bt in t.tables("backend"):
             b = self.backend(bt, address, port, mode)
+            if tunnel_source and b.address.version not in {a.version for a in tunnel_source}:
+                raise t.fail("tunnel_source", f"no {_family(b.address)} address for backend "
+                             f"{b.address} ({bt.path})")
             if (b.address, b.port) in seen:
                 raise bt.fail(None, f"duplicate of {seen[b.address, b.port]} ({b.key})")
             seen[b.address, b.port] = bt.path
@@ -967,20 +981,44 @@ class _Parser:
             min_healthy=min_healthy,
             communities=communities,
             med=med,
+            tunnel_source=tunnel_source,
         )
+
+    def tunnel_source(self, t: _Table, mode: str) -> tuple[IPAddress, ...]:
+        """`tunnel_source`: an address or an array of them (one per family), ipip/gue only."""
+        if not t.has("tunnel_source"):
+            return ()
+        if mode not in TUNNEL_MODES:
+            t.used.add("tunnel_source")
+            raise t.fail("tunnel_source", "only for mode = 'ipip' or 'gue'")
+
+        def check(v: Any) -> tuple[IPAddress, ...]:
+            items = v if isinstance(v, list) else [v]
+            if not items or not all(isinstance(x, str) for x in items):
+                raise _WrongType
+            addrs = tuple(_unicast(parse_ip(x)) for x in items)
+            fams = [a.version for a in addrs]
+            if len(set(fams)) != len(fams):
+                raise ValueError("at most one address per family (IPv4, IPv6)")
+            return addrs
+
+        return t.get("tunnel_source", check, "an IP address string or an array of them")
 
     def backend(self, t: _Table, vip_address: IPAddress, vip_port: int, mode: str) -> Backend:
         address = t.ip("address")
-        if address.version != vip_address.version:
+        # GUE carries either family in either family; IPIP here stays 4-in-4 and 6-in-6
+        if address.version != vip_address.version and mode != "gue":
+            hint = " (mode = 'gue' carries either family in either)" if mode == "ipip" else ""
             raise t.fail(
-                "address", f"{address} is {_family(address)} but the VIP is {_family(vip_address)}"
+                "address", f"{address} is {_family(address)} but the VIP is "
+                f"{_family(vip_address)}{hint}"
             )
         mac = t.get("mac", _mac, "a MAC address string", None)
         port = vip_port
         if t.has("port"):
             if mode != "nat":
                 t.used.add("port")
-                raise t.fail("port", "only for mode = 'nat' (dsr keeps the VIP's port)")
+                raise t.fail("port", f"only for mode = 'nat' ({mode} keeps the VIP's port)")
             if vip_port == 0:
                 t.used.add("port")
                 raise t.fail(

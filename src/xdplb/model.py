@@ -685,6 +685,10 @@ class Model:
         self.csum_fixup = bool(getattr(k, "csum_fixup", True))
         mac = getattr(k, "if_mac", None)
         self.if_mac: bytes | None = None if mac is None else bytes(mac)
+        self.gue_port = int(getattr(k, "gue_port", 6080))
+        self.pmtu_rate = int(getattr(k, "pmtu_rate", 100))
+        self.mtu = 65536  # MTU of the egress device bpf_check_mtu asks (lo under test runs)
+        self._pmtu = [0, 0]  # encap.h pmtu_budget: [second, ICMP sent in it]
         self.hz = hz
         self.tcp_timeout = min(int(getattr(k, "tcp_timeout_s", DEFAULTS.tcp_timeout_s) * hz),
                                AGE_MAX)
@@ -761,6 +765,7 @@ class Model:
             m.frag_drop, m.csum_fixup = bool(loaded.frag_drop), bool(loaded.csum_fixup)
             m.ct_sets = loaded.ct_sets or m.ct_sets
             m.if_mac = bytes(loaded.if_mac) if loaded.mac_check else None
+            m.gue_port, m.pmtu_rate = abi.ntohs(loaded.gue_port), loaded.pmtu_rate
         rt = snap.rt
         if rt.hz and rt.refresh:
             m.tcp_timeout, m.closing_timeout = rt.tcp_timeout, rt.closing_timeout
@@ -1417,7 +1422,10 @@ class Model:
                 return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         elif self._finish_csum(buf, pkt):
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
-        if be.flags & abi.BE_F_MAC:
+        if vip.mode in (abi.MODE_IPIP, abi.MODE_GUE):
+            h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
+            action, stat = self._tunnel_xmit(buf, pkt, vip, be, h, stat)
+        elif be.flags & abi.BE_F_MAC:
             action, stat = self._xmit_mac(buf, pkt, be.mac,
                                           be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
                                           stat)
@@ -1565,6 +1573,118 @@ class Model:
         return self._xlate_count(self._xlate_packet(buf, pkt, pkt.src, pkt.dst, pkt.sport,
                                                     pkt.dport, True))
 
+    # encap.h ------------------------------------------------------------------------
+    def _tunnel_xmit(self, buf: bytearray, pkt: Packet, vip: VipRec, be: BackendRec, h: int,
+                     stat: Stat) -> tuple[int, Stat]:
+        """encap.h::tunnel_xmit on `buf` (replaced by the frame sent): (action, stat)."""
+        l3 = pkt.l3_off
+        if l3 > 18 or len(buf) < 14:
+            return XDP_DROP, stat
+        gue = vip.mode == abi.MODE_GUE
+        out4, in4 = be.family == abi.AF_INET, pkt.family == abi.AF_INET
+        proto = IPPROTO_UDP if gue else (4 if in4 else 41)
+        inner_len = pkt.l4_off - l3 + pkt.l4_len
+        hdr_len = (20 if out4 else 40) + (8 if gue else 0)
+        if in4:
+            tos, ttl, df = buf[l3 + 1], buf[l3 + 8], bool(buf[l3 + 6] & 0x40)
+        else:
+            tos, ttl, df = ((buf[l3] & 0x0F) << 4) | (buf[l3 + 1] >> 4), buf[l3 + 7], True
+        if not be.flags & abi.BE_F_MAC:
+            raise Unmodelled("tunnel to a backend without a MAC: bpf_fib_lookup")
+        ifindex = be.ifindex if be.flags & abi.BE_F_REDIRECT else 0
+        if inner_len + hdr_len > 1280 and len(buf) + 14 + hdr_len - l3 > self.mtu + 14:
+            # bpf_check_mtu, asked only for outer packets longer than TUNNEL_SMALL
+            if in4 and not df:
+                return XDP_DROP, Stat.PMTU_DROP
+            if self._pmtu_reply(buf, pkt, max(self.mtu - hdr_len, 0)) == XDP_TX:
+                return XDP_TX, Stat.PMTU_ICMP
+            return XDP_DROP, Stat.PMTU_DROP
+        sport = 0xC000 | (h & 0x3FFF)
+        ucheck = 0
+        if gue and not out4:
+            s = self._inner_sum(buf, pkt)
+            if s < 0:
+                return XDP_PASS, Stat.PASS_TOO_LONG
+            s += (_csum_pseudo(be.snat, be.addr, 4, IPPROTO_UDP, inner_len + 8) + _sw16(sport)
+                  + _sw16(self.gue_port) + _sw16((inner_len + 8) & 0xFFFF))
+            ucheck = (~csum_fold64(s)) & 0xFFFF or 0xFFFF
+        if out4:
+            ip = bytearray(struct.pack("!BBHHHBBH", 0x45, tos, inner_len + hdr_len, 0, 0x4000,
+                                       ttl, proto, 0) + be.snat[:4] + be.addr[:4])
+            _wr16(ip, 10, (~csum_fold64(sum(struct.unpack("<5I", ip)))) & 0xFFFF)
+        else:
+            w0 = 0x60000000 | (tos << 20) | ((h >> 12) & 0xFFFFF)
+            ip = bytearray(struct.pack("!IHBB", w0, inner_len + hdr_len - 40, proto, ttl)
+                           + be.snat + be.addr)
+        if gue:
+            ip += struct.pack("!HHH", sport, self.gue_port, (inner_len + 8) & 0xFFFF)
+            ip += struct.pack("<H", ucheck)
+        ethertype = ETH_P_IP if out4 else ETH_P_IPV6
+        new = bytearray(buf[0:6]) + bytes(6) + struct.pack("!H", ethertype) + ip + buf[l3:]
+        buf[:] = new
+        return self._xmit_mac(buf, pkt, be.mac, ifindex, stat)
+
+    def _inner_sum(self, buf: bytearray, pkt: Packet) -> int:
+        """encap.h::inner_sum: the inner packet's sum for the outer UDP checksum, -1 when
+        it cannot be had."""
+        v4 = pkt.family == abi.AF_INET
+        if v4:
+            s = 0xFFFF
+        else:
+            n = pkt.l4_off - pkt.l3_off
+            if n > CSUM_MAX_CHUNKS * 512 or pkt.l3_off + n > len(buf):
+                return -1
+            s = _csum_frame(buf, pkt.l3_off, n)
+        if v4 and pkt.proto == IPPROTO_UDP:
+            off = (pkt.l4_off & 0x1FF) + 6
+            if off + 2 > len(buf):
+                return -1
+            if not _rd16(buf, off):
+                if pkt.l4_len > CSUM_MAX_CHUNKS * 512 or pkt.l4_off + pkt.l4_len > len(buf):
+                    return -1
+                return s + _csum_frame(buf, pkt.l4_off, pkt.l4_len)
+        return s + ((~csum_fold64(_csum_pseudo(pkt.src, pkt.dst, pkt.nw, pkt.proto,
+                                                 pkt.l4_len))) & 0xFFFF)
+
+    def _pmtu_reply(self, buf: bytearray, pkt: Packet, mtu: int) -> int:
+        """encap.h::pmtu_reply: `buf` becomes the ICMP error to the client; XDP_TX, or
+        XDP_DROP over the budget (knobs.pmtu_rate a second)."""
+        win = (self.now & 0xFFFFFFFFFFFFFFFF) // (self.hz or 1000)
+        if self._pmtu[0] != win:
+            self._pmtu = [win, 0]
+        if self._pmtu[1] >= self.pmtu_rate:
+            return XDP_DROP
+        self._pmtu[1] += 1
+        v4 = pkt.family == abi.AF_INET
+        l3 = pkt.l3_off
+        quote = pkt.l4_off - l3 + 8
+        hdr = 28 if v4 else 48
+        if l3 > 18 or quote > 128:
+            return XDP_DROP
+        orig = bytes(buf)
+        grown = bytes(14 + hdr - l3) + orig  # adjust_head: fresh (zero) headroom in front
+        if len(grown) < 14 + hdr + quote:
+            buf[:] = grown
+            return XDP_DROP
+        q = orig[l3:l3 + quote]
+        client, vip = pkt.src, pkt.dst
+        if v4:
+            ip = bytearray(struct.pack("!BBHHHBBH", 0x45, 0xC0, hdr + quote, 0, 0, 64,
+                                       IPPROTO_ICMP, 0) + vip[:4] + client[:4])
+            _wr16(ip, 10, (~csum_fold64(sum(struct.unpack("<5I", ip)))) & 0xFFFF)
+            icmp = bytearray(struct.pack("!BBHI", 3, 4, 0, mtu & 0xFFFF))
+            s = _csum_frame(icmp + q, 0, 8 + quote)
+        else:
+            ip = bytearray(struct.pack("!IHBB", 0x60000000, 8 + quote, IPPROTO_ICMPV6, 64)
+                           + vip + client)
+            icmp = bytearray(struct.pack("!BBHI", 2, 0, 0, mtu & M32))
+            s = (_csum_frame(icmp + q, 0, 8 + quote)
+                 + _csum_pseudo(vip, client, 4, IPPROTO_ICMPV6, 8 + quote))
+        _wr16(icmp, 2, (~csum_fold64(s)) & 0xFFFF)
+        eth = orig[6:12] + orig[0:6] + struct.pack("!H", ETH_P_IP if v4 else ETH_P_IPV6)
+        buf[:] = eth + ip + icmp + q
+        return XDP_TX
+
     # icmp.h / process_icmp ----------------------------------------------------------
     def _process_icmp(self, buf: bytearray, pkt: Packet) -> tuple[int, Stat]:
         e = _parse_icmp_error(buf, pkt)
@@ -1587,7 +1707,7 @@ class Model:
                          idx: int) -> tuple[int, Stat]:
         f = self.flows[idx]
         be = self._lookup_backend(f.backend_id)
-        if be is None:
+        if be is None or vip.mode in (abi.MODE_IPIP, abi.MODE_GUE):
             return self._verdict(pkt, Stat.PASS_NOT_VIP, XDP_PASS)
         if vip.mode == abi.MODE_NAT:
             new_inner = FlowKey(be.addr, vip.snat, be.port or fk.dport, self.nat_port_of(idx),

@@ -42,10 +42,20 @@ class VipSpec:
     on_backend_removed: RemovedPolicy = "reselect"
     udp_stateless: bool = False
     name: str = ""
+    # ipip/gue: outer source addresses, at most one per family (the backend's family picks)
+    tunnel_source: tuple[IPAddress, ...] = ()
 
     @property
     def key(self) -> VipKey:
         return VipKey(self.address, self.port, self.protocol)
+
+    def tunnel_source_for(self, backend: IPAddress) -> IPAddress:
+        """The outer source address towards `backend` (ipip/gue)."""
+        for a in self.tunnel_source:
+            if a.version == backend.version:
+                return a
+        raise ValueError(f"{self.label}: no IPv{backend.version} tunnel source for backend "
+                         f"{backend}")
 
     @property
     def label(self) -> str:
@@ -73,7 +83,10 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True, vip_id: int
     if b.ifindex:
         flags |= abi.BE_F_REDIRECT
     port = abi.htons(b.port) if vip.mode == "nat" and b.port else 0
-    snat, _ = abi.pack_addr(vip.snat or vip.address)
+    if vip.mode in abi.TUNNEL_MODES:  # the outer source address, the backend's family
+        snat, _ = abi.pack_addr(vip.tunnel_source_for(b.address))
+    else:
+        snat, _ = abi.pack_addr(vip.snat or vip.address)
     return abi.Backend(addr=addr, mac=mac, port=port, family=family, flags=flags,
                        ifindex=b.ifindex, vip_id=vip_id, snat_addr=snat)
 
@@ -86,4 +99,4 @@ def vip_info(vip_id: int, spec: VipSpec) -> abi.VipInfo:
     if spec.udp_stateless:
         flags |= abi.VIP_F_UDP_STATELESS
     return abi.VipInfo(vip_id=vip_id, ring_size=spec.ring_size, snat_addr=snat,
-                       mode=abi.MODE_NAT if spec.mode == "nat" else abi.MODE_DSR, flags=flags)
+                       mode=abi.MODES[spec.mode], flags=flags)

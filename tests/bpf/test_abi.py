@@ -126,7 +126,8 @@ def test_stat_enum_matches_abi_h():
 
 _RENAMED = {"XDPLB_AF_INET": "AF_INET", "XDPLB_AF_INET6": "AF_INET6",
             "XDPLB_NO_BACKEND": "NO_BACKEND", "XDPLB_MODE_NAT": "MODE_NAT",
-            "XDPLB_MODE_DSR": "MODE_DSR"}
+            "XDPLB_MODE_DSR": "MODE_DSR", "XDPLB_MODE_IPIP": "MODE_IPIP",
+            "XDPLB_MODE_GUE": "MODE_GUE"}
 
 
 def test_constants_match_abi_h():

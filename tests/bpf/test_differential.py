@@ -100,6 +100,17 @@ VIPS = [
     VipSpec(A("10.0.0.60"), 80, "tcp", ring_size=251, backends=(
         BackendSpec(A("10.0.11.1"), _mac(16, 1), ifindex=1),
         BackendSpec(A("10.0.11.2"), _mac(16, 2), ifindex=7777))),
+    # tunnel modes (encap.h): IPIP 4-in-4 and 6-in-6, GUE in both families and mixed
+    VipSpec(A("10.0.0.70"), 80, "tcp", mode="ipip", backends=_be("10.0.12.", 3, 17),
+            ring_size=251, tunnel_source=(A("10.0.0.7"),)),
+    VipSpec(A("fd00::70"), 0, "udp", mode="ipip", backends=_be("fd00:12::", 2, 18),
+            ring_size=251, tunnel_source=(A("fd00::7"),)),
+    VipSpec(A("10.0.0.71"), 0, "udp", mode="gue", ring_size=251,
+            tunnel_source=(A("10.0.0.7"), A("fd00::7")),
+            backends=_be("10.0.13.", 2, 19) + _be("fd00:13::", 2, 20)),
+    VipSpec(A("fd00::71"), 443, "tcp", mode="gue", ring_size=251,
+            tunnel_source=(A("10.0.0.7"), A("fd00::7")),
+            backends=_be("fd00:14::", 2, 21) + _be("10.0.14.", 1, 22)),
 ]
 # backends pulled (active=False) and restored by "pull" ops: (vip index, backend index)
 PULLABLE = [(0, 0), (0, 1), (3, 0), (6, 2), (7, 1), (2, 1), (8, 0)]
@@ -753,6 +764,19 @@ def _entry_str(d: tuple | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in e.items())
 
 
+def tunnelled(frame: bytes, res: int, pkt) -> bytes | None:
+    """The packet inside an IPIP or GUE (variant 1, port 6080) frame, as a frame."""
+    l4 = pkt.l4_off
+    if res == 2 and pkt.proto in (4, 41):
+        body = frame[l4:]
+    elif res == 0 and pkt.proto == 17 and pkt.dport == 6080 and len(frame) > l4 + 8:
+        body = frame[l4 + 8:]
+    else:
+        return None
+    et = b"\x08\x00" if body[:1] and body[0] >> 4 == 4 else b"\x86\xdd"
+    return frame[:12] + et + body
+
+
 def checksum_problems(frame: bytes, skip_deep: bool = True) -> list[str]:
     """Independent of the model: the IPv4 header, TCP/UDP and ICMP(v6) checksums of a
     frame verify (the inner IPv4 header of an ICMP error too)."""
@@ -762,6 +786,16 @@ def checksum_problems(frame: bytes, skip_deep: bool = True) -> list[str]:
     v4 = pkt.family == abi.AF_INET
     if res not in (0, 2):  # PARSE_OK, PARSE_OTHER_L4
         return []
+    inner = tunnelled(frame, res, pkt)
+    if inner is not None:  # the outer header's checksums, then the packet inside
+        errs = []
+        if v4 and _sum16(frame[l3:l4]) != 0xFFFF:
+            errs.append("outer IPv4 header checksum")
+        if res == 0 and not v4:
+            seg = frame[l4:l4 + pkt.l4_len]
+            if _sum16(_pseudo(pkt.src, pkt.dst, 17, len(seg)) + seg) != 0xFFFF:
+                errs.append("outer UDP checksum")
+        return errs + [f"inner {e}" for e in checksum_problems(inner, skip_deep)]
     if v4 and _sum16(frame[l3:l4]) != 0xFFFF:
         errs.append("IPv4 header checksum")
     seg = frame[l4:l4 + pkt.l4_len]

@@ -52,6 +52,8 @@ def test_the_data_plane_sizes_come_from_the_table():
                             DEFAULTS.syn_challenge_hold_s, DEFAULTS.verified_timeout_s,
                             DEFAULTS.rst_rate)
     assert s.verified == DEFAULTS.verified_size
+    assert (k.gue_port, k.pmtu_rate) == (DEFAULTS.gue_port, DEFAULTS.pmtu_rate)
+    assert LbSettings(interface="eth0").gue_port == DEFAULTS.gue_port
 
 
 def test_the_config_and_the_control_plane_use_the_table():
@@ -81,6 +83,8 @@ def test_maps_h_compiles_in_the_table():
     assert (knobs["nat_port_min"], knobs["nat_port_max"]) == DEFAULTS.nat_ports
     assert knobs["frag_drop"] == int(DEFAULTS.frag_policy == "drop")
     assert knobs["ct_sets"] == Knobs().ct_sets_for(DEFAULTS.conntrack_size)
+    assert knobs["gue_port"] == abi.htons(DEFAULTS.gue_port)  # stored in network order
+    assert knobs["pmtu_rate"] == DEFAULTS.pmtu_rate
 
 
 def test_the_maps_h_reader_reads():
@@ -109,6 +113,7 @@ def test_the_config_reference_states_the_table():
     for key in ("syn_challenge_rate", "verified_size", "rst_rate"):
         assert int(_doc_default(key)) == getattr(DEFAULTS, key), key
     assert float(_doc_default("verified_timeout")) == DEFAULTS.verified_timeout_s
+    assert int(_doc_default("gue_port")) == DEFAULTS.gue_port
 
 
 def test_the_model_defaults_to_the_table():

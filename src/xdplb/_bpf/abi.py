@@ -12,6 +12,11 @@ NO_BACKEND = 0xFFFFFFFF
 
 MODE_NAT = 0
 MODE_DSR = 1
+MODE_IPIP = 2
+MODE_GUE = 3
+MODES = {"nat": MODE_NAT, "dsr": MODE_DSR, "ipip": MODE_IPIP, "gue": MODE_GUE}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+TUNNEL_MODES = ("ipip", "gue")
 
 VIP_F_RESET_REMOVED = 1 << 0
 VIP_F_UDP_STATELESS = 1 << 1
@@ -19,6 +24,8 @@ VIP_F_UDP_STATELESS = 1 << 1
 BE_F_ACTIVE = 1 << 0
 BE_F_MAC = 1 << 1
 BE_F_REDIRECT = 1 << 2
+
+DECAP_CACHE = 16  # the decapsulator's per-CPU cache of FIB answers (struct decap_state)
 
 FLOW_F_CLOSING = 1 << 0
 FLOW_F_EMBRYONIC = 1 << 1
@@ -178,9 +185,12 @@ class Stat(enum.IntEnum):
     RST_NOT_SYN = 26
     RST_NAT_FULL = 27
     SYN_VERIFIED = 28
+    TUNNEL_NO_ROUTE = 29
+    PMTU_ICMP = 30
+    PMTU_DROP = 31
 
 
-ST_MAX = 29
+ST_MAX = 32
 # stats a NAT TCP miss answers with a frame of its own (guard.h: XDP_TX)
 ANSWER_STATS = (Stat.SYN_CHALLENGE, Stat.RST_NOT_SYN, Stat.RST_NAT_FULL)
 
@@ -197,6 +207,8 @@ class LbKnobs(C.Structure):
         ("ct_sets", C.c_uint32),
         ("if_mac", C.c_uint8 * 6),
         ("pad", C.c_uint16),
+        ("gue_port", C.c_uint16),
+        ("pmtu_rate", C.c_uint16),
     ]
 
 

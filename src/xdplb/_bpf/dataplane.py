@@ -83,6 +83,8 @@ class Knobs:
     #: the interface's MAC: only frames addressed to it are balanced, and it is the source of
     #: what goes back out of the interface; None: every frame is looked at (tests, `run`)
     if_mac: bytes | None = None
+    gue_port: int = DEFAULTS.gue_port  # GUE destination port of tunnel-mode VIPs
+    pmtu_rate: int = DEFAULTS.pmtu_rate  # ICMP frag-needed / packet-too-big a second, per CPU
 
     def nat_sets(self) -> int:
         """Sets of the NAT region of `flows`: one per NAT port."""
@@ -109,6 +111,8 @@ class Knobs:
             flow_format=flow_format,
             ct_sets=ct_sets or self.ct_sets_for(Sizes().conntrack),
             mac_check=int(self.if_mac is not None),
+            gue_port=abi.htons(self.gue_port),
+            pmtu_rate=self.pmtu_rate,
         )
         if self.if_mac is not None:
             if len(self.if_mac) != 6:

@@ -9,7 +9,7 @@ from typing import cast
 
 from .. import __version__
 from ..lab import register_cli as register_lab
-from . import observe, run, serve, tools, top
+from . import decap, observe, run, serve, tools, top
 from ._common import Parser, run_command
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.register(sub)
     serve.register(sub)
     top.register(sub)
+    decap.register(sub)
     register_lab(sub)
     return p
 

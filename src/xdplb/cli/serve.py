@@ -380,7 +380,7 @@ def register(sub) -> None:
     a = vsub.add_parser("add", help="add a VIP")
     a.add_argument("vip", metavar="ADDRESS:PORT")
     a.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
-    a.add_argument("--mode", choices=("nat", "dsr"), default="nat")
+    a.add_argument("--mode", choices=("nat", "dsr", "ipip", "gue"), default="nat")
     a.add_argument("--name")
     a.add_argument("--snat")
     a.add_argument("--ring-size", type=int)

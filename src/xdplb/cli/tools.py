@@ -24,6 +24,15 @@ def cmd_demo(args) -> int:
             return run_ecmp_demo(nodes=args.nodes)
         except LabError as e:  # BIRD missing, a namespace in the way
             raise XdplbError(str(e)) from None
+    if args.mode != "nat":
+        if args.containers:
+            raise UsageError("--mode ipip|gue runs in namespaces only (no --containers)")
+        from ..tunnel_demo import run_tunnel_demo
+
+        try:
+            return run_tunnel_demo(args.mode, requests=args.requests, backends=args.backends)
+        except LabError as e:
+            raise XdplbError(str(e)) from None
     try:
         return run_demo(requests=args.requests, backends=args.backends,
                         containers=args.containers, image=args.image)
@@ -65,4 +74,8 @@ def register(sub) -> None:
                    help="scale-out demo: N xdplb nodes announce one VIP over BGP to a router "
                    "with ECMP; traffic spreads; one node is drained without breaking "
                    "connections")
+    d.add_argument("--mode", choices=("nat", "ipip", "gue"), default="nat",
+                   help="ipip/gue: tunnel mode in the routed lab (backends behind a router, "
+                   "xdplb decap on each, replies straight to the client); default: the "
+                   "tutorial's NAT")
     d.set_defaults(func=cmd_demo)

@@ -20,6 +20,7 @@ from ..config import (
 from ..errors import XdplbError
 from ..health import Target
 from ..lb import BackendSpec, VipSpec
+from ..tunnel import fill_tunnel_sources
 
 BKey = tuple[VipKey, str]  # (VIP key, backend key): one backend of one VIP
 
@@ -38,7 +39,7 @@ def vip_spec(v: Vip, backends: tuple[BackendSpec, ...] | None = None) -> VipSpec
                    backends=tuple(backend_spec(b) for b in v.backends)
                    if backends is None else backends,
                    snat=v.snat, ring_size=v.ring_size, on_backend_removed=v.on_backend_removed,
-                   udp_stateless=v.udp_stateless, name=v.name)
+                   udp_stateless=v.udp_stateless, name=v.name, tunnel_source=v.tunnel_source)
 
 
 def specs_from_config(cfg: Config) -> list[VipSpec]:
@@ -100,6 +101,7 @@ class Desired:
         self.vips: dict[VipKey, Vip] = {v.key: v for v in cfg.vips}
         self.drained: set[BKey] = set()
         self.changes: list[dict] = []
+        self.tunnel_sources: dict = {}  # family -> the interface's address (tunnel VIPs)
 
     @property
     def overrides(self) -> list[str]:
@@ -131,6 +133,7 @@ class Desired:
         out = Desired.__new__(Desired)
         out.lb, out._file, out.vips = self.lb, self._file, dict(self.vips)
         out.drained, out.changes = set(self.drained), [dict(c) for c in self.changes]
+        out.tunnel_sources = dict(self.tunnel_sources)
         return out
 
     # lookups ---------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class Desired:
                 weight = self.effective_weight(key, b) if h == "up" else 0
                 backends.append(backend_spec(b, weight, h != "pulled"))
             out.append(vip_spec(v, tuple(backends)))
-        return out
+        return fill_tunnel_sources(out, self.lb.interface, cache=self.tunnel_sources)
 
     def health_targets(self) -> dict[BKey, Target]:
         out = {}

@@ -198,7 +198,8 @@ class Daemon:
                         closing_timeout_s=lb.closing_timeout, udp_timeout_s=lb.udp_timeout,
                         nonsyn_budget=lb.nonsyn_budget, syn_challenge=lb.syn_challenge,
                         syn_challenge_rate=lb.syn_challenge_rate,
-                        verified_timeout_s=lb.verified_timeout, rst_rate=lb.rst_rate),
+                        verified_timeout_s=lb.verified_timeout, rst_rate=lb.rst_rate,
+                        gue_port=lb.gue_port),
             pins=self.pins if self.opts.pins or self.keep else None,
             object_path=self.opts.object_path, trace_rate=self.opts.trace_rate,
             takeover=self.opts.takeover)

@@ -130,10 +130,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise LabError("--nodes is for --topology ecmp")
         kw = {"backends": args.backends, "clients": args.clients, "offloads": args.offloads,
               "ipv6": not args.no_ipv6}
+        if args.containers and args.topology != "tutorial":
+            raise LabError("--topology routed is not available with --containers")
         if args.image and not args.containers:
             raise LabError("--image needs --containers")
         lab = (ContainerLab(args.name, image=args.image, **kw) if args.containers
-               else Lab(args.name, **kw))
+               else Lab(args.name, topology=args.topology, **kw))
     if lab.state_path(lab.name).exists():
         raise LabError(f"lab {lab.name!r} already exists (`{PROG} lab down --name {lab.name}`)")
     lab.autosave = True  # state on disk from the first namespace on: `lab down` can always find it
@@ -250,10 +252,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="create a lab and print how to use it")
     up.add_argument("--name", help="lab name (default xl<pid>); namespaces are NAME-<host>")
-    up.add_argument("--topology", choices=("tutorial", "ecmp", "pair"), default="tutorial",
+    up.add_argument("--topology", choices=("tutorial", "ecmp", "pair", "routed"),
+                    default="tutorial",
                     help="tutorial (client, lb, backends on one bridge), ecmp (clients -> "
-                         "BGP router with ECMP -> N nodes -> backends) or pair (two nodes "
-                         "on one segment, keepalived (VRRP) holding the VIP)")
+                         "BGP router with ECMP -> N nodes -> backends), pair (two nodes "
+                         "on one segment, keepalived (VRRP) holding the VIP) or routed "
+                         "(backends in 10.0.1.0/24 behind a router namespace rt, the VIP "
+                         "10.0.0.100 on their loopback: for tunnel-mode VIPs)")
     up.add_argument("--nodes", type=int, help="ecmp: number of xdplb nodes (default 3)")
     up.add_argument("--no-bfd", action="store_true", help="ecmp: router without BFD")
     up.add_argument("--backends", type=int, default=2, help="number of backends (default 2)")

@@ -14,6 +14,11 @@ hN      <lab>-hN            eth0       vhN         de:ad:be:ef:00:NN   10.0.0.N 
 cK      <lab>-cK            eth0       vcK         de:ad:be:ef:01:KK   10.0.0.1K  fd00::..
 ======  ==================  =========  ==========  ==================  ============
 
+The routed topology (``topology="routed"``) puts the backends in another subnet behind a router
+namespace ``<lab>-rt`` (``eth0`` on br0: 10.0.0.254 fd00::fe; ``eth1`` on a second bridge
+``br1``: 10.0.1.254 fd00:1::fe): backend hN is 10.0.1.N / fd00:1::N on br1, with the VIP on
+its loopback; nothing else changes.
+
 Extra backends are numbered so that the role, the last IPv4 octet and the last MAC byte agree
 (h4 = 10.0.0.4 = ..:00:04).  Two numbers are skipped because they would collide with the LB:
 10 (10.0.0.10 is the LB's address) and 16 (de:ad:be:ef:00:10 is the LB's MAC).  Extra clients
@@ -23,13 +28,24 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 SUBNET4 = "10.0.0.0/24"
 PREFIX4 = 24
 PREFIX6 = 64
 SWITCH_ROLE = "sw"
 BRIDGE = "br0"
+BACKEND_BRIDGE = "br1"  # routed topology: the backends' subnet
+TOPOLOGIES = ("tutorial", "routed")
+ROUTER_ROLE = "rt"
+ROUTER = {"ipv4": "10.0.0.254", "ipv6": "fd00::fe", "mac": "de:ad:be:ef:00:fe",
+          "ipv4_b": "10.0.1.254", "ipv6_b": "fd00:1::fe", "mac_b": "de:ad:be:ef:01:fe"}
+# routed topology: the VIP is not the LB's own address (backends hold the VIP on their
+# loopback, so the LB's health checks must come from another one): 10.0.0.100 and
+# fd00::64 on the LB's interface besides 10.0.0.10 / fd00::a (no client has these)
+ROUTED_VIP, ROUTED_VIP6 = "10.0.0.100", "fd00::64"
+BACKEND_SUBNET4 = "10.0.1.0/24"
+BACKEND_SUBNET6 = "fd00:1::/64"
 
 LB_ROLE = "lb"
 CLIENT_ROLE = "client"
@@ -53,7 +69,7 @@ class Host:
     """One node of the lab: a namespace with one veth towards the switch."""
 
     role: str  # "client", "lb", "h2", ..., "c2", ...
-    kind: str  # "client" | "lb" | "backend"
+    kind: str  # "client" | "lb" | "backend" | "router"
     ns: str  # network namespace name
     ifname: str  # interface inside ns
     peer_ifname: str  # its peer, a port of br0 in the switch namespace
@@ -125,9 +141,12 @@ def _host(lab: str, role: str, kind: str, ifname: str, peer: str, ipv4: str, mac
                 ipv4=ipv4, ipv6=ipv6_for(ipv4) if ipv6 else None, mac=mac)
 
 
-def plan_hosts(lab: str, backends: int = 2, clients: int = 1, ipv6: bool = True) -> dict[str, Host]:
-    """All hosts of a lab, in creation order: clients, lb, backends."""
+def plan_hosts(lab: str, backends: int = 2, clients: int = 1, ipv6: bool = True,
+               topology: str = "tutorial") -> dict[str, Host]:
+    """All hosts of a lab, in creation order: clients, lb, (router,) backends."""
     check_name(lab)
+    if topology not in TOPOLOGIES:
+        raise LabError(f"topology must be one of {', '.join(TOPOLOGIES)}, not {topology!r}")
     hosts: dict[str, Host] = {}
     for k in client_numbers(clients):
         if k == 1:
@@ -139,6 +158,11 @@ def plan_hosts(lab: str, backends: int = 2, clients: int = 1, ipv6: bool = True)
         hosts[h.role] = h
     hosts[LB_ROLE] = _host(lab, LB_ROLE, "lb", "veth6", "veth7", "10.0.0.10",
                            "de:ad:be:ef:00:10", ipv6)
+    routed = topology == "routed"
+    if routed:
+        hosts[ROUTER_ROLE] = Host(role=ROUTER_ROLE, kind="router", ns=ns_name(lab, ROUTER_ROLE),
+                                  ifname="eth0", peer_ifname="vrt0", ipv4=ROUTER["ipv4"],
+                                  ipv6=ROUTER["ipv6"] if ipv6 else None, mac=ROUTER["mac"])
     for n in backend_numbers(backends):
         if n == 2:
             ifname, peer = "veth3", "veth2"
@@ -146,7 +170,9 @@ def plan_hosts(lab: str, backends: int = 2, clients: int = 1, ipv6: bool = True)
             ifname, peer = "veth5", "veth4"
         else:
             ifname, peer = "eth0", f"vh{n}"
-        h = _host(lab, f"h{n}", "backend", ifname, peer, f"10.0.0.{n}", f"de:ad:be:ef:00:{n:02x}",
-                  ipv6)
+        h = _host(lab, f"h{n}", "backend", ifname, peer, f"10.0.{1 if routed else 0}.{n}",
+                  f"de:ad:be:ef:00:{n:02x}", ipv6)
+        if routed and h.ipv6:
+            h = replace(h, ipv6=f"fd00:1::{n:x}")
         hosts[h.role] = h
     return hosts

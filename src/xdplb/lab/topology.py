@@ -23,10 +23,18 @@ from typing import Any, Self
 
 from .._proc import alive as _alive
 from .plan import (
+    BACKEND_BRIDGE,
+    BACKEND_SUBNET4,
+    BACKEND_SUBNET6,
     BRIDGE,
     CLIENT_ROLE,
     LB_ROLE,
+    ROUTED_VIP,
+    ROUTED_VIP6,
+    ROUTER,
+    ROUTER_ROLE,
     SWITCH_ROLE,
+    TOPOLOGIES,
     Host,
     LabError,
     check_name,
@@ -116,15 +124,19 @@ class Lab:
         _KINDS[cls.kind] = cls
 
     def __init__(self, name: str | None = None, backends: int = 2, clients: int = 1,
-                 offloads: str = "default", ipv6: bool = True) -> None:
+                 offloads: str = "default", ipv6: bool = True, topology: str = "tutorial") -> None:
         self.name = check_name(default_name() if name is None else name)
         if offloads not in OFFLOAD_MODES:
             raise LabError(f"offloads must be one of {', '.join(OFFLOAD_MODES)}, not {offloads!r}")
+        if topology not in TOPOLOGIES:
+            raise LabError(f"topology must be one of {', '.join(TOPOLOGIES)}, not {topology!r}")
         self.n_backends = backends
         self.n_clients = clients
         self.offloads = offloads
         self.ipv6 = bool(ipv6)
-        self.hosts: dict[str, Host] = plan_hosts(self.name, backends, clients, self.ipv6)
+        self.topology = topology
+        self.hosts: dict[str, Host] = plan_hosts(self.name, backends, clients, self.ipv6,
+                                                 topology)
         self.switch_ns = ns_name(self.name, SWITCH_ROLE)
         #: namespaces this object created, in creation order (down() deletes them reversed)
         self.created: list[str] = []
@@ -169,7 +181,14 @@ class Lab:
 
     @property
     def vip(self) -> str:
-        return self.lb.ipv4
+        """The VIP clients use: the LB's address (tutorial), 10.0.0.100 (routed)."""
+        return ROUTED_VIP if self.topology == "routed" else self.lb.ipv4
+
+    @property
+    def vip6(self) -> str | None:
+        if not self.ipv6:
+            return None
+        return ROUTED_VIP6 if self.topology == "routed" else self.lb.ipv6
 
     @property
     def backend_hosts(self) -> list[Host]:
@@ -256,9 +275,15 @@ class Lab:
         sw = self.switch_ns
         self._ip("link", "add", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state", "0",
                  "mcast_snooping", "0", ns=sw)
+        if self.topology == "routed":
+            self._ip("link", "add", BACKEND_BRIDGE, "type", "bridge", "forward_delay", "0",
+                     "stp_state", "0", "mcast_snooping", "0", ns=sw)
         for h in self.hosts.values():
             self._add_host_link(h)
         self._ip("link", "set", BRIDGE, "up", ns=sw)
+        if self.topology == "routed":
+            self._ip("link", "set", BACKEND_BRIDGE, "up", ns=sw)
+            self._route()
         if self.offloads == "off":
             self._offloads_off()
         self._attach_lb_peer_stub()
@@ -277,9 +302,10 @@ class Lab:
 
     def _add_host_link(self, h: Host) -> None:
         sw = self.switch_ns
+        bridge = BACKEND_BRIDGE if self.topology == "routed" and h.kind == "backend" else BRIDGE
         self._ip("link", "add", h.peer_ifname, "type", "veth", "peer", "name", h.ifname,
                  "netns", h.ns, ns=sw)
-        self._ip("link", "set", h.peer_ifname, "master", BRIDGE, "up", ns=sw)
+        self._ip("link", "set", h.peer_ifname, "master", bridge, "up", ns=sw)
         self._ip("link", "set", h.ifname, "address", h.mac, ns=h.ns)
         self._ip("addr", "add", h.ipv4_cidr, "dev", h.ifname, ns=h.ns)
         if h.ipv6_cidr:
@@ -290,6 +316,63 @@ class Lab:
         for h in self.hosts.values():
             yield h.ns, h.ifname
             yield self.switch_ns, h.peer_ifname
+        if self.topology == "routed":
+            yield self.hosts[ROUTER_ROLE].ns, "eth1"
+            yield self.switch_ns, "vrt1"
+
+    def sysctl(self, host: str, **settings: str | int) -> None:
+        """Set sysctls (dotted names, passed as ``**{"net.ipv4.ip_forward": 1}``) inside a
+        host's namespace."""
+        args = [f"{k}={v}" for k, v in settings.items()]
+        p = self.run(host, ["sysctl", "-qw", *args])
+        if p.returncode != 0:
+            raise LabError(f"sysctl {' '.join(args)} in {self.ns(host)}: {p.stderr.strip()}")
+
+    def _route(self) -> None:
+        """The routed topology: a router between br0 (clients, LB) and br1 (backends);
+        backends hold the VIP on their loopback and route back through the router, so their
+        replies go straight to the client. Every sysctl it relies on is set here."""
+        rt, sw, v6 = self.hosts[ROUTER_ROLE], self.switch_ns, self.ipv6
+        self._ip("link", "add", "vrt1", "type", "veth", "peer", "name", "eth1", "netns", rt.ns,
+                 ns=sw)
+        self._ip("link", "set", "vrt1", "master", BACKEND_BRIDGE, "up", ns=sw)
+        self._ip("link", "set", "eth1", "address", ROUTER["mac_b"], ns=rt.ns)
+        self._ip("addr", "add", f"{ROUTER['ipv4_b']}/24", "dev", "eth1", ns=rt.ns)
+        if v6:
+            self._ip("addr", "add", f"{ROUTER['ipv6_b']}/64", "dev", "eth1", "nodad", ns=rt.ns)
+        self._ip("link", "set", "eth1", "up", ns=rt.ns)
+        fwd = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1 if v6 else 0,
+               "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+               "net.ipv4.conf.eth0.rp_filter": 0, "net.ipv4.conf.eth1.rp_filter": 0,
+               "net.ipv4.conf.all.send_redirects": 0, "net.ipv4.conf.eth0.send_redirects": 0}
+        self.sysctl(ROUTER_ROLE, **fwd)
+        lb = self.lb
+        # bpf_fib_lookup answers only on an interface that forwards
+        self.sysctl("lb", **{"net.ipv4.ip_forward": 1,
+                             "net.ipv6.conf.all.forwarding": 1 if v6 else 0})
+        self._ip("route", "add", BACKEND_SUBNET4, "via", ROUTER["ipv4"], ns=lb.ns)
+        self._ip("addr", "add", f"{ROUTED_VIP}/32", "dev", lb.ifname, ns=lb.ns)
+        if v6:
+            self._ip("-6", "route", "add", BACKEND_SUBNET6, "via", ROUTER["ipv6"], ns=lb.ns)
+            # deprecated: never chosen as the LB's own source address (RFC 6724 rule 3)
+            self._ip("addr", "add", f"{ROUTED_VIP6}/128", "dev", lb.ifname, "nodad",
+                     "preferred_lft", "0", ns=lb.ns)
+        for c in self.client_hosts:
+            self.sysctl(c.role, **{"net.ipv4.ip_no_pmtu_disc": 0})
+        for h in self.backend_hosts:
+            self._ip("route", "add", "default", "via", ROUTER["ipv4_b"], ns=h.ns)
+            self._ip("addr", "add", f"{ROUTED_VIP}/32", "dev", "lo", ns=h.ns)
+            if v6:
+                self._ip("-6", "route", "add", "default", "via", ROUTER["ipv6_b"], ns=h.ns)
+                self._ip("addr", "add", f"{ROUTED_VIP6}/128", "dev", "lo", "nodad", ns=h.ns)
+            # the VIP on lo: never answer ARP for it (DSR/tunnel backends), never forward
+            self.sysctl(h.role, **{"net.ipv4.conf.all.arp_ignore": 1,
+                                   "net.ipv4.conf.all.arp_announce": 2,
+                                   "net.ipv4.conf.all.rp_filter": 0,
+                                   "net.ipv4.conf.default.rp_filter": 0,
+                                   f"net.ipv4.conf.{h.ifname}.rp_filter": 0,
+                                   "net.ipv4.ip_forward": 0,
+                                   "net.ipv6.conf.all.forwarding": 0})
 
     def _offloads_off(self) -> None:
         if shutil.which("ethtool") is None:
@@ -473,6 +556,7 @@ class Lab:
             "clients": self.n_clients,
             "offloads": self.offloads,
             "ipv6": self.ipv6,
+            "topology": self.topology,
             "switch_ns": self.switch_ns,
             "bridge": BRIDGE,
             "hosts": {role: h.to_dict() for role, h in self.hosts.items()},
@@ -487,8 +571,10 @@ class Lab:
     def from_dict(cls, d: dict) -> Lab:
         if d.get("version") != STATE_VERSION:
             raise LabError(f"lab state version {d.get('version')!r} not understood")
+        extra = {} if d.get("topology", "tutorial") == "tutorial" else \
+            {"topology": d["topology"]}  # (container labs have the tutorial's only)
         lab = cls(d["name"], backends=d["backends"], clients=d["clients"],
-                  offloads=d["offloads"], ipv6=d["ipv6"])
+                  offloads=d["offloads"], ipv6=d["ipv6"], **extra)
         saved = {role: Host.from_dict(h) for role, h in d["hosts"].items()}
         if saved != lab.hosts:  # the plan changed since it was saved: trust the file
             lab.hosts = saved
@@ -549,7 +635,7 @@ class Lab:
 
     def __repr__(self) -> str:
         return (f"Lab({self.name!r}, backends={self.n_backends}, clients={self.n_clients}, "
-                f"offloads={self.offloads!r}, ipv6={self.ipv6})")
+                f"offloads={self.offloads!r}, ipv6={self.ipv6}, topology={self.topology!r})")
 
 
 _KINDS: dict[str, type[Lab]] = {Lab.kind: Lab}

@@ -1339,3 +1339,118 @@ def _malformed() -> Case:
                                                                flags="S"),
                  XDP_PASS, None, ("pass_malformed",), "IPv6 payload length beyond the frame"),
         ])
+
+
+# --- tunnel modes (encap.h) ------------------------------------------------------------------
+# Backends in another subnet, reached through a router (its MAC is the backend entry's MAC);
+# the outer source is the VIP's tunnel source, the LB's own address.
+TUN_SRC, TUN_SRC6 = "10.0.0.9", "fd00::9"
+ROUTER_MAC = "de:ad:be:ef:00:fe"
+RB2, RB3, RB2_6, RB3_6 = "10.0.1.2", "10.0.1.3", "fd00:1::2", "fd00:1::3"
+
+
+def tunnel_vips(mode: Mode, backends: Sequence[str], vip: str = VIP, protocol: L4Proto = "tcp",
+                port: int = 8000) -> list[VipSpec]:
+    return [VipSpec(_ip(vip), port, protocol=protocol, mode=mode,
+                    tunnel_source=(_ip(TUN_SRC), _ip(TUN_SRC6)),
+                    backends=tuple(BackendSpec(_ip(b), _mac(ROUTER_MAC)) for b in backends))]
+
+
+def _tunnel_outer(p: Pick, h: int, tos: int, ttl: int, gue: bool):
+    """The outer headers xdplb puts in front of a packet to backend `p` (flow hash `h`)."""
+    if p.backend is not None and p.backend.address.version == 4:
+        outer = IP(src=TUN_SRC, dst=p.addr, tos=tos, ttl=ttl, id=0, flags="DF")
+        return outer / UDP(sport=0xC000 | (h & 0x3FFF), dport=6080, chksum=0) if gue else outer
+    outer6 = IPv6(src=TUN_SRC6, dst=p.addr, tc=tos, hlim=ttl, fl=(h >> 12) & 0xFFFFF)
+    return outer6 / UDP(sport=0xC000 | (h & 0x3FFF), dport=6080) if gue else outer6
+
+
+@_case
+def _ipip() -> Case:
+    vips = tunnel_vips("ipip", (RB2, RB3))
+    m = Predictor(vips)
+    p = m.forward(CLIENT, 40040, VIP, 8000)
+    h = m.hash(CLIENT, 40040, VIP, 8000)
+
+    def inner(i: int, flags: str, n: int = 0):
+        return (IP(src=CLIENT, dst=VIP, id=i, tos=0xB9, ttl=61, flags="DF")
+                / TCP(sport=40040, dport=8000, flags=flags) / Raw(payload(n)))
+
+    return Case(
+        name="IPIP mode wraps the client's packet, untouched, in an IPv4 header from the "
+             "tunnel source to the Maglev-chosen backend (TTL, DSCP and ECN copied, DF set)",
+        vips=vips,
+        steps=[
+            Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / inner(1, "S"), XDP_TX,
+                 Ether(src=LB_MAC, dst=ROUTER_MAC) / _tunnel_outer(p, h, 0xB9, 61, False)
+                 / inner(1, "S"), ("fwd_new",)),
+            Step(partial(Ether(src=CLIENT_MAC, dst=LB_MAC) / inner(2, "PA", 777)), XDP_TX,
+                 Ether(src=LB_MAC, dst=ROUTER_MAC) / _tunnel_outer(p, h, 0xB9, 61, False)
+                 / inner(2, "PA", 777), ("fwd_est", "csum_full"),
+                 "a CHECKSUM_PARTIAL segment is finished before it is wrapped"),
+            Step(Ether(src=p.mac, dst=LB_MAC) / IP(src=VIP, dst=CLIENT)
+                 / TCP(sport=8000, dport=40040, flags="SA"),
+                 XDP_PASS, None, ("pass_not_vip",), "replies never come through the LB"),
+        ])
+
+
+@_case
+def _ipip6() -> Case:
+    vips = tunnel_vips("ipip", (RB2_6, RB3_6), vip=VIP6, protocol="udp", port=53)
+    m = Predictor(vips)
+    p = m.forward(CLIENT6, 40041, VIP6, 53, "udp")
+    h = m.hash(CLIENT6, 40041, VIP6, 53, "udp")
+    inner = (IPv6(src=CLIENT6, dst=VIP6, tc=0x2A, hlim=7, fl=0xABCDE)
+             / UDP(sport=40041, dport=53) / Raw(payload(301)))
+    return Case(
+        name="IPIP mode puts an IPv6 VIP's UDP datagram in IPv6 (next header 41) with the "
+             "hop limit and traffic class copied and a flow label from the flow hash",
+        vips=vips,
+        steps=[Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / inner, XDP_TX,
+                    Ether(src=LB_MAC, dst=ROUTER_MAC) / _tunnel_outer(p, h, 0x2A, 7, False)
+                    / inner, ("fwd_new",))])
+
+
+@_case
+def _gue() -> Case:
+    vips = tunnel_vips("gue", (RB2, RB3_6))  # an IPv4 and an IPv6 backend
+    m = Predictor(vips)
+    flows = []
+    for sport in range(40050, 40090):
+        p = m.forward(CLIENT, sport, VIP, 8000)
+        flows.append((sport, p, m.hash(CLIENT, sport, VIP, 8000)))
+    p4 = next(f for f in flows if f[1].backend and f[1].backend.address.version == 4)
+    p6 = next(f for f in flows if f[1].backend and f[1].backend.address.version == 6)
+    m.reset()
+    steps = []
+    for sport, p, h in (p4, p6):
+        m.forward(CLIENT, sport, VIP, 8000)
+        pkt = (IP(src=CLIENT, dst=VIP, id=3, tos=0x10, ttl=64, flags="DF")
+               / TCP(sport=sport, dport=8000, flags="PA") / Raw(payload(1001)))
+        steps.append(Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / pkt, XDP_TX,
+                          Ether(src=LB_MAC, dst=ROUTER_MAC) / _tunnel_outer(p, h, 0x10, 64, True)
+                          / pkt, ("fwd_new",),
+                          f"to the IPv{p.backend.address.version} backend"
+                          if p.backend else ""))
+    return Case(
+        name="GUE mode sends variant 1 (the IP packet right after UDP port 6080) in the "
+             "backend's family: UDP checksum 0 over IPv4, computed over IPv6",
+        vips=vips,
+        steps=steps)
+
+
+@_case
+def _gue6() -> Case:
+    vips = tunnel_vips("gue", (RB2_6, RB3_6), vip=VIP6, protocol="udp", port=0)
+    m = Predictor(vips)
+    p = m.forward(CLIENT6, 40100, VIP6, 4789, "udp")
+    h = m.hash(CLIENT6, 40100, VIP6, 4789, "udp")
+    inner = (IPv6(src=CLIENT6, dst=VIP6, tc=0x01, hlim=200)
+             / IPv6ExtHdrDestOpt() / UDP(sport=40100, dport=4789) / Raw(payload(555)))
+    return Case(
+        name="GUE over IPv6 computes the outer UDP checksum from the inner packet's own, "
+             "extension headers included",
+        vips=vips,
+        steps=[Step(Ether(src=CLIENT_MAC, dst=LB_MAC) / inner, XDP_TX,
+                    Ether(src=LB_MAC, dst=ROUTER_MAC) / _tunnel_outer(p, h, 0x01, 200, True)
+                    / inner, ("fwd_new",))])
