@@ -29,6 +29,11 @@ enum xdplb_mode {
 /* vip_info.flags */
 #define VIP_F_RESET_REMOVED (1u << 0) /* drop flows whose backend was removed */
 #define VIP_F_UDP_STATELESS (1u << 1) /* DSR+UDP: select by hash, no conntrack */
+#define VIP_F_PREV_RING (1u << 2) /* gue: prev_rings holds the table before the last change */
+
+/* GUE variant 0 flags xdplb uses (private: first and second low bits of the flags). */
+#define GUE_F_HINT 0x0001     /* a previous-backend address follows the GUE header */
+#define GUE_F_REDIRECTED 0x0002 /* already given its second chance: never redirected again */
 
 /* backend.flags */
 #define BE_F_ACTIVE (1u << 0)    /* present in the config (weight 0 still active) */
@@ -175,6 +180,7 @@ enum xdplb_stat {
 	ST_TUNNEL_NO_ROUTE,  /* ipip/gue: no route to the backend (FIB): to the stack */
 	ST_PMTU_ICMP,        /* ipip/gue: too big once encapsulated: ICMP frag-needed/too-big sent */
 	ST_PMTU_DROP,        /* ipip/gue: too big, no ICMP (rate limit, IPv4 without DF, VLAN) */
+	ST_GUE_HINT,         /* gue: sent with the slot's previous backend as a hint */
 	ST__MAX,
 };
 
@@ -254,6 +260,7 @@ enum decap_stat {
 	DS_PASS_NOT_LOCAL,  /* inner destination not an address of this host: untouched */
 	DS_PASS_MALFORMED,  /* truncated or inconsistent headers: untouched */
 	DS_PASS_GUE_OTHER,  /* GUE control message or payload not IP: untouched */
+	DS_SECOND_CHANCE,   /* no local connection: sent on to the hinted previous backend */
 	DS__MAX,
 };
 

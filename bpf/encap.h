@@ -11,6 +11,11 @@
  *    in constant time from the inner packet's own checksum (RFC 7325 style
  *    "local checksum offload": a segment with a valid checksum sums to the
  *    complement of its pseudo-header).
+ *  - second chance (GitHub GLB's idea): when a gue VIP's Maglev table changed, a
+ *    non-SYN TCP packet whose slot had another backend before carries that
+ *    backend in a GUE variant 0 header (GUE_F_HINT, 4 or 16 address bytes); the
+ *    backends' decapsulator sends the packet on to it when it has no connection
+ *    for it (decap.bpf.c), so no flow breaks when a backend is added or removed.
  *  - outer TTL/hop limit and DSCP/ECN copied from the inner header; IPv4 DF set
  *    (id 0); IPv6 flow label from the flow hash.
  * Next hop: the backend entry's MAC (bpf_check_mtu on the egress device, skipped
@@ -49,12 +54,42 @@ static __always_inline int is_tunnel(const struct vip_info *vip)
 	return vip->mode == XDPLB_MODE_IPIP || vip->mode == XDPLB_MODE_GUE;
 }
 
-/* balance()'s side: what the entry needs to encapsulate to backend `be_id`. */
+/* The backend id the packet's slot had before the VIP's last table change, when it is
+ * another one of the same family (the hint of the second chance); XDPLB_NO_BACKEND: none.
+ * Not inlined: asked only of gue VIPs whose table changed (VIP_F_PREV_RING). */
+static __attribute__((noinline)) __u32 tunnel_hint(const struct vip_info *vip,
+						   const struct packet *pkt, __u32 hash,
+						   const struct backend *be, __u32 be_id)
+{
+	__u32 vip_id, slot, *id;
+	const struct backend *prev;
+	void *ring;
+
+	if (!vip || !pkt || !be || vip->mode != XDPLB_MODE_GUE || !vip->ring_size ||
+	    pkt->key.proto != IPPROTO_TCP || (pkt->tcp_flags & TCPF_SYN))
+		return XDPLB_NO_BACKEND;
+	vip_id = vip->vip_id;
+	ring = bpf_map_lookup_elem(&prev_rings, &vip_id);
+	if (!ring)
+		return XDPLB_NO_BACKEND;
+	slot = hash % vip->ring_size;
+	id = bpf_map_lookup_elem(ring, &slot);
+	if (!id || *id == be_id || *id == XDPLB_NO_BACKEND)
+		return XDPLB_NO_BACKEND;
+	prev = bpf_map_lookup_elem(&backends, id);
+	if (!prev || prev->family != be->family)
+		return XDPLB_NO_BACKEND;
+	return *id;
+}
+
+/* balance()'s side: what the entry needs to encapsulate to backend `be`. */
 static __always_inline int tunnel_request(struct packet *pkt, const struct vip_info *vip,
-					  __u32 be_id, __u32 hash, __u32 stat)
+					  const struct backend *be, __u32 be_id, __u32 hash,
+					  __u32 stat)
 {
 	pkt->tun_hash = hash;
-	pkt->tun_hint = XDPLB_NO_BACKEND;
+	pkt->tun_hint = (vip->flags & VIP_F_PREV_RING) ? /* a call only then */
+				tunnel_hint(vip, pkt, hash, be, be_id) : XDPLB_NO_BACKEND;
 	return TUNNEL_REQ | (vip->mode == XDPLB_MODE_GUE ? TUNNEL_GUE : 0) |
 	       (stat == ST_FWD_NEW ? TUNNEL_NEW : 0) | (be_id & TUNNEL_BACKEND);
 }
@@ -221,15 +256,17 @@ static __always_inline __s64 inner_sum(struct xdp_md *ctx, const struct packet *
 /* Encapsulate the client's packet to backend `be` and send it. *stat is kept
  * (FWD_NEW/FWD_EST) or replaced by what happened instead. */
 static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
-				       const struct backend *be, int gue, __u32 hash, __u32 *stat)
+				       const struct backend *be, int gue, const struct backend *hint,
+				       __u32 hash, __u32 *stat)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l3_off = pkt->l3_off, inner_len, hdr_len, mtu = 0, ifindex = 0;
+	__u32 l3_off = pkt->l3_off, inner_len, hdr_len, hint_len, mtu = 0, ifindex = 0;
 	int out4 = be->family == XDPLB_AF_INET;
 	int in4 = pkt->key.family == XDPLB_AF_INET;
 	__u8 proto = gue ? IPPROTO_UDP : (in4 ? IPPROTO_IPIP : IPPROTO_IPV6);
-	__u8 dmac[ETH_ALEN], smac[ETH_ALEN], tos, ttl, df = 1;
+	struct bpf_fib_lookup fib; /* also holds the MACs */
+	__u8 tos, ttl, df = 1;
 	__u16 sport = gue_sport(hash), ucheck = 0;
 	struct ethhdr *eth = data;
 	int too_big = 0, fib_path = !(be->flags & BE_F_MAC);
@@ -237,7 +274,8 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 	if (l3_off > 18 || (void *)(eth + 1) > data_end)
 		return XDP_DROP;
 	inner_len = pkt->l4_off - l3_off + pkt->l4_len;
-	hdr_len = (out4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr)) + (gue ? 8 : 0);
+	hint_len = hint ? 4 + (out4 ? 4 : 16) : 0; /* GUE variant 0 header + the address */
+	hdr_len = (out4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr)) + (gue ? 8 : 0) + hint_len;
 	if (in4) {
 		struct iphdr *ih = data + l3_off;
 
@@ -256,9 +294,9 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 	}
 
 	if (fib_path) {
-		struct bpf_fib_lookup fib = {};
 		long rc;
 
+		__builtin_memset(&fib, 0, sizeof(fib));
 		fib.ifindex = ctx->ingress_ifindex;
 		fib.l4_protocol = proto;
 		fib.sport = gue ? sport : 0;
@@ -286,8 +324,6 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 			*stat = ST_TUNNEL_NO_ROUTE;
 			return XDP_PASS;
 		} else {
-			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
-			__builtin_memcpy(smac, fib.smac, ETH_ALEN);
 			ifindex = fib.ifindex;
 		}
 	} else {
@@ -297,7 +333,7 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 		    bpf_check_mtu(ctx, ifindex, &mtu, (__s32)(sizeof(*eth) + hdr_len - l3_off), 0) ==
 			    BPF_MTU_CHK_RET_FRAG_NEEDED)
 			too_big = 1;
-		__builtin_memcpy(smac, eth->h_dest, ETH_ALEN); /* xmit_mac sets the real source */
+		__builtin_memcpy(fib.smac, eth->h_dest, ETH_ALEN); /* xmit_mac sets the source */
 	}
 	if (too_big) {
 		if (in4 && !df) {
@@ -318,8 +354,11 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 			*stat = ST_PASS_TOO_LONG;
 			return XDP_PASS;
 		}
-		s += csum_pseudo(be->snat_addr, be->addr, 4, IPPROTO_UDP, inner_len + 8) +
-		     sport + knobs.gue_port + bpf_htons((__u16)(inner_len + 8));
+		s += csum_pseudo(be->snat_addr, be->addr, 4, IPPROTO_UDP, inner_len + 8 + hint_len) +
+		     sport + knobs.gue_port + bpf_htons((__u16)(inner_len + 8 + hint_len));
+		if (hint) /* the GUE header's word and the (IPv6) address */
+			s += bpf_htonl(0x04000000 | ((__u32)(in4 ? IPPROTO_IPIP : IPPROTO_IPV6) << 16) |
+				       GUE_F_HINT) + csum_words(hint->addr, 4);
 		ucheck = ~csum_fold64(s);
 		if (!ucheck)
 			ucheck = 0xffff;
@@ -366,15 +405,32 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 			return XDP_DROP;
 		uh->source = sport;
 		uh->dest = knobs.gue_port;
-		uh->len = bpf_htons(inner_len + 8);
+		uh->len = bpf_htons(inner_len + 8 + hint_len);
 		uh->check = ucheck;
+		if (hint) {
+			__u32 *g = (void *)(uh + 1);
+
+			if ((void *)(g + 5) > data_end)
+				return XDP_DROP;
+			/* variant 0, Hlen = the address in 32-bit words, the inner protocol */
+			g[0] = bpf_htonl(((out4 ? 1u : 4u) << 24) |
+					 ((__u32)(in4 ? IPPROTO_IPIP : IPPROTO_IPV6) << 16) | GUE_F_HINT);
+			g[1] = hint->addr[0];
+			if (!out4) {
+				g[2] = hint->addr[1];
+				g[3] = hint->addr[2];
+				g[4] = hint->addr[3];
+			}
+			count_stat(ST_GUE_HINT, 0);
+		}
 	}
 	if (!fib_path) {
-		__builtin_memcpy(eth->h_dest, smac, ETH_ALEN); /* ours: tx_to_mac makes it the source */
+		/* ours: tx_to_mac makes it the source */
+		__builtin_memcpy(eth->h_dest, fib.smac, ETH_ALEN);
 		return xmit_mac(ctx, be->mac, ifindex, stat);
 	}
-	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	if (ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect_map(&tx_ports, ifindex, XDP_DROP);
@@ -384,7 +440,9 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, struct packet *pkt,
 __attribute__((noinline)) int tunnel_forward(struct xdp_md *ctx, struct packet *pkt, __u32 req)
 {
 	__u32 be_id = req & TUNNEL_BACKEND, stat = req & TUNNEL_NEW ? ST_FWD_NEW : ST_FWD_EST;
+	const struct backend *hint;
 	struct backend *be;
+	__u32 hint_id;
 	int action;
 
 	if (!pkt)
@@ -392,7 +450,9 @@ __attribute__((noinline)) int tunnel_forward(struct xdp_md *ctx, struct packet *
 	be = bpf_map_lookup_elem(&backends, &be_id);
 	if (!be)
 		return verdict(pkt, ST_DROP_NO_BACKEND, XDP_DROP);
-	action = tunnel_xmit(ctx, pkt, be, req & TUNNEL_GUE, pkt->tun_hash, &stat);
+	hint_id = pkt->tun_hint;
+	hint = hint_id == XDPLB_NO_BACKEND ? 0 : bpf_map_lookup_elem(&backends, &hint_id);
+	action = tunnel_xmit(ctx, pkt, be, req & TUNNEL_GUE, hint, pkt->tun_hash, &stat);
 	count_obj(&be_stats, be_id, pkt->frame_len, stat == ST_FWD_NEW);
 	trace_decision(pkt, be->addr, pkt->key.dport, be->vip_id, be_id, action, stat);
 	return verdict(pkt, stat, action);

@@ -153,7 +153,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct packet *pkt, struc
 		return verdict(pkt, ST_PASS_TOO_LONG, XDP_PASS);
 	}
 	if (is_tunnel(vip)) /* the entry encapsulates (encap.h: TUNNEL_REQ) */
-		return tunnel_request(pkt, vip, fs.backend_id, fs.hash, stat);
+		return tunnel_request(pkt, vip, be, fs.backend_id, fs.hash, stat);
 	if (be->flags & BE_F_MAC)
 		action = xmit_mac(ctx, be->mac, be->flags & BE_F_REDIRECT ? be->ifindex : 0, &stat);
 	else

@@ -60,6 +60,15 @@ struct {
 	__array(values, struct ring_inner);
 } rings SEC(".maps");
 
+/* vip id -> the Maglev table that VIP had before its last change (gue VIPs with
+ * VIP_F_PREV_RING): the previous backend of a slot, sent as a hint (encap.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__array(values, struct ring_inner);
+} prev_rings SEC(".maps");
+
 /* Every tracked flow (flow.h): the NAT sets, one per NAT port, then the
  * conntrack sets of the other modes. Mmapable: user space counts and clears
  * entries without a syscall per entry. Sized by the loader. */

@@ -52,7 +52,7 @@ struct packet {
 		};
 		struct { /* a tunnel VIP's packet on its way back to the entry (encap.h) */
 			__u32 tun_hash; /* the flow hash: outer UDP port, IPv6 flow label */
-			__u32 tun_hint; /* reserved for the second chance's hint */
+			__u32 tun_hint; /* gue: the second chance's hint, a backend id */
 		};
 	};
 };

@@ -22,7 +22,7 @@ __all__ = ["PROG_NAME", "STAT_NAMES", "DecapStatus", "attach", "decap_status", "
 PROG_NAME = "xdplb_decap"
 DEFAULT_GUE_PORT = DEFAULTS.gue_port
 STAT_NAMES = ("ipip", "gue", "pass_not_tunnel", "pass_not_local", "pass_malformed",
-              "pass_gue_other")
+              "pass_gue_other", "second_chance")
 
 
 class DecapKnobs(C.Structure):

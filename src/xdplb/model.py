@@ -565,6 +565,7 @@ class Config:
     vip_addrs: set[tuple] = field(default_factory=set)  # (addr16, family)
     backends: dict[int, BackendRec] = field(default_factory=dict)
     rings: dict[int, Sequence[int]] = field(default_factory=dict)  # vip id -> sequence of ids
+    prev_rings: dict[int, Sequence[int]] = field(default_factory=dict)  # before the last change
     wildcard_vips: int = 0
     nat_vips: int = 0
     addr_bits: frozenset = frozenset()
@@ -597,6 +598,8 @@ class Config:
                                             be.family, be.flags, be.ifindex,
                                             bytes(be.snat_addr))
         c.rings = {int(i): [int(x) for x in t] for i, t in src.rings.items()}
+        c.prev_rings = {int(i): [int(x) for x in t]
+                        for i, t in getattr(src, "prev_rings", {}).items()}
         rt = src.rt
         c.wildcard_vips, c.nat_vips = rt.wildcard_vips, rt.nat_vips
         c.vip_spill = getattr(rt, "vip_spill", 0)
@@ -634,10 +637,15 @@ class _Snapshot:
                 if slot.key.family:
                     self.vip_slots[i] = slot
         self.rings = {}
+        self.prev_rings = {}
         for info in self.vips.values():
             t = _read_ring(dp, info.vip_id)
             if t is not None:
                 self.rings[info.vip_id] = t
+            if "prev_rings" in dp.maps:
+                t = _read_ring(dp, info.vip_id, "prev_rings")
+                if t is not None:
+                    self.prev_rings[info.vip_id] = t
         self.rt = dp.runtime()
         self.tx_ports = {int.from_bytes(bytes(k)[:4], "little")
                          for k in dp.maps["tx_ports"]} if "tx_ports" in dp.maps else set()
@@ -645,8 +653,8 @@ class _Snapshot:
                         for k, v in dp.maps["if_macs"].items()} if "if_macs" in dp.maps else {}
 
 
-def _read_ring(dp, vip_id: int):
-    table = dp.ring_table(vip_id)
+def _read_ring(dp, vip_id: int, outer: str = "rings"):
+    table = dp.ring_table(vip_id, outer)
     return None if table is None else table.tolist()
 
 
@@ -1424,7 +1432,8 @@ class Model:
             return self._verdict(pkt, Stat.PASS_TOO_LONG, XDP_PASS)
         if vip.mode in (abi.MODE_IPIP, abi.MODE_GUE):
             h = _hash_raw(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, self.hash_seed)
-            action, stat = self._tunnel_xmit(buf, pkt, vip, be, h, stat)
+            hint = self._tunnel_hint(vip, pkt, h, be, fp.backend_id)
+            action, stat = self._tunnel_xmit(buf, pkt, vip, be, h, stat, hint)
         elif be.flags & abi.BE_F_MAC:
             action, stat = self._xmit_mac(buf, pkt, be.mac,
                                           be.ifindex if be.flags & abi.BE_F_REDIRECT else 0,
@@ -1574,8 +1583,26 @@ class Model:
                                                     pkt.dport, True))
 
     # encap.h ------------------------------------------------------------------------
+    def _tunnel_hint(self, vip: VipRec, pkt: Packet, h: int, be: BackendRec,
+                     be_id: int) -> BackendRec | None:
+        """encap.h::tunnel_hint: the slot's backend before the last table change."""
+        if (vip.mode != abi.MODE_GUE or not vip.flags & abi.VIP_F_PREV_RING
+                or pkt.proto != IPPROTO_TCP or pkt.tcp_flags & TCPF_SYN or not vip.ring_size):
+            return None
+        ring = self._cfg_now.prev_rings.get(vip.vip_id)
+        if ring is None:
+            return None
+        slot = h % vip.ring_size
+        if slot >= len(ring):
+            return None
+        bid = ring[slot]
+        if bid in (be_id, abi.NO_BACKEND):
+            return None
+        prev = self._cfg_now.backends.get(bid, _NO_BACKEND_REC)
+        return prev if prev.family == be.family else None
+
     def _tunnel_xmit(self, buf: bytearray, pkt: Packet, vip: VipRec, be: BackendRec, h: int,
-                     stat: Stat) -> tuple[int, Stat]:
+                     stat: Stat, hint: BackendRec | None = None) -> tuple[int, Stat]:
         """encap.h::tunnel_xmit on `buf` (replaced by the frame sent): (action, stat)."""
         l3 = pkt.l3_off
         if l3 > 18 or len(buf) < 14:
@@ -1584,7 +1611,12 @@ class Model:
         out4, in4 = be.family == abi.AF_INET, pkt.family == abi.AF_INET
         proto = IPPROTO_UDP if gue else (4 if in4 else 41)
         inner_len = pkt.l4_off - l3 + pkt.l4_len
-        hdr_len = (20 if out4 else 40) + (8 if gue else 0)
+        hint_len = 0 if hint is None else 4 + (4 if out4 else 16)
+        hdr_len = (20 if out4 else 40) + (8 if gue else 0) + hint_len
+        gue0 = b""
+        if hint is not None:
+            gue0 = struct.pack("!BBH", 1 if out4 else 4, 4 if in4 else 41, abi.GUE_F_HINT) \
+                + (hint.addr[:4] if out4 else hint.addr)
         if in4:
             tos, ttl, df = buf[l3 + 1], buf[l3 + 8], bool(buf[l3 + 6] & 0x40)
         else:
@@ -1605,8 +1637,11 @@ class Model:
             s = self._inner_sum(buf, pkt)
             if s < 0:
                 return XDP_PASS, Stat.PASS_TOO_LONG
-            s += (_csum_pseudo(be.snat, be.addr, 4, IPPROTO_UDP, inner_len + 8) + _sw16(sport)
-                  + _sw16(self.gue_port) + _sw16((inner_len + 8) & 0xFFFF))
+            ulen = inner_len + 8 + hint_len
+            s += (_csum_pseudo(be.snat, be.addr, 4, IPPROTO_UDP, ulen) + _sw16(sport)
+                  + _sw16(self.gue_port) + _sw16(ulen & 0xFFFF))
+            if gue0:
+                s += sum(struct.unpack("<5I", gue0))
             ucheck = (~csum_fold64(s)) & 0xFFFF or 0xFFFF
         if out4:
             ip = bytearray(struct.pack("!BBHHHBBH", 0x45, tos, inner_len + hdr_len, 0, 0x4000,
@@ -1617,8 +1652,10 @@ class Model:
             ip = bytearray(struct.pack("!IHBB", w0, inner_len + hdr_len - 40, proto, ttl)
                            + be.snat + be.addr)
         if gue:
-            ip += struct.pack("!HHH", sport, self.gue_port, (inner_len + 8) & 0xFFFF)
-            ip += struct.pack("<H", ucheck)
+            ip += struct.pack("!HHH", sport, self.gue_port, (inner_len + 8 + hint_len) & 0xFFFF)
+            ip += struct.pack("<H", ucheck) + gue0
+            if gue0:
+                self._count(Stat.GUE_HINT, 0)
         ethertype = ETH_P_IP if out4 else ETH_P_IPV6
         new = bytearray(buf[0:6]) + bytes(6) + struct.pack("!H", ethertype) + ip + buf[l3:]
         buf[:] = new

@@ -197,6 +197,7 @@ class VipState:
     spec: VipSpec
     vip_id: int
     backend_ids: dict[str, int] = field(default_factory=dict)  # BackendSpec.key -> id
+    has_prev: bool = False  # prev_rings holds its table before the last change, same size
 
 
 @dataclass
@@ -326,8 +327,8 @@ class _Planner:
             idx = abi.vip_slot(k)
             if idx not in self.s.slot_owner:
                 self.s.slot_owner[idx] = key
-                self.emit(PutVipSlot(idx, abi.VipSlot(key=k, info=vip_info(st.vip_id,
-                                                                             st.spec))))
+                self.emit(PutVipSlot(idx, abi.VipSlot(key=k, info=vip_info(
+                    st.vip_id, st.spec, st.has_prev))))
 
     def switches(self, specs: Iterable[VipSpec]) -> None:
         """Switches that let the data plane skip lookups (on before a VIP needing them
@@ -408,12 +409,17 @@ class _Planner:
         if [(b.key, b.weight, b.active) for b in st.spec.backends] != \
                 [(b.key, b.weight, b.active) for b in spec.backends] \
                 or st.spec.ring_size != spec.ring_size:
-            if st.spec.ring_size != spec.ring_size:
+            was = st.has_prev
+            if st.spec.ring_size != spec.ring_size or spec.mode == "gue":
+                # gue: a new table, the replaced one kept as the previous (second chance)
                 tables[st.vip_id] = self.table(st, spec)
+                st.has_prev = spec.mode == "gue" and st.spec.ring_size == spec.ring_size
             else:
                 idx, ids = maglev_patch(old_ring, self.ring_input(st, spec), spec.ring_size)
                 if len(idx):
                     patches.append((st.vip_id, idx, ids))
+            if st.has_prev != was:  # its entry's VIP_F_PREV_RING flag changes
+                change.entry = True
         for k in [k for k in st.backend_ids if k not in new]:
             bid = st.backend_ids.pop(k)
             change.removed.append((bid, backend_value(st.spec, old[k], active=False,
@@ -429,7 +435,7 @@ class _Planner:
             self.emit(PutVipAddr(vip_addr_key(st.spec.address), 1))
             self.s.addr_counts[st.spec.address] = 1
         if c.entry:
-            self.put_vip(st.spec.key, vip_info(st.vip_id, st.spec))
+            self.put_vip(st.spec.key, vip_info(st.vip_id, st.spec, st.has_prev))
         for bid, value in c.later:
             self.emit(PutBackend(bid, value))
         for bid, value in c.removed:

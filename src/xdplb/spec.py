@@ -91,12 +91,16 @@ def backend_value(vip: VipSpec, b: BackendSpec, active: bool = True, vip_id: int
                        ifindex=b.ifindex, vip_id=vip_id, snat_addr=snat)
 
 
-def vip_info(vip_id: int, spec: VipSpec) -> abi.VipInfo:
+def vip_info(vip_id: int, spec: VipSpec, prev: bool = False) -> abi.VipInfo:
+    """`prev`: the data plane holds the VIP's table from before its last change, same
+    size (gue: second-chance hints)."""
     snat, _ = abi.pack_addr(spec.snat or spec.address)
     flags = 0
     if spec.on_backend_removed == "reset":
         flags |= abi.VIP_F_RESET_REMOVED
     if spec.udp_stateless:
         flags |= abi.VIP_F_UDP_STATELESS
+    if spec.mode == "gue" and prev:
+        flags |= abi.VIP_F_PREV_RING
     return abi.VipInfo(vip_id=vip_id, ring_size=spec.ring_size, snat_addr=snat,
                        mode=abi.MODES[spec.mode], flags=flags)

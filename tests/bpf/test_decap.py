@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,17 @@ VIP, VIP6, CLIENT, CLIENT6 = "10.0.0.10", "fd00::a", "10.0.0.1", "fd00::1"
 LB, LB6, BE, BE6 = "10.0.0.9", "fd00::9", "10.0.1.2", "fd00:1::2"
 
 RUNNER = r"""
-import json, sys
+import json, socket, sys
+# an established connection 10.0.0.1:45000 -> VIP:7000 and a listener on VIP:7000
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("10.0.0.10", 7000))
+srv.listen()
+cli = socket.socket()
+cli.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+cli.bind(("10.0.0.1", 45000))
+cli.connect(("10.0.0.10", 7000))
+acc, _ = srv.accept()
 from xdplb._bpf import libbpf
 from xdplb.decap import DecapState
 obj = libbpf.BpfObject(sys.argv[1], rodata=bytes.fromhex(sys.argv[2])).load(("xdplb_decap",))
@@ -84,6 +95,7 @@ def netns():
         ip("link", "set", "lo", "up")
         ip("addr", "add", f"{VIP}/32", "dev", "lo")
         ip("addr", "add", f"{VIP6}/128", "dev", "lo", "nodad")
+        ip("addr", "add", f"{CLIENT}/32", "dev", "lo")
         ip("route", "add", "192.0.2.0/24", "dev", "lo")
         ip("-6", "route", "add", "2001:db8::/64", "dev", "lo")
         yield ns
@@ -157,6 +169,42 @@ def test_gue_port_is_a_load_time_knob(netns):
     frame = eth() / IP(src=LB, dst=BE) / UDP(sport=5, dport=7000) / inner4()
     assert run(netns, [bytes(frame)], 0, gue_port=7000)[0][2] == ["gue"]
     assert run(netns, [bytes(frame)], 0)[0][2] == ["pass_not_tunnel"]
+
+
+HINT = "10.0.1.3"
+
+
+def hinted(sport: int, flags: str, outer6: bool = False):
+    """A GUE variant 0 packet with xdplb's hint (the previous backend) to VIP:7000."""
+    inner = IP(src=CLIENT, dst=VIP) / TCP(sport=sport, dport=7000, flags=flags) / Raw(b"q" * 9)
+    if outer6:
+        return (eth() / IPv6(src=LB6, dst=BE6) / UDP(sport=50001, dport=6080)
+                / Raw(bytes([4, 4, 0, 1]) + IPv6Address("fd00:1::3").packed) / inner)
+    return (eth() / IP(src=LB, dst=BE) / UDP(sport=50001, dport=6080, chksum=0)
+            / Raw(bytes([1, 4, 0, 1]) + IPv4Address(HINT).packed) / inner)
+
+
+def test_second_chance_sends_a_packet_without_connection_to_the_hinted_backend(netns):
+    frames = [hinted(45000, "A"), hinted(45001, "A"), hinted(45001, "S"),
+              hinted(45001, "PA", outer6=True)]
+    res = run(netns, [bytes(f) for f in frames], forwarding=0)
+    # a connection here: decapsulated as usual
+    assert res[0][0] == 2 and res[0][2] == ["gue"] and res[0][1] == bytes(
+        eth() / frames[0][TCP].underlayer), res[0]
+    # none (only the listener): back out to the router, from this backend to the hint
+    want = (Ether(src=MACS["dst"], dst=MACS["src"]) / IP(src=BE, dst=HINT)
+            / UDP(sport=50001, dport=6080, chksum=0)
+            / Raw(bytes([1, 4, 0, 2]) + IPv4Address(HINT).packed) / frames[1][TCP].underlayer)
+    assert res[1][0] == 3 and res[1][2] == ["second_chance"], res[1]
+    assert res[1][1] == bytes(want), (Ether(res[1][1]).show2(dump=True), want.show2(dump=True))
+    # a SYN starts a connection here: no second chance
+    assert res[2][0] == 2 and res[2][2] == ["gue"]
+    # over IPv6 the UDP checksum is updated (scapy recomputes it in the expected frame)
+    want6 = (Ether(src=MACS["dst"], dst=MACS["src"]) / IPv6(src=BE6, dst="fd00:1::3")
+             / UDP(sport=50001, dport=6080)
+             / Raw(bytes([4, 4, 0, 2]) + IPv6Address("fd00:1::3").packed)
+             / frames[3][TCP].underlayer)
+    assert res[3][0] == 3 and res[3][1] == bytes(want6), Ether(res[3][1]).show2(dump=True)
 
 
 def test_decap_abi_matches_the_object():

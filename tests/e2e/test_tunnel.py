@@ -51,6 +51,9 @@ class H(socketserver.StreamRequestHandler):
                 h.update(d)
                 got += len(d)
             self.wfile.write(f"{role} {got} {h.hexdigest()}\n".encode())
+        elif words[0] == b"ECHO":  # a long-lived connection: every line back, named
+            for line in self.rfile:
+                self.wfile.write(role.encode() + b" " + line)
         else:
             self.wfile.write(role.encode() + b"\n")
 class S(socketserver.ThreadingTCPServer):

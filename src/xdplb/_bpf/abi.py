@@ -20,6 +20,10 @@ TUNNEL_MODES = ("ipip", "gue")
 
 VIP_F_RESET_REMOVED = 1 << 0
 VIP_F_UDP_STATELESS = 1 << 1
+VIP_F_PREV_RING = 1 << 2  # gue: prev_rings holds the table before the last change
+
+GUE_F_HINT = 0x0001  # GUE variant 0 flags (private): a previous-backend address follows
+GUE_F_REDIRECTED = 0x0002  # given its second chance already
 
 BE_F_ACTIVE = 1 << 0
 BE_F_MAC = 1 << 1
@@ -188,9 +192,10 @@ class Stat(enum.IntEnum):
     TUNNEL_NO_ROUTE = 29
     PMTU_ICMP = 30
     PMTU_DROP = 31
+    GUE_HINT = 32
 
 
-ST_MAX = 32
+ST_MAX = 33
 # stats a NAT TCP miss answers with a frame of its own (guard.h: XDP_TX)
 ANSWER_STATS = (Stat.SYN_CHALLENGE, Stat.RST_NOT_SYN, Stat.RST_NAT_FULL)
 

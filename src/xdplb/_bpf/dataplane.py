@@ -173,6 +173,7 @@ class DataPlane:
         self._rings: dict[int, Map] = {}
         # vip id -> its table mapped into this process (patch_rings writes through it)
         self._ring_mm: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
+        self._prev_rings: dict[int, Map] = {}  # the tables prev_rings holds (gue hints)
         self._flows_mm: mmap.mmap | None = None
         self.attached: list[tuple[int, str]] = []
         self.reused: list[str] = []  # maps shared with the instance this one replaced
@@ -276,13 +277,24 @@ class DataPlane:
             for m in inners.values():
                 m.close()
             raise
+        prev: dict[int, Map] = {}
         for vip_id, inner in inners.items():
             self._unmap_ring(vip_id)
             self._ring_mm[vip_id] = mapped[vip_id]
             old = self._rings.pop(vip_id, None)
             self._rings[vip_id] = inner
             if old is not None:
-                old.close()
+                prev[vip_id] = old
+        if prev and "prev_rings" in self.maps:
+            # the replaced tables become the previous ones (gue hints: encap.h), one batch
+            keys = np.array(list(prev), dtype=np.uint32)
+            fds = np.array([m.fd for m in prev.values()], dtype=np.uint32)
+            self.maps["prev_rings"].update_batch(fds, keys)
+        for vip_id, old in prev.items():
+            replaced = self._prev_rings.pop(vip_id, None)
+            self._prev_rings[vip_id] = old
+            if replaced is not None:
+                replaced.close()
 
     def patch_rings(self, patches: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
         """Write new backend ids into slots of published tables, in place, through
@@ -332,9 +344,12 @@ class DataPlane:
         for vip_id in vip_ids:
             self.maps["rings"].delete(vip_id)
             self._unmap_ring(vip_id)
-            old = self._rings.pop(vip_id, None)
-            if old is not None:
-                old.close()
+            if "prev_rings" in self.maps:
+                self.maps["prev_rings"].delete(vip_id)
+            for held in (self._rings, self._prev_rings):
+                old = held.pop(vip_id, None)
+                if old is not None:
+                    old.close()
 
     def set_runtime(self, rt: abi.LbRuntime) -> None:
         self.maps["runtime"][0] = rt
@@ -410,17 +425,19 @@ class DataPlane:
                 out[i] = abi.Backend.from_buffer_copy(raw, i * size)
         return out
 
-    def ring_table(self, vip_id: int) -> np.ndarray | None:
-        """A VIP's published Maglev table (slot -> backend id), None: no table."""
-        if vip_id in self._ring_mm:  # mapped already
-            return self._ring_mm[vip_id][1].astype(np.uint32)
-        try:  # mapped for good: a takeover reads every table, then patches them
-            return self._ring_view(vip_id).astype(np.uint32)
-        except KeyError:
-            return None
-        except OSError:  # a table made before tables were mmapable: read below
-            pass
-        raw = self.maps["rings"].lookup(vip_id)
+    def ring_table(self, vip_id: int, outer: str = "rings") -> np.ndarray | None:
+        """A VIP's published Maglev table (slot -> backend id), None: no table;
+        `outer` "prev_rings": the one before its last change (read, never mapped)."""
+        if outer == "rings":
+            if vip_id in self._ring_mm:  # mapped already
+                return self._ring_mm[vip_id][1].astype(np.uint32)
+            try:  # mapped for good: a takeover reads every table, then patches them
+                return self._ring_view(vip_id).astype(np.uint32)
+            except KeyError:
+                return None
+            except OSError:  # a table made before tables were mmapable: read below
+                pass
+        raw = self.maps[outer].lookup(vip_id)
         if raw is None:
             return None
         inner_id = int.from_bytes(raw[:4], "little")
@@ -536,7 +553,8 @@ class DataPlane:
 
 MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "stats",
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "flood", "verified",
-             "runtime")
+             "runtime",
+             "prev_rings")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 

@@ -15,6 +15,7 @@ class FakeDataPlane:
     def __init__(self, max_vips: int = 1 << 20, max_backends: int = 1 << 24) -> None:
         self.vips: dict[bytes, abi.VipInfo] = {}
         self.vip_slots: dict[int, abi.VipSlot] = {}
+        self.prev_rings: dict[int, np.ndarray] = {}  # the table before the last swap
         self.vip_addrs: dict[bytes, int] = {}
         self.backends: dict[int, abi.Backend] = {}
         self.rings: dict[int, np.ndarray] = {}
@@ -56,6 +57,8 @@ class FakeDataPlane:
 
     def swap_rings(self, tables: Mapping[int, npt.ArrayLike]) -> None:
         for vip_id, table in tables.items():
+            if vip_id in self.rings:  # the replaced table becomes the previous one
+                self.prev_rings[vip_id] = self.rings[vip_id]
             self.rings[vip_id] = np.array(table, dtype=np.uint32)
             self.writes.append(("swap_ring", vip_id))
 
@@ -67,6 +70,7 @@ class FakeDataPlane:
     def drop_rings(self, vip_ids: list[int]) -> None:
         for vip_id in vip_ids:
             self.rings.pop(vip_id, None)
+            self.prev_rings.pop(vip_id, None)
             self.writes.append(("drop_ring", vip_id))
 
     def set_runtime(self, rt: abi.LbRuntime) -> None:

@@ -27,7 +27,7 @@ LogFn = Callable[..., None]  # log(event, level="info", **fields)
 STATE_MAPS = ("flows", "vips", "vip_addrs", "backends", "rings")
 # Derived state the control plane rebuilds on adopt(): never shared, so no stale entry of a
 # VIP removed while the daemon was down can survive an upgrade.
-FRESH_MAPS = ("vip_slots",)
+FRESH_MAPS = ("vip_slots", "prev_rings")  # prev_rings: a new LoadBalancer has no history
 
 _DEVMAP_TYPES = (14, 25)  # BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH
 _F_RDONLY_PROG = 1 << 7

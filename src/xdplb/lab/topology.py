@@ -344,7 +344,8 @@ class Lab:
         fwd = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1 if v6 else 0,
                "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
                "net.ipv4.conf.eth0.rp_filter": 0, "net.ipv4.conf.eth1.rp_filter": 0,
-               "net.ipv4.conf.all.send_redirects": 0, "net.ipv4.conf.eth0.send_redirects": 0}
+               "net.ipv4.conf.all.send_redirects": 0, "net.ipv4.conf.eth0.send_redirects": 0,
+               "net.ipv4.conf.eth1.send_redirects": 0}
         self.sysctl(ROUTER_ROLE, **fwd)
         lb = self.lb
         # bpf_fib_lookup answers only on an interface that forwards
@@ -365,6 +366,9 @@ class Lab:
             if v6:
                 self._ip("-6", "route", "add", "default", "via", ROUTER["ipv6_b"], ns=h.ns)
                 self._ip("addr", "add", f"{ROUTED_VIP6}/128", "dev", "lo", "nodad", ns=h.ns)
+            # a backend's decapsulator sends second-chance packets back with XDP_TX: its
+            # peer must take them (an XDP program on it, as for the LB's)
+            self._accept_xdp_tx(h.peer_ifname)
             # the VIP on lo: never answer ARP for it (DSR/tunnel backends), never forward
             self.sysctl(h.role, **{"net.ipv4.conf.all.arp_ignore": 1,
                                    "net.ipv4.conf.all.arp_announce": 2,
@@ -390,6 +394,17 @@ class Lab:
             return Path(_bpf.object_path("stub"))
         except (ImportError, FileNotFoundError, AttributeError):
             return None
+
+    def _accept_xdp_tx(self, dev: str) -> None:
+        """An XDP_PASS stub on `dev` in the switch namespace (else GRO on): a veth peer
+        drops XDP_TX frames otherwise."""
+        obj = self._stub_object()
+        if obj is not None and subprocess.run(
+                ["ip", "-n", self.switch_ns, "link", "set", "dev", dev, "xdp", "obj", str(obj),
+                 "sec", "xdp"], capture_output=True, check=False).returncode == 0:
+            return
+        subprocess.run(["ip", "netns", "exec", self.switch_ns, "ethtool", "-K", dev, "gro", "on"],
+                       capture_output=True, check=False)
 
     def _attach_lb_peer_stub(self) -> None:
         """veth drops XDP_TX/REDIRECT frames unless its peer runs XDP (or has GRO on): put an

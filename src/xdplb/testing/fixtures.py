@@ -71,11 +71,12 @@ class DataPlanePool:
 
     def __init__(self, path: Path):
         self.path = path
-        self._dps: dict[bytes, DataPlane] = {}
+        self._dps: dict[str, DataPlane] = {}
 
     def get(self, knobs: Knobs | None = None) -> DataPlane:
         knobs = knobs or Knobs()
-        key = knobs.pack()
+        # every field: the run-time ones (timeouts, nonsyn_budget) are written at load too
+        key = repr(knobs)
         if key not in self._dps:
             self._dps[key] = load(self.path, knobs=knobs)
         dp = self._dps[key]
