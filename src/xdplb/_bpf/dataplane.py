@@ -553,8 +553,7 @@ class DataPlane:
 
 MAP_NAMES = ("vips", "vip_slots", "vip_addrs", "backends", "rings", "flows", "stats",
              "vip_stats", "be_stats", "tx_ports", "if_macs", "events", "flood", "verified",
-             "runtime",
-             "prev_rings")
+             "runtime", "prev_rings")
 PROG_PIN = "prog"
 KNOBS_PIN = "knobs"  # the load-time knobs (.rodata), read back by a takeover, never shared
 
