@@ -726,8 +726,13 @@ KINDS = ["burst", "flood"] + ["new"] * 6 + ["again"] * 6 + ["reply"] * 4 + \
     ["icmp_fwd", "icmp_back", "icmp_back"] + ["noise"] * 2 + ["malformed"] * 3 + \
     ["pull", "vip", "evict"]
 
+# `make fuzz` (XDPLB_FUZZ_FRAMES, below) draws longer sequences: each starts from a clean
+# table and configuration, which costs about as much as 100 frames, and long ones reach
+# deeper table states (hypothesis' 8 KiB of choices hold about 600 ops)
+_LONG = bool(int(os.environ.get("XDPLB_FUZZ_FRAMES", "0") or 0))
 ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1 << 16),
-                         st.integers(0, (1 << 64) - 1)), min_size=30, max_size=160)
+                         st.integers(0, (1 << 64) - 1)),
+               min_size=200 if _LONG else 30, max_size=480 if _LONG else 160)
 
 
 def _names(counters: dict) -> dict:
@@ -898,9 +903,9 @@ def run_sequence(rig: Rig, ops) -> int:
 
 # Nightly / `make fuzz`: XDPLB_FUZZ_FRAMES=N runs random (not derandomized) sequences
 # until at least N frames went through program and model over the three knob sets
-# (about 125 frames a sequence); the normal tier runs 50 fixed sequences per knob set.
+# (about 550 frames a long sequence); the normal tier runs 50 fixed sequences per knob set.
 FUZZ_FRAMES = int(os.environ.get("XDPLB_FUZZ_FRAMES", "0") or 0)
-EXAMPLES = max(50, FUZZ_FRAMES // (len(KNOB_SETS) * 100) + 1) if FUZZ_FRAMES else 50
+EXAMPLES = max(50, FUZZ_FRAMES // (len(KNOB_SETS) * 420) + 1) if FUZZ_FRAMES else 50
 
 
 @settings(max_examples=EXAMPLES, derandomize=not FUZZ_FRAMES, deadline=None, database=None,
