@@ -187,7 +187,9 @@ def _fuzz_report(status: str, failed: int) -> None:
     disagreement (or worse); 'running' means every sequence so far agreed."""
     import json
 
-    with open(os.environ["XDPLB_FUZZ_REPORT"], "w") as f:
+    out = os.environ["XDPLB_FUZZ_REPORT"]
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)  # bench/results: not in git
+    with open(out, "w") as f:
         json.dump({**TOTALS, "target": FUZZ_FRAMES, "status": status, "failed_tests": failed},
                   f)
 
