@@ -27,6 +27,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
+#include "csum.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -108,28 +109,6 @@ static __always_inline int inner_is_local(struct xdp_md *ctx, struct decap_state
 	c->local = rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED;
 	c->stamp = now ? now : 1;
 	return c->local;
-}
-
-static __always_inline __u64 sum_neg(const __u32 *w, int n)
-{
-	__u64 s = 0;
-
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		if (i < n)
-			s += (__u32)~w[i];
-	return s;
-}
-
-static __always_inline __u64 sum_pos(const __u32 *w, int n)
-{
-	__u64 s = 0;
-
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		if (i < n)
-			s += w[i];
-	return s;
 }
 
 static __always_inline __u16 fold_replace(__u16 check, __u64 delta)
@@ -223,7 +202,7 @@ static __always_inline int second_chance(struct xdp_md *ctx, __u32 gue_off, int 
 		peer[0] = oh->saddr;
 		if (hint[0] == me[0])
 			return -1; /* a hint to ourselves: deliver here */
-		delta = sum_neg(peer, 1) + sum_neg(me, 1) + sum_pos(me, 1) + sum_pos(hint, 1);
+		delta = csum_words_neg(peer, 1) + csum_words_neg(me, 1) + csum_words(me, 1) + csum_words(hint, 1);
 		oh->check = fold_replace(oh->check, delta);
 		oh->saddr = me[0];
 		oh->daddr = hint[0];
@@ -237,7 +216,7 @@ static __always_inline int second_chance(struct xdp_md *ctx, __u32 gue_off, int 
 		__builtin_memcpy(peer, &oh->saddr, 16);
 		if (hint[0] == me[0] && hint[1] == me[1] && hint[2] == me[2] && hint[3] == me[3])
 			return -1;
-		delta = sum_neg(peer, 4) + sum_neg(me, 4) + sum_pos(me, 4) + sum_pos(hint, 4);
+		delta = csum_words_neg(peer, 4) + csum_words_neg(me, 4) + csum_words(me, 4) + csum_words(hint, 4);
 		__builtin_memcpy(&oh->saddr, me, 16);
 		__builtin_memcpy(&oh->daddr, hint, 16);
 	}
